@@ -1,0 +1,482 @@
+//! AioContext-style event loops: one lock, one home thread, and the bottom
+//! halves, timers and fd handlers that run there.
+//!
+//! A poll has two phases, as in QEMU's `aio_poll`:
+//! 1. *wait*, without the context lock: epoll on the handlers' fds and the
+//!    notifier, for at most the nearest timer deadline (not at all when a BH
+//!    is pending or the poll is non-blocking);
+//! 2. *dispatch*, with the context lock: the BHs pending when the dispatch
+//!    began, then ready fd handlers, then expired timers.
+//!
+//! The notify-me protocol keeps cross-thread wake-ups cheap: `notify_me`
+//! counts the blocking waits in progress (plus one while a foreign loop
+//! embeds the context), and `notify` writes the eventfd only when it is
+//! non-zero, and only once until the next poll drains it.
+#![forbid(unsafe_code)]
+
+mod bh;
+mod fd;
+mod timer;
+
+pub use bh::Bh;
+pub use timer::Timer;
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::os::fd::RawFd;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::{Arc, Weak};
+
+use once_cell::sync::OnceCell;
+use parking_lot::Mutex;
+
+use crate::error::{invalid, not_permitted, Error, Result};
+use crate::lock::ContextLock;
+use crate::sys::epoll::{Epoll, Interest, Ready};
+use crate::sys::{self, eventfd::EventFd};
+use crate::{thread, wait};
+use bh::BhQueue;
+use fd::{FdHandlers, NOTIFIER_KEY};
+use timer::TimerList;
+
+/// A callback run in a context's home thread with its lock held.
+pub type Callback = Arc<dyn Fn() + Send + Sync>;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static ALL: Mutex<Vec<Weak<Context>>> = Mutex::new(Vec::new());
+static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
+
+thread_local! {
+    /// The context this thread is home of (the first one it claimed).
+    static CURRENT: RefCell<Weak<Context>> = const { RefCell::new(Weak::new()) };
+}
+
+/// How long a poll may block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Dispatch what is ready now.
+    No,
+    /// Block until something happens.
+    Forever,
+    /// Block until something happens or CLOCK_MONOTONIC reaches this time.
+    Until(i64),
+}
+
+/// Counters for diagnostics; relaxed, monotonic.
+#[derive(Default)]
+struct Stats {
+    polls: AtomicU64,
+    dispatched: AtomicU64,
+}
+
+/// An event loop with its recursive lock.
+pub struct Context {
+    id: u64,
+    name: String,
+    lock: ContextLock,
+    /// Token of the only thread allowed to poll (0: not yet claimed).
+    home: AtomicU64,
+    bhs: BhQueue,
+    timers: TimerList,
+    handlers: FdHandlers,
+    epoll: Epoll,
+    notifier: EventFd,
+    /// Blocking waits in progress, plus one once embedded.
+    notify_me: AtomicU32,
+    /// The notifier was written and not yet drained.
+    notified: AtomicBool,
+    /// A waiter asked the next (or current) poll to return promptly.
+    kicked: AtomicBool,
+    embedded: AtomicBool,
+    /// Scratch space for epoll results, reused across polls.
+    ready: Mutex<Vec<Ready>>,
+    stats: Stats,
+}
+
+impl Context {
+    /// A new context with no home thread yet.
+    pub fn new(name: &str) -> Result<Arc<Context>> {
+        if name.is_empty() {
+            return Err(invalid("context name is empty: give the context a name"));
+        }
+        let what = format!("context '{name}'");
+        let epoll =
+            Epoll::new().map_err(|e| Error::from_io(&format!("{what}: epoll_create1"), e))?;
+        let notifier =
+            EventFd::new().map_err(|e| Error::from_io(&format!("{what}: eventfd"), e))?;
+        epoll
+            .add(
+                notifier.raw(),
+                NOTIFIER_KEY,
+                Interest {
+                    read: true,
+                    write: false,
+                },
+            )
+            .map_err(|e| Error::from_io(&format!("{what}: epoll_ctl"), e))?;
+        let ctx = Arc::new(Context {
+            id: NEXT_ID.fetch_add(1, Relaxed),
+            name: name.to_string(),
+            lock: ContextLock::new(),
+            home: AtomicU64::new(0),
+            bhs: BhQueue::default(),
+            timers: TimerList::default(),
+            handlers: FdHandlers::default(),
+            epoll,
+            notifier,
+            notify_me: AtomicU32::new(0),
+            notified: AtomicBool::new(false),
+            kicked: AtomicBool::new(false),
+            embedded: AtomicBool::new(false),
+            ready: Mutex::new(Vec::new()),
+            stats: Stats::default(),
+        });
+        let mut all = ALL.lock();
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&ctx));
+        Ok(ctx)
+    }
+
+    /// The process-wide default main loop, created on first use.
+    pub fn main() -> Result<Arc<Context>> {
+        MAIN.get_or_try_init(|| Context::new("main")).cloned()
+    }
+
+    /// Whether `ctx` is the process-wide main context.
+    pub fn is_main(ctx: &Context) -> bool {
+        MAIN.get().is_some_and(|m| std::ptr::eq(&**m, ctx))
+    }
+
+    /// The calling thread's current context: the one it is home of. A thread
+    /// that is home of none adopts the main context if that has no home yet.
+    pub fn current() -> Result<Arc<Context>> {
+        if let Some(ctx) = CURRENT.with(|c| c.borrow().upgrade()) {
+            return Ok(ctx);
+        }
+        let main = Context::main()?;
+        main.claim().map_err(|_| {
+            not_permitted(format!(
+                "thread {} has no current context and the main context belongs to thread {}: \
+                 wait from a thread that runs an event loop, or claim one first",
+                thread::describe(thread::current()),
+                thread::describe(main.home.load(Relaxed)),
+            ))
+        })?;
+        Ok(main)
+    }
+
+    /// Unique, ascending in creation order: the order in which sets acquire.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The recursive lock that callbacks run under.
+    pub fn lock(&self) -> &ContextLock {
+        &self.lock
+    }
+
+    /// Makes the calling thread the home thread (the only one that polls).
+    pub fn claim(self: &Arc<Self>) -> Result<()> {
+        let me = thread::current();
+        match self.home.compare_exchange(0, me, AcqRel, Acquire) {
+            Ok(_) => {
+                CURRENT.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.strong_count() == 0 {
+                        *c = Arc::downgrade(self);
+                    }
+                });
+                Ok(())
+            }
+            Err(home) if home == me => Ok(()),
+            Err(home) => Err(not_permitted(format!(
+                "context '{}' belongs to thread {}: only its home thread may poll or claim it",
+                self.name,
+                thread::describe(home)
+            ))),
+        }
+    }
+
+    /// Whether the calling thread is the home thread.
+    pub fn is_home(&self) -> bool {
+        self.home.load(Relaxed) == thread::current()
+    }
+
+    /// Whether some thread is the home thread.
+    pub fn has_home(&self) -> bool {
+        self.home.load(Relaxed) != 0
+    }
+
+    /// Runs one iteration of the loop; returns whether a callback ran.
+    /// Only the home thread may poll; the first poll claims the context.
+    pub fn poll(self: &Arc<Self>, blocking: bool) -> Result<bool> {
+        self.poll_wait(if blocking { Wait::Forever } else { Wait::No })
+    }
+
+    /// [`poll`](Self::poll) with an explicit bound on blocking.
+    pub fn poll_wait(self: &Arc<Self>, wait: Wait) -> Result<bool> {
+        self.claim()?;
+        self.stats.polls.fetch_add(1, Relaxed);
+        // Taken, not locked: a callback may poll again (one level deeper).
+        let mut ready = std::mem::take(&mut *self.ready.lock());
+        ready.clear();
+        self.wait_for_events(wait, &mut ready)?;
+        let ran = {
+            let _held = self.lock.guard();
+            self.dispatch(&ready)
+        };
+        *self.ready.lock() = ready;
+        if ran > 0 {
+            self.stats.dispatched.fetch_add(ran as u64, Relaxed);
+            // A callback may have changed what a poll_while waits for.
+            wait::kick();
+        }
+        Ok(ran > 0)
+    }
+
+    fn wait_for_events(&self, wait: Wait, ready: &mut Vec<Ready>) -> Result<()> {
+        let blocking = wait != Wait::No;
+        if blocking {
+            self.notify_me.fetch_add(1, SeqCst);
+            // Pairs with the fence in notify(): either we see the new BH or
+            // kick below, or the notifier sees notify_me and writes the eventfd.
+            fence(SeqCst);
+        }
+        let timeout = if !blocking || self.bhs.has_pending() || self.kicked.load(Relaxed) {
+            0
+        } else {
+            self.timeout_ns(wait)
+        };
+        let result = self.epoll.wait(timeout, ready);
+        if blocking {
+            self.notify_me.fetch_sub(1, SeqCst);
+        }
+        self.kicked.store(false, Relaxed);
+        if self.notified.swap(false, AcqRel) {
+            self.notifier.drain();
+        }
+        result.map_err(|e| Error::from_io(&format!("context '{}': epoll_wait", self.name), e))
+    }
+
+    /// Nanoseconds until the nearest timer or the caller's deadline (-1: none).
+    fn timeout_ns(&self, wait: Wait) -> i64 {
+        let limit = match wait {
+            Wait::Until(t) => Some(t),
+            _ => None,
+        };
+        match [self.timers.deadline(), limit].into_iter().flatten().min() {
+            Some(deadline) => (deadline - sys::clock_ns()).max(0),
+            None => -1,
+        }
+    }
+
+    /// Runs BHs, then ready handlers, then due timers; returns how many ran.
+    fn dispatch(&self, ready: &[Ready]) -> usize {
+        let mut ran = 0;
+        let mut batch = self.bhs.take();
+        while let Some(cb) = self.bhs.next(&mut batch) {
+            cb();
+            ran += 1;
+        }
+        ran += self.handlers.dispatch(ready);
+        for timer in self.timers.take_expired(sys::clock_ns()) {
+            if let Some(cb) = self.timers.fire(&timer) {
+                cb();
+                ran += 1;
+            }
+        }
+        ran
+    }
+
+    /// Wakes a blocking poll (or an embedding loop) from any thread. Makes no
+    /// system call when nobody is blocked, or a wake-up is already on its way.
+    pub fn notify(&self) {
+        // Pairs with the fence in wait_for_events().
+        fence(SeqCst);
+        if self.notify_me.load(Relaxed) > 0 && !self.notified.swap(true, AcqRel) {
+            self.notifier.signal();
+        }
+    }
+
+    /// Makes the current or next blocking poll return, even with no callback
+    /// to run: used by waiters whose condition may have changed.
+    pub(crate) fn kick(&self) {
+        self.kicked.store(true, Relaxed);
+        self.notify();
+    }
+
+    /// A descriptor a foreign main loop can watch: readable whenever a BH is
+    /// pending or a handler's fd is ready. From the first call on, every
+    /// `notify` writes the notifier, since nobody blocks in `poll`.
+    pub fn fd(&self) -> RawFd {
+        if !self.embedded.swap(true, AcqRel) {
+            self.notify_me.fetch_add(1, SeqCst);
+            if self.bhs.has_pending() {
+                self.notify();
+            }
+        }
+        self.epoll.raw()
+    }
+
+    /// The nearest armed timer deadline (CLOCK_MONOTONIC ns), if any.
+    pub fn deadline_ns(&self) -> Option<i64> {
+        self.timers.deadline()
+    }
+
+    /// Installs, replaces or (both `None`) removes the handler of `fd`.
+    pub fn set_fd_handler(
+        &self,
+        fd: RawFd,
+        read: Option<Callback>,
+        write: Option<Callback>,
+    ) -> Result<()> {
+        self.handlers.set(&self.epoll, &self.name, fd, read, write)
+    }
+
+    /// Schedules `callback` to run once; the BH frees itself afterwards.
+    pub fn schedule_oneshot(self: &Arc<Self>, callback: Callback) -> Result<()> {
+        Bh::new(self, callback).schedule()
+    }
+
+    /// One line describing the context's state, for hang diagnostics.
+    pub fn describe(&self) -> String {
+        let owner = self.lock.owner();
+        let mut s = format!(
+            "context '{}' (id {}): home {}, owner {}",
+            self.name,
+            self.id,
+            thread::describe(self.home.load(Relaxed)),
+            thread::describe(owner)
+        );
+        if owner != 0 {
+            let _ = write!(s, " at depth {}", self.lock.owner_depth());
+        }
+        let _ = write!(
+            s,
+            ", {} pending BHs, {} timers, {} fd handlers, {} polls, {} callbacks run",
+            self.bhs.len(),
+            self.timers.len(),
+            self.handlers.len(),
+            self.stats.polls.load(Relaxed),
+            self.stats.dispatched.load(Relaxed)
+        );
+        s
+    }
+}
+
+/// Every live context, one line each.
+pub fn describe_all() -> String {
+    let all: Vec<_> = ALL.lock().iter().filter_map(Weak::upgrade).collect();
+    all.iter()
+        .map(|c| c.describe())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn counter() -> (Arc<AtomicUsize>, Callback) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        (n, Arc::new(move || drop(m.fetch_add(1, Relaxed))))
+    }
+
+    #[test]
+    fn only_home_polls() {
+        let ctx = Context::new("home").unwrap();
+        ctx.claim().unwrap();
+        let c2 = ctx.clone();
+        std::thread::spawn(move || {
+            assert_eq!(c2.poll(false).unwrap_err().errno(), libc::EPERM);
+            assert_eq!(c2.claim().unwrap_err().errno(), libc::EPERM);
+        })
+        .join()
+        .unwrap();
+        assert!(!ctx.poll(false).unwrap());
+    }
+
+    #[test]
+    fn notify_wakes_blocking_poll_without_progress() {
+        let ctx = Context::new("notify").unwrap();
+        ctx.claim().unwrap();
+        let c2 = ctx.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            c2.notify();
+        });
+        assert!(!ctx.poll(true).unwrap());
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn timers_fire_in_order_and_respect_deadline() {
+        let ctx = Context::new("timers").unwrap();
+        let (n, cb) = counter();
+        let t = Timer::new(&ctx, cb);
+        let start = sys::clock_ns();
+        t.modify(start + 2_000_000).unwrap();
+        assert_eq!(ctx.deadline_ns(), Some(start + 2_000_000));
+        while n.load(Relaxed) == 0 {
+            ctx.poll(true).unwrap();
+        }
+        assert!(sys::clock_ns() >= start + 2_000_000);
+        assert_eq!(ctx.deadline_ns(), None);
+        t.modify(0).unwrap();
+        assert!(t.del());
+        assert!(!ctx.poll(false).unwrap());
+        assert_eq!(t.modify(-5).unwrap_err().errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn fd_handler_runs_and_can_be_removed() {
+        let ctx = Context::new("fd").unwrap();
+        let ev = EventFd::new().unwrap();
+        let (n, cb) = counter();
+        ctx.set_fd_handler(ev.raw(), Some(cb), None).unwrap();
+        assert!(!ctx.poll(false).unwrap());
+        ev.signal();
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(n.load(Relaxed), 1);
+        ctx.set_fd_handler(ev.raw(), None, None).unwrap();
+        assert!(!ctx.poll(false).unwrap());
+        assert_eq!(
+            ctx.set_fd_handler(-1, None, None).unwrap_err().errno(),
+            libc::EINVAL
+        );
+    }
+
+    #[test]
+    fn embedded_fd_is_readable_when_bh_pending() {
+        let ctx = Context::new("embed").unwrap();
+        let fd = ctx.fd();
+        let (_n, cb) = counter();
+        let poller = Epoll::new().unwrap();
+        poller
+            .add(
+                fd,
+                7,
+                Interest {
+                    read: true,
+                    write: false,
+                },
+            )
+            .unwrap();
+        let mut out = Vec::new();
+        poller.wait(0, &mut out).unwrap();
+        assert!(out.is_empty());
+        ctx.schedule_oneshot(cb).unwrap();
+        poller.wait(1_000_000_000, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(ctx.poll(false).unwrap());
+        out.clear();
+        poller.wait(0, &mut out).unwrap();
+        assert!(out.is_empty(), "drained after the poll");
+    }
+}

@@ -1,0 +1,163 @@
+//! IOThreads: named OS threads that each run one context's loop.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering::*};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::context::Context;
+use crate::error::{invalid, Error, Result};
+
+/// A thread that is home of its own context and polls it until freed.
+pub struct IoThread {
+    ctx: Arc<Context>,
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl IoThread {
+    /// Starts a thread named `name` (truncated to 15 bytes by the kernel, as
+    /// `top -H` and gdb show it) whose context has the same name.
+    pub fn new(name: &str) -> Result<IoThread> {
+        if name.is_empty() {
+            return Err(invalid(
+                "IOThread name is empty: name it (it shows in top -H and gdb)",
+            ));
+        }
+        let ctx = Context::new(name)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (started_tx, started) = mpsc::channel();
+        let (c, s) = (ctx.clone(), stopping.clone());
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                // Claimed before new() returns, so no other thread can poll it.
+                let claimed = c.claim();
+                let ok = claimed.is_ok();
+                let _ = started_tx.send(claimed);
+                while ok && !s.load(Acquire) {
+                    // A poll only fails on epoll errors, which do not heal.
+                    if c.poll(true).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::from_io(&format!("IOThread '{name}': cannot start thread"), e))?;
+        let started = started.recv().map_err(|_| {
+            Error::new(
+                libc::EIO,
+                format!("IOThread '{name}': thread died while starting"),
+            )
+        });
+        let it = IoThread {
+            ctx,
+            stopping,
+            thread: Some(thread),
+        };
+        started??;
+        Ok(it)
+    }
+
+    /// The IOThread's context (its thread is the home thread).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Stops the thread after it has run the BHs already scheduled, and joins
+    /// it. Fails with `EDEADLK`, leaving the thread running, when called from
+    /// the IOThread itself or while the caller holds its context (the thread
+    /// could then never run the stop request).
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(thread) = self.thread.as_ref() else {
+            return Ok(());
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            return Err(Error::new(
+                libc::EDEADLK,
+                format!(
+                    "IOThread '{}' cannot free itself: free it from another thread",
+                    self.ctx.name()
+                ),
+            ));
+        }
+        let depth = self.ctx.lock().depth();
+        if depth > 0 {
+            return Err(Error::new(
+                libc::EDEADLK,
+                format!(
+                    "IOThread '{}': the caller holds its context {depth} time(s), so the thread \
+                     could never stop; release the context before freeing the IOThread",
+                    self.ctx.name()
+                ),
+            ));
+        }
+        let s = self.stopping.clone();
+        // FIFO order: every BH scheduled before this one runs first.
+        self.ctx
+            .schedule_oneshot(Arc::new(move || s.store(true, Release)))?;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::{poll_while, WaitOptions};
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn runs_bhs_on_its_thread_and_stops_after_pending_ones() {
+        let mut it = IoThread::new("io-test").unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        for _ in 0..100 {
+            let r = ran.clone();
+            it.context()
+                .schedule_oneshot(Arc::new(move || {
+                    assert_eq!(std::thread::current().name(), Some("io-test"));
+                    r.fetch_add(1, SeqCst);
+                }))
+                .unwrap();
+        }
+        it.stop().unwrap();
+        assert_eq!(ran.load(SeqCst), 100);
+    }
+
+    #[test]
+    fn stop_refused_while_context_held() {
+        let mut it = IoThread::new("io-held").unwrap();
+        it.context().lock().acquire().unwrap();
+        assert_eq!(it.stop().unwrap_err().errno(), libc::EDEADLK);
+        it.context().lock().release().unwrap();
+        it.stop().unwrap();
+    }
+
+    #[test]
+    fn double_hold_refused_set_hold_completes() {
+        let main = Context::new("wait-main").unwrap();
+        main.claim().unwrap();
+        let it = IoThread::new("io-wait").unwrap();
+        let ctx = it.context().clone();
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let work: crate::context::Callback = Arc::new(move || d.store(true, SeqCst));
+        ctx.lock().acquire().unwrap();
+        ctx.lock().acquire().unwrap();
+        ctx.schedule_oneshot(work).unwrap();
+        let err = poll_while(&ctx, &mut || !done.load(SeqCst), WaitOptions::default()).unwrap_err();
+        assert_eq!(err.errno(), libc::EDEADLK);
+        assert_eq!(ctx.lock().depth(), 2);
+        ctx.lock().release().unwrap();
+        poll_while(&ctx, &mut || !done.load(SeqCst), WaitOptions::default()).unwrap();
+        assert_eq!(ctx.lock().depth(), 1);
+        ctx.lock().release().unwrap();
+    }
+}

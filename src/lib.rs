@@ -1,0 +1,32 @@
+//! aioctx: hang-free AioContext-style event loops, context sets and
+//! block-layer quiesce for virtual machine monitors, with a C ABI.
+//!
+//! Module map (see DESIGN.md):
+//! * [`lock`]: the recursive per-context lock;
+//! * [`set`]: context sets, acquired each once in one global order;
+//! * [`context`]: event loops with bottom halves, timers, fd handlers, notify;
+//! * [`wait`]: `poll_while` and the kicks that end it;
+//! * [`iothread`]: named threads running one context each;
+//! * `sys`: the few system calls, and `capi`: the C ABI — the only modules
+//!   allowed `unsafe`.
+
+pub mod context;
+pub mod error;
+pub mod iothread;
+pub mod lock;
+pub mod set;
+pub mod thread;
+pub mod wait;
+
+mod capi;
+mod sys;
+
+pub use context::{Bh, Callback, Context, Timer, Wait};
+pub use error::{Error, Result};
+pub use iothread::IoThread;
+pub use lock::{ContextLock, LockGuard};
+pub use set::{ContextSet, SetGuard};
+pub use wait::{kick, poll_while, WaitOptions};
+
+/// The library version, as `aioctx_version()` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

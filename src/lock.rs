@@ -1,0 +1,310 @@
+//! The recursive per-context lock.
+//!
+//! One atomic word holds the owner's thread token (0: free) and a "parked"
+//! bit meaning "a thread may be sleeping in `acquire`". The owner alone
+//! touches `depth`, so the uncontended path is a single compare-and-swap to
+//! take the lock and a single swap to give it back, with no system call.
+//! Contended acquirers sleep on a condition variable; `release` wakes one of
+//! them only when the parked bit says someone may be there.
+//!
+//! Fairness: the lock is not FIFO (a releasing thread may take it straight
+//! back), but a thread blocked in `acquire` is woken the moment the owner's
+//! depth reaches 0. `poll_while` always blocks in a poll between release
+//! and re-acquire, which is what lets an IOThread in.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{busy, not_permitted, Error, Result};
+use crate::thread;
+
+const PARKED: u64 = 1 << 63;
+
+/// A recursive mutex owned by a thread, not by a guard: C code acquires and
+/// releases it in separate calls. Rust code can use [`ContextLock::guard`].
+#[derive(Default)]
+pub struct ContextLock {
+    /// Owner token, plus `PARKED` when a sleeper may need waking.
+    state: AtomicU64,
+    /// Recursion depth. Written only by the owner; read by others only for
+    /// diagnostics, hence relaxed.
+    depth: AtomicU32,
+    /// Number of threads sleeping in `acquire`, and their wake-up signal.
+    sleepers: Mutex<u32>,
+    wakeup: Condvar,
+}
+
+impl ContextLock {
+    /// A free lock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Blocks until the calling thread owns the lock; recursive.
+    pub fn acquire(&self) -> Result<()> {
+        let me = thread::current();
+        if self.owner() == me {
+            return self.deepen();
+        }
+        if self
+            .state
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.acquire_slow(me);
+        }
+        self.depth.store(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Like [`acquire`](Self::acquire) but fails with `EBUSY` instead of
+    /// blocking when another thread owns the lock.
+    pub fn try_acquire(&self) -> Result<()> {
+        let me = thread::current();
+        if self.owner() == me {
+            return self.deepen();
+        }
+        match self
+            .state
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                self.depth.store(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(busy(format!(
+                "held by thread {}",
+                thread::describe(self.owner())
+            ))),
+        }
+    }
+
+    /// Gives one level back. Fails with `EPERM` when the caller is not the owner.
+    pub fn release(&self) -> Result<()> {
+        let me = thread::current();
+        if self.owner() != me {
+            return Err(self.not_owner());
+        }
+        let depth = self.depth.load(Ordering::Relaxed) - 1;
+        self.depth.store(depth, Ordering::Relaxed);
+        if depth == 0 && self.state.swap(0, Ordering::Release) & PARKED != 0 {
+            self.wake_one();
+        }
+        Ok(())
+    }
+
+    /// The calling thread's recursion depth (0 when it is not the owner).
+    pub fn depth(&self) -> u32 {
+        if self.owner() == thread::current() {
+            self.depth.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// The owner's token (0 when free). Racy by nature: for diagnostics and
+    /// for "is it me" checks, which are exact.
+    pub fn owner(&self) -> u64 {
+        self.state.load(Ordering::Relaxed) & !PARKED
+    }
+
+    /// The owner's depth as last written; for diagnostics only.
+    pub fn owner_depth(&self) -> u32 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Releases every level the caller holds and returns how many, so that
+    /// [`restore`](Self::restore) can put them back.
+    pub fn release_all(&self) -> u32 {
+        let depth = self.depth();
+        for _ in 0..depth {
+            // Cannot fail: the caller owns the lock for all `depth` levels.
+            let _ = self.release();
+        }
+        depth
+    }
+
+    /// Re-acquires `depth` levels taken away by [`release_all`](Self::release_all).
+    pub fn restore(&self, depth: u32) {
+        for _ in 0..depth {
+            // Cannot fail: the depth came from release_all, far below u32::MAX.
+            let _ = self.acquire();
+        }
+    }
+
+    /// An RAII guard for Rust callers.
+    pub fn guard(&self) -> LockGuard<'_> {
+        // Can only fail on depth overflow, which a guard-scoped user cannot reach.
+        let _ = self.acquire();
+        LockGuard { lock: self }
+    }
+
+    fn deepen(&self) -> Result<()> {
+        let depth = self.depth.load(Ordering::Relaxed);
+        if depth == u32::MAX {
+            return Err(Error::new(
+                libc::EOVERFLOW,
+                "lock depth overflow: release the context",
+            ));
+        }
+        self.depth.store(depth + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    #[cold]
+    fn acquire_slow(&self, me: u64) {
+        let mut sleepers = self.sleepers.lock();
+        loop {
+            let state = self.state.load(Ordering::Relaxed);
+            if state & !PARKED == 0 {
+                // Free: take it, keeping the parked bit if others still sleep
+                // so that our release wakes the next one.
+                let parked = if *sleepers > 0 { PARKED } else { 0 };
+                if self
+                    .state
+                    .compare_exchange(state, me | parked, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if state & PARKED == 0
+                && self
+                    .state
+                    .compare_exchange(state, state | PARKED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            // The releaser swaps the state to 0 before taking `sleepers`, so
+            // it cannot signal between our check above and this wait.
+            *sleepers += 1;
+            self.wakeup.wait(&mut sleepers);
+            *sleepers -= 1;
+        }
+    }
+
+    #[cold]
+    fn wake_one(&self) {
+        let _sleepers = self.sleepers.lock();
+        self.wakeup.notify_one();
+    }
+
+    fn not_owner(&self) -> Error {
+        match self.owner() {
+            0 => not_permitted("not held by anyone: release without a matching acquire"),
+            owner => not_permitted(format!(
+                "held by thread {}, not by the caller: only the owner may release",
+                thread::describe(owner)
+            )),
+        }
+    }
+}
+
+/// Holds one level of a [`ContextLock`] until dropped.
+pub struct LockGuard<'a> {
+    lock: &'a ContextLock,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn recursive_depth_and_release() {
+        let lock = ContextLock::new();
+        lock.acquire().unwrap();
+        lock.acquire().unwrap();
+        assert_eq!(lock.depth(), 2);
+        lock.release().unwrap();
+        assert_eq!(lock.depth(), 1);
+        lock.release().unwrap();
+        assert_eq!(lock.depth(), 0);
+        assert_eq!(lock.release().unwrap_err().errno(), libc::EPERM);
+    }
+
+    #[test]
+    fn other_thread_sees_busy_and_cannot_release() {
+        let lock = Arc::new(ContextLock::new());
+        lock.acquire().unwrap();
+        let l2 = lock.clone();
+        std::thread::spawn(move || {
+            assert_eq!(l2.try_acquire().unwrap_err().errno(), libc::EBUSY);
+            assert_eq!(l2.release().unwrap_err().errno(), libc::EPERM);
+            assert_eq!(l2.depth(), 0);
+        })
+        .join()
+        .unwrap();
+        lock.release().unwrap();
+    }
+
+    #[test]
+    fn blocked_acquirer_runs_when_depth_reaches_zero() {
+        let lock = Arc::new(ContextLock::new());
+        let got = Arc::new(AtomicBool::new(false));
+        lock.acquire().unwrap();
+        lock.acquire().unwrap();
+        let (l2, g2) = (lock.clone(), got.clone());
+        let t = std::thread::spawn(move || {
+            l2.acquire().unwrap();
+            g2.store(true, Ordering::SeqCst);
+            l2.release().unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        lock.release().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!got.load(Ordering::SeqCst), "depth 1 must still exclude");
+        lock.release().unwrap();
+        t.join().unwrap();
+        assert!(got.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn release_all_and_restore() {
+        let lock = ContextLock::new();
+        for _ in 0..3 {
+            lock.acquire().unwrap();
+        }
+        assert_eq!(lock.release_all(), 3);
+        assert_eq!(lock.owner(), 0);
+        lock.restore(3);
+        assert_eq!(lock.depth(), 3);
+        assert_eq!(lock.release_all(), 3);
+    }
+
+    #[test]
+    fn mutual_exclusion_under_contention() {
+        let lock = Arc::new(ContextLock::new());
+        let counter = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, counter) = (lock.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let _g = lock.guard();
+                        // A non-atomic read-modify-write: lost updates show a broken lock.
+                        let v = counter.load(Ordering::Relaxed);
+                        counter.store(v + 1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), 80_000);
+        assert_eq!(lock.owner(), 0);
+    }
+}

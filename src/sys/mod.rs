@@ -1,0 +1,38 @@
+//! The few system calls aioctx makes, wrapped so that the rest of the crate
+//! stays free of `unsafe`. Every function here is a thin, checked wrapper:
+//! it validates what the kernel cannot and turns `-1`/errno into `io::Error`.
+
+pub mod epoll;
+pub mod eventfd;
+
+use std::ffi::CStr;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of every timer deadline.
+pub fn clock_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+}
+
+/// The kernel thread id of the caller, as `top -H` and gdb show it.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// The kernel's name of the calling thread (what `top -H` shows).
+pub fn thread_name() -> String {
+    let mut buf = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into `buf`.
+    let rc = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return "thread".to_string();
+    }
+    CStr::from_bytes_until_nul(&buf)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,133 @@
+//! `poll_while`: wait for a condition while letting other threads run the
+//! context the caller holds, and the kicks that end such waits.
+//!
+//! No lost wake-ups: a waiter registers *before* it checks its condition,
+//! and a completer changes state *before* it kicks (with a full fence in
+//! between on both sides), so either the waiter sees the change, or the
+//! completer sees the waiter and makes its next blocking poll return.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{fence, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::context::{describe_all, Context, Wait};
+use crate::error::{invalid, Error, Result};
+use crate::sys;
+
+static WAITERS: Mutex<Vec<Arc<Context>>> = Mutex::new(Vec::new());
+static NUM_WAITERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Wakes every thread waiting in [`poll_while`] so it re-checks its condition.
+/// Costs one fence and one load when nobody waits.
+pub fn kick() {
+    fence(SeqCst);
+    if NUM_WAITERS.load(Relaxed) == 0 {
+        return;
+    }
+    for ctx in WAITERS.lock().iter() {
+        ctx.kick();
+    }
+}
+
+/// Present in `WAITERS` for as long as it lives.
+struct Registration(Arc<Context>);
+
+impl Registration {
+    fn new(ctx: &Arc<Context>) -> Self {
+        WAITERS.lock().push(ctx.clone());
+        NUM_WAITERS.fetch_add(1, SeqCst);
+        fence(SeqCst);
+        Registration(ctx.clone())
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut waiters = WAITERS.lock();
+        if let Some(i) = waiters.iter().position(|c| Arc::ptr_eq(c, &self.0)) {
+            waiters.swap_remove(i);
+        }
+        NUM_WAITERS.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Options of [`poll_while`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WaitOptions {
+    /// Give up with `ETIMEDOUT` after this many nanoseconds.
+    pub timeout_ns: Option<i64>,
+    /// Release every level the caller holds of the context, not just one.
+    pub release_all: bool,
+}
+
+/// Polls until `cond` returns false.
+///
+/// The home thread of `ctx` (or any thread, when `ctx` has no home yet)
+/// polls `ctx` itself. Any other thread polls its current context, and if it
+/// holds `ctx` it releases it around each blocking poll so that `ctx`'s home
+/// thread can make progress. Holding `ctx` more than once would make that
+/// release useless, and the wait would never end: that is refused with
+/// `EDEADLK` unless `release_all` is set.
+pub fn poll_while(
+    ctx: &Arc<Context>,
+    cond: &mut dyn FnMut() -> bool,
+    opts: WaitOptions,
+) -> Result<()> {
+    let deadline = match opts.timeout_ns {
+        Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),
+        Some(t) => Some(sys::clock_ns().saturating_add(t)),
+        None => None,
+    };
+    let (poll_ctx, release) = if ctx.is_home() || !ctx.has_home() {
+        (ctx.clone(), false)
+    } else {
+        let depth = ctx.lock().depth();
+        if depth > 1 && !opts.release_all {
+            return Err(recursive_hold(ctx, depth));
+        }
+        (Context::current()?, depth > 0)
+    };
+    let _registered = Registration::new(&poll_ctx);
+    let wait = deadline.map_or(Wait::Forever, Wait::Until);
+    loop {
+        if !cond() {
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| sys::clock_ns() >= d) {
+            return Err(timed_out(ctx, opts.timeout_ns.unwrap_or(0)));
+        }
+        let held = if release { ctx.lock().release_all() } else { 0 };
+        let polled = poll_ctx.poll_wait(wait);
+        ctx.lock().restore(held);
+        polled?;
+    }
+}
+
+fn recursive_hold(ctx: &Context, depth: u32) -> Error {
+    Error::new(
+        libc::EDEADLK,
+        format!(
+            "poll_while on context '{}' (id {}): the calling thread holds it {depth} times, so \
+             releasing it once cannot let its home thread run and the wait would hang. Acquire \
+             each context once (collect them in an AioctxSet), or pass AIOCTX_WAIT_RELEASE_ALL.",
+            ctx.name(),
+            ctx.id()
+        ),
+    )
+}
+
+fn timed_out(ctx: &Context, timeout_ns: i64) -> Error {
+    Error::new(
+        libc::ETIMEDOUT,
+        format!(
+            "poll_while on context '{}' (id {}): condition still true after {:.3} ms. \
+             Who holds what:\n{}",
+            ctx.name(),
+            ctx.id(),
+            timeout_ns as f64 / 1e6,
+            describe_all()
+        ),
+    )
+}
