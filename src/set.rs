@@ -64,7 +64,7 @@ impl ContextSet {
             )));
         }
         for (i, ctx) in self.members.values().enumerate() {
-            if let Err(e) = ctx.lock().acquire() {
+            if let Err(e) = ctx.acquire() {
                 // Leave nothing held: undo the ones taken so far.
                 for taken in self.members.values().take(i).rev() {
                     let _ = taken.lock().release();
@@ -92,10 +92,9 @@ impl ContextSet {
         self.holder = 0;
         let mut first_error = None;
         for ctx in self.members.values().rev() {
-            if let Err(e) = ctx.lock().release() {
+            if let Err(e) = ctx.release() {
                 first_error.get_or_insert(not_permitted(format!(
-                    "context '{}' of the set was already released: {}",
-                    ctx.name(),
+                    "{} (it was released behind the set's back)",
                     e.message()
                 )));
             }

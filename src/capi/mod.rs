@@ -1,1 +1,36 @@
+//! The C ABI: every `extern "C"` function, one file per C type.
+//!
+//! Each export is a thin shell: [`boundary::ffi`] catches panics and turns a
+//! `Result` into the C convention (negative errno / NULL, with the message in
+//! `aioctx_last_error()`), and the pointer helpers of `boundary` are the only
+//! place raw pointers become references. The semantics live in the safe
+//! modules; nothing here decides behaviour.
+//!
+//! Conventions (also stated in the header): the object comes first; `const`
+//! pointers are not mutated; `_free`/`_unref`/`_delete` accept NULL.
 
+mod bh;
+mod boundary;
+mod context;
+mod error;
+mod iothread;
+mod set;
+mod timer;
+mod wait;
+
+#[cfg(test)]
+mod tests {
+    /// The committed header is the C API reference: it must be exactly what
+    /// the sources generate. Refresh it with `tools/update-header.sh`.
+    #[test]
+    fn header_is_current() {
+        let generated = include_str!(concat!(env!("OUT_DIR"), "/aioctx.h"));
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/include/aioctx.h"))
+                .expect("include/aioctx.h exists");
+        assert!(
+            committed == generated,
+            "include/aioctx.h differs from what the sources generate: run tools/update-header.sh and commit it"
+        );
+    }
+}

@@ -22,6 +22,7 @@ pub use bh::Bh;
 pub use timer::Timer;
 
 use std::cell::RefCell;
+use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering::*};
@@ -73,6 +74,8 @@ struct Stats {
 pub struct Context {
     id: u64,
     name: String,
+    /// The name again, NUL-terminated, for C callers.
+    c_name: CString,
     lock: ContextLock,
     /// Token of the only thread allowed to poll (0: not yet claimed).
     home: AtomicU64,
@@ -99,6 +102,8 @@ impl Context {
         if name.is_empty() {
             return Err(invalid("context name is empty: give the context a name"));
         }
+        let c_name = CString::new(name)
+            .map_err(|_| invalid("context name contains a NUL byte: pass a plain C string"))?;
         let what = format!("context '{name}'");
         let epoll =
             Epoll::new().map_err(|e| Error::from_io(&format!("{what}: epoll_create1"), e))?;
@@ -117,6 +122,7 @@ impl Context {
         let ctx = Arc::new(Context {
             id: NEXT_ID.fetch_add(1, Relaxed),
             name: name.to_string(),
+            c_name,
             lock: ContextLock::new(),
             home: AtomicU64::new(0),
             bhs: BhQueue::default(),
@@ -174,9 +180,37 @@ impl Context {
         &self.name
     }
 
+    /// The name as a C string.
+    pub fn c_name(&self) -> &CStr {
+        &self.c_name
+    }
+
     /// The recursive lock that callbacks run under.
     pub fn lock(&self) -> &ContextLock {
         &self.lock
+    }
+
+    /// Blocks until the calling thread owns the context; recursive.
+    pub fn acquire(&self) -> Result<()> {
+        self.lock.acquire().map_err(|e| self.named(e))
+    }
+
+    /// Like [`acquire`](Self::acquire), but `EBUSY` instead of blocking.
+    pub fn try_acquire(&self) -> Result<()> {
+        self.lock.try_acquire().map_err(|e| self.named(e))
+    }
+
+    /// Gives one level back; `EPERM` unless the caller owns the context.
+    pub fn release(&self) -> Result<()> {
+        self.lock.release().map_err(|e| self.named(e))
+    }
+
+    /// Prefixes a lock error with the context's name and id.
+    fn named(&self, e: Error) -> Error {
+        Error::new(
+            e.errno(),
+            format!("context '{}' (id {}): {}", self.name, self.id, e.message()),
+        )
     }
 
     /// Makes the calling thread the home thread (the only one that polls).

@@ -1,0 +1,90 @@
+//! `AioctxBh`: bottom halves.
+
+use std::ffi::{c_int, c_void};
+
+use super::boundary::{
+    borrow, clone_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
+};
+use super::context::AioctxContext;
+use crate::context::Bh;
+
+/// A bottom half: a callback scheduled from any thread to run once in its
+/// context's home thread, with the context held. Owned by the caller of
+/// `aioctx_bh_new` until `aioctx_bh_delete`.
+pub struct AioctxBh {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxBh {
+    type Rust = Bh;
+    const WHAT: &'static str = "bh";
+}
+
+/// Creates a bottom half that calls `cb(opaque)` in the home thread of `ctx`
+/// each time it is scheduled and then polled. The BH keeps no reference on
+/// `ctx`: delete it before the context is freed (scheduling it afterwards
+/// fails with -ENODEV). NULL on failure (`ctx` or `cb` NULL: EINVAL).
+#[no_mangle]
+pub extern "C" fn aioctx_bh_new(
+    ctx: *mut AioctxContext,
+    cb: AioctxCallback,
+    opaque: *mut c_void,
+) -> *mut AioctxBh {
+    ffi("aioctx_bh_new", || {
+        let ctx = clone_arc(ctx)?;
+        Ok(into_arc_ptr(Bh::new(
+            &ctx,
+            required_callback(cb, opaque, "cb")?,
+        )))
+    })
+}
+
+/// Makes `bh` pending and wakes its context. Any thread. Scheduling a pending
+/// BH is a no-op (it runs once). Pending BHs run in the order they were
+/// scheduled; one scheduled while its context dispatches (even by itself)
+/// runs in the next poll. Returns 0; -EINVAL (`bh` NULL); -ENODEV (its
+/// context was freed).
+#[no_mangle]
+pub extern "C" fn aioctx_bh_schedule(bh: *mut AioctxBh) -> c_int {
+    ffi("aioctx_bh_schedule", || {
+        clone_arc(bh)?.schedule()?;
+        Ok(0)
+    })
+}
+
+/// Makes a pending `bh` not pending: it will not run unless scheduled again.
+/// Any thread. Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_bh_cancel(bh: *mut AioctxBh) -> c_int {
+    ffi("aioctx_bh_cancel", || {
+        borrow(bh)?.cancel();
+        Ok(0)
+    })
+}
+
+/// Cancels and frees `bh`; it never runs again, even if it was pending. May be
+/// called from the BH's own callback. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn aioctx_bh_delete(bh: *mut AioctxBh) {
+    ffi("aioctx_bh_delete", || {
+        if let Some(bh) = take_arc(bh) {
+            bh.delete();
+        }
+        Ok(())
+    })
+}
+
+/// Schedules `cb(opaque)` to run once in the home thread of `ctx`, and frees
+/// the BH after it ran. Any thread. Returns 0, or -EINVAL (`ctx` or `cb` NULL).
+#[no_mangle]
+pub extern "C" fn aioctx_bh_schedule_oneshot(
+    ctx: *mut AioctxContext,
+    cb: AioctxCallback,
+    opaque: *mut c_void,
+) -> c_int {
+    ffi("aioctx_bh_schedule_oneshot", || {
+        let cb = required_callback(cb, opaque, "cb")?;
+        clone_arc(ctx)?.schedule_oneshot(cb)?;
+        Ok(0)
+    })
+}

@@ -1,0 +1,205 @@
+//! `AioctxContext`: an event loop and its recursive lock.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use super::boundary::{
+    self, borrow, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, str_arg, take_arc,
+    AioctxCallback, Opaque,
+};
+use crate::context::Context;
+use crate::sys;
+
+/// An AioContext-style event loop with a recursive lock. Reference counted
+/// (`aioctx_context_ref`/`aioctx_context_unref`); thread-safe, except that only
+/// the context's home thread may poll it.
+pub struct AioctxContext {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxContext {
+    type Rust = Context;
+    const WHAT: &'static str = "ctx";
+}
+
+/// Creates a context named `name` (copied; used in messages and dumps) with no
+/// home thread yet: the first thread to poll or claim it becomes its home.
+/// Returns a new reference, or NULL with `aioctx_last_error()` set:
+/// `name` NULL or empty, or out of file descriptors.
+#[no_mangle]
+pub extern "C" fn aioctx_context_new(name: *const c_char) -> *mut AioctxContext {
+    ffi("aioctx_context_new", || {
+        Ok(into_arc_ptr(Context::new(str_arg(name, "name")?)?))
+    })
+}
+
+/// The process-wide main context, created on first use and never freed. The
+/// pointer is borrowed: do not unref it (take a reference with
+/// `aioctx_context_ref` if you want one). NULL only if it cannot be created.
+#[no_mangle]
+pub extern "C" fn aioctx_main_context() -> *mut AioctxContext {
+    ffi("aioctx_main_context", || {
+        Ok(borrowed_arc_ptr(&Context::main()?))
+    })
+}
+
+/// Takes a new reference to `ctx` and returns it (NULL if `ctx` is NULL).
+/// The main context is never freed; references to it are not counted.
+#[no_mangle]
+pub extern "C" fn aioctx_context_ref(ctx: *mut AioctxContext) -> *mut AioctxContext {
+    ffi("aioctx_context_ref", || {
+        if Context::is_main(borrow(ctx)?) {
+            return Ok(ctx);
+        }
+        Ok(into_arc_ptr(clone_arc(ctx)?))
+    })
+}
+
+/// Drops a reference; the last one frees the context. NULL and the main
+/// context are no-ops. Callbacks, BHs and timers of a freed context never run.
+#[no_mangle]
+pub extern "C" fn aioctx_context_unref(ctx: *mut AioctxContext) {
+    ffi("aioctx_context_unref", || {
+        if borrow(ctx).is_ok_and(|c| !Context::is_main(c)) {
+            drop(take_arc(ctx));
+        }
+        Ok(())
+    })
+}
+
+/// The name given at creation. Valid as long as the context. NULL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_name(ctx: *const AioctxContext) -> *const c_char {
+    ffi("aioctx_context_name", || Ok(borrow(ctx)?.c_name().as_ptr()))
+}
+
+/// The context's id: unique, ascending in creation order, never 0. Sets acquire
+/// their contexts in ascending id order. 0 if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_id(ctx: *const AioctxContext) -> u64 {
+    ffi("aioctx_context_id", || Ok(borrow(ctx)?.id()))
+}
+
+/// Makes the calling thread the context's home thread: the only thread that
+/// may poll it, and where its callbacks run. The first context a thread
+/// claims becomes that thread's current context (see `aioctx_poll_while`).
+/// Returns 0 (also if the caller already is the home), -EPERM if another
+/// thread is, -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_claim(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_context_claim", || {
+        clone_arc(ctx)?.claim()?;
+        Ok(0)
+    })
+}
+
+/// Blocks until the calling thread owns `ctx`. Recursive: each call must be
+/// matched by `aioctx_release`. Prefer an `AioctxSet` when acquiring the
+/// contexts of several objects, so that each is acquired once.
+/// Returns 0, -EINVAL (`ctx` NULL), -EOVERFLOW (depth at its limit).
+/// Any thread. Uncontended, it makes no system call.
+#[no_mangle]
+pub extern "C" fn aioctx_acquire(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_acquire", || borrow(ctx)?.acquire().map(|()| 0))
+}
+
+/// Like `aioctx_acquire`, but returns -EBUSY instead of blocking when another
+/// thread owns `ctx`. Succeeds recursively for the owner.
+#[no_mangle]
+pub extern "C" fn aioctx_try_acquire(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_try_acquire", || {
+        borrow(ctx)?.try_acquire().map(|()| 0)
+    })
+}
+
+/// Gives back one level of `ctx`. When the depth reaches 0, a thread blocked
+/// in `aioctx_acquire` gets the lock. Returns 0, -EPERM if the calling thread
+/// does not own `ctx` (nothing changes), -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_release(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_release", || borrow(ctx)?.release().map(|()| 0))
+}
+
+/// How many times the calling thread holds `ctx` (0 if it does not own it).
+/// -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_lock_depth(ctx: *const AioctxContext) -> c_int {
+    ffi("aioctx_lock_depth", || {
+        Ok(borrow(ctx)?.lock().depth().min(c_int::MAX as u32) as c_int)
+    })
+}
+
+/// Runs one iteration of the loop: waits (if `blocking`) for an fd event, a
+/// timer, a bottom half or `aioctx_notify`, then runs — with `ctx` held — the
+/// BHs pending when the dispatch began, ready fd handlers and due timers.
+/// A BH scheduled during the poll runs in the next one.
+/// Returns 1 if a callback ran, 0 if none (a blocking poll woken only by
+/// `aioctx_notify` returns 0), -EPERM if the caller is not the home thread
+/// (the first poll makes the caller the home), -EINVAL if `ctx` is NULL.
+/// The home thread may poll while holding `ctx`.
+#[no_mangle]
+pub extern "C" fn aioctx_poll(ctx: *mut AioctxContext, blocking: bool) -> c_int {
+    ffi("aioctx_poll", || {
+        Ok(clone_arc(ctx)?.poll(blocking)? as c_int)
+    })
+}
+
+/// Wakes a blocking `aioctx_poll` of `ctx`. Any thread. Makes no system call
+/// when nobody is blocked in a poll of `ctx` (and `ctx` is not embedded).
+/// Returns 0, or -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_notify(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_notify", || {
+        borrow(ctx)?.notify();
+        Ok(0)
+    })
+}
+
+/// A file descriptor for embedding `ctx` in a foreign main loop (glib, libuv,
+/// epoll): it is readable whenever a BH is pending or an fd handler's fd is
+/// ready. Timers do not make it readable: wake up by
+/// `aioctx_context_deadline_ns`. When it is readable (or the deadline passed),
+/// call `aioctx_poll(ctx, false)` from the home thread. Owned by `ctx`: do not
+/// close it. Returns the fd, or -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_fd(ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_context_fd", || Ok(borrow(ctx)?.fd()))
+}
+
+/// The nearest armed timer deadline of `ctx` in CLOCK_MONOTONIC nanoseconds
+/// (compare with `aioctx_clock_ns()`), or -1 when no timer is armed.
+/// -EINVAL if `ctx` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_deadline_ns(ctx: *mut AioctxContext) -> i64 {
+    ffi("aioctx_context_deadline_ns", || {
+        Ok(borrow(ctx)?.deadline_ns().unwrap_or(-1))
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of every timer deadline.
+#[no_mangle]
+pub extern "C" fn aioctx_clock_ns() -> i64 {
+    sys::clock_ns()
+}
+
+/// Calls `io_read(opaque)` when `fd` is readable (or hung up / in error) and
+/// `io_write(opaque)` when it is writable, in the home thread of `ctx` with
+/// `ctx` held. Calling it again for the same fd replaces the callbacks; both
+/// NULL removes the fd (do that before closing it). A callback may remove its
+/// own or another fd. Any thread.
+/// Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
+/// (a regular file or directory: epoll cannot watch those); other epoll errors.
+#[no_mangle]
+pub extern "C" fn aioctx_set_fd_handler(
+    ctx: *mut AioctxContext,
+    fd: c_int,
+    io_read: AioctxCallback,
+    io_write: AioctxCallback,
+    opaque: *mut c_void,
+) -> c_int {
+    ffi("aioctx_set_fd_handler", || {
+        let read = boundary::callback(io_read, opaque);
+        let write = boundary::callback(io_write, opaque);
+        borrow(ctx)?.set_fd_handler(fd, read, write)?;
+        Ok(0)
+    })
+}

@@ -1,0 +1,55 @@
+//! `AioctxIoThread`: named threads running one context each.
+
+use std::ffi::{c_char, c_int};
+
+use super::boundary::{
+    borrow, borrow_mut, borrowed_arc_ptr, ffi, into_box_ptr, str_arg, take_box, Opaque,
+};
+use super::context::AioctxContext;
+use crate::iothread::IoThread;
+
+/// An OS thread that polls its own context until freed.
+pub struct AioctxIoThread {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxIoThread {
+    type Rust = IoThread;
+    const WHAT: &'static str = "iothread";
+}
+
+/// Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
+/// 15 bytes) that is the home of a new context of the same name and polls it.
+/// Returns when the thread runs. NULL on failure (`name` NULL or empty:
+/// EINVAL; the thread cannot be created).
+#[no_mangle]
+pub extern "C" fn aioctx_iothread_new(name: *const c_char) -> *mut AioctxIoThread {
+    ffi("aioctx_iothread_new", || {
+        Ok(into_box_ptr(IoThread::new(str_arg(name, "name")?)?))
+    })
+}
+
+/// The IOThread's context, borrowed: valid until `aioctx_iothread_free`
+/// (take a reference to keep it longer). NULL if `it` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_iothread_context(it: *mut AioctxIoThread) -> *mut AioctxContext {
+    ffi("aioctx_iothread_context", || {
+        Ok(borrowed_arc_ptr(borrow(it)?.context()))
+    })
+}
+
+/// Runs the BHs already scheduled on the IOThread's context, stops the thread
+/// and joins it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
+/// `it` still running and valid, when called from the IOThread itself or
+/// while the caller holds its context (the thread could never stop).
+#[no_mangle]
+pub extern "C" fn aioctx_iothread_free(it: *mut AioctxIoThread) -> c_int {
+    ffi("aioctx_iothread_free", || {
+        if it.is_null() {
+            return Ok(0);
+        }
+        borrow_mut(it)?.stop()?;
+        drop(take_box(it));
+        Ok(0)
+    })
+}

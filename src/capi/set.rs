@@ -1,0 +1,86 @@
+//! `AioctxSet`: context sets.
+
+use std::ffi::c_int;
+
+use parking_lot::Mutex;
+
+use super::boundary::{borrow, clone_arc, ffi, into_box_ptr, take_box, Opaque};
+use super::context::AioctxContext;
+use crate::set::ContextSet;
+
+/// A set of contexts, acquired each exactly once in ascending id order: the
+/// safe way to hold the contexts of several objects (two drives on one
+/// IOThread are one context). Owned by the caller; free with `aioctx_set_free`.
+pub struct AioctxSet {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxSet {
+    // The mutex turns concurrent misuse of one set into serialised calls.
+    type Rust = Mutex<ContextSet>;
+    const WHAT: &'static str = "set";
+}
+
+/// Creates an empty set.
+#[no_mangle]
+pub extern "C" fn aioctx_set_new() -> *mut AioctxSet {
+    ffi("aioctx_set_new", || {
+        Ok(into_box_ptr(Mutex::new(ContextSet::new())))
+    })
+}
+
+/// Adds `ctx` (taking a reference). Returns 1 if added, 0 if already a member;
+/// -EINVAL (NULL argument); -EBUSY (the set is held: release it first).
+/// O(log n).
+#[no_mangle]
+pub extern "C" fn aioctx_set_add(set: *mut AioctxSet, ctx: *mut AioctxContext) -> c_int {
+    ffi("aioctx_set_add", || {
+        let ctx = clone_arc(ctx)?;
+        Ok(borrow(set)?.lock().add(&ctx)? as c_int)
+    })
+}
+
+/// The number of distinct contexts in the set (0 if `set` is NULL).
+#[no_mangle]
+pub extern "C" fn aioctx_set_len(set: *const AioctxSet) -> usize {
+    ffi("aioctx_set_len", || Ok(borrow(set)?.lock().len()))
+}
+
+/// Acquires every context of the set once, in ascending id order (one global
+/// order: threads acquiring overlapping sets cannot deadlock each other).
+/// Returns 0; -EINVAL (`set` NULL); -EBUSY (already held: release first).
+/// On failure nothing is left held.
+#[no_mangle]
+pub extern "C" fn aioctx_set_acquire(set: *mut AioctxSet) -> c_int {
+    ffi("aioctx_set_acquire", || {
+        borrow(set)?.lock().acquire()?;
+        Ok(0)
+    })
+}
+
+/// Releases every context of the set once, in descending id order.
+/// Returns 0; -EINVAL (`set` NULL); -EPERM (the set is not held by the calling
+/// thread; nothing changes, or a member had been released behind the set's
+/// back: the others are still released).
+#[no_mangle]
+pub extern "C" fn aioctx_set_release(set: *mut AioctxSet) -> c_int {
+    ffi("aioctx_set_release", || {
+        borrow(set)?.lock().release()?;
+        Ok(0)
+    })
+}
+
+/// Frees the set and its references. A set held by the calling thread is
+/// released first. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn aioctx_set_free(set: *mut AioctxSet) {
+    ffi("aioctx_set_free", || {
+        if let Some(set) = take_box(set) {
+            let mut set = set.into_inner();
+            if set.is_held() {
+                set.release()?;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,79 @@
+//! Waiting: `aioctx_poll_while` and `aioctx_wait_kick`.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use super::boundary::{clone_arc, ffi, CFn};
+use super::context::AioctxContext;
+use crate::error::invalid;
+use crate::wait::{self, WaitOptions};
+
+/// `aioctx_poll_while` flag: release every level the caller holds of the
+/// context around each poll (and restore them), instead of refusing a
+/// recursive hold with -EDEADLK. Use only when no caller up the stack relies
+/// on the context staying held.
+pub const AIOCTX_WAIT_RELEASE_ALL: c_uint = 1;
+
+/// `bool (*)(void *opaque)`: the condition of `aioctx_poll_while`.
+pub type AioctxCond = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
+
+/// Polls until `cond(opaque)` returns false: the AIO_WAIT_WHILE pattern.
+///
+/// * If the caller is `ctx`'s home thread (or `ctx` has no home yet), it polls
+///   `ctx` itself.
+/// * Otherwise it polls its current context (the first it claimed; a thread
+///   with none adopts the main context if that has no home yet). If it holds
+///   `ctx` once, it releases it around each blocking poll, so that `ctx`'s
+///   home thread can run the work, and re-acquires it before calling `cond`.
+///
+/// `cond` is called in the calling thread with the caller's locks as they
+/// were. Completions wake the waiter without lost wake-ups: every callback a
+/// poll runs, and `aioctx_wait_kick()`, re-checks all waiters' conditions.
+///
+/// Returns 0 once `cond` is false;
+/// -EDEADLK at once if the caller holds `ctx` more than once (releasing once
+/// could never let its home thread run; acquire through an `AioctxSet`, or
+/// pass `AIOCTX_WAIT_RELEASE_ALL`); -ETIMEDOUT when `timeout_ns` (>= 0) passed,
+/// with a dump of every context's holder in `aioctx_last_error()`; -EPERM if
+/// the caller has no loop to poll; -EINVAL (NULL `ctx`/`cond`, unknown
+/// flags). The caller's lock depth on `ctx` is the same on return as on entry.
+#[no_mangle]
+pub extern "C" fn aioctx_poll_while(
+    ctx: *mut AioctxContext,
+    cond: AioctxCond,
+    opaque: *mut c_void,
+    timeout_ns: i64,
+    flags: c_uint,
+) -> c_int {
+    ffi("aioctx_poll_while", || {
+        let ctx = clone_arc(ctx)?;
+        let cond = CFn {
+            f: cond.ok_or_else(|| invalid("cond is NULL: pass a function"))?,
+            opaque,
+        };
+        if flags & !AIOCTX_WAIT_RELEASE_ALL != 0 {
+            return Err(invalid(format!(
+                "unknown flags {flags:#x}: only AIOCTX_WAIT_RELEASE_ALL is defined"
+            )));
+        }
+        let opts = WaitOptions {
+            timeout_ns: (timeout_ns >= 0).then_some(timeout_ns),
+            release_all: flags & AIOCTX_WAIT_RELEASE_ALL != 0,
+        };
+        // SAFETY: the caller passed `cond` for `opaque` and waits for the call.
+        let mut still_waiting = || unsafe { (cond.f)(cond.opaque) };
+        wait::poll_while(&ctx, &mut still_waiting, opts)?;
+        Ok(0)
+    })
+}
+
+/// Makes every thread waiting in `aioctx_poll_while` re-check its condition.
+/// Call it after changing state a waiter may be waiting for outside of any
+/// aioctx callback (callbacks run by a poll kick automatically). Any thread;
+/// one fence and one load when nobody waits.
+#[no_mangle]
+pub extern "C" fn aioctx_wait_kick() {
+    ffi("aioctx_wait_kick", || {
+        wait::kick();
+        Ok(())
+    })
+}
