@@ -20,6 +20,17 @@
 #include <stdint.h>
 
 /**
+ * `aioctx_node_open_file` flag: open for writing and take the image write lock.
+ */
+#define AIOCTX_OPEN_RDWR 1
+
+/**
+ * `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
+ * without the write lock, until `aioctx_graph_activate_all`.
+ */
+#define AIOCTX_OPEN_INACTIVE 2
+
+/**
  * `aioctx_poll_while` flag: release every level the caller holds of the
  * context around each poll (and restore them), instead of refusing a
  * recursive hold with -EDEADLK. Use only when no caller up the stack relies
@@ -42,9 +53,24 @@ typedef struct AioctxBh AioctxBh;
 typedef struct AioctxContext AioctxContext;
 
 /**
+ * A graph of block nodes. Owned by the caller; `aioctx_graph_free` closes
+ * every node. Graph-wide calls (`aioctx_graph_inactivate_all`,
+ * `aioctx_graph_activate_all`, `aioctx_node_drain`, `aioctx_node_flush`) are
+ * made from the home thread of the graph's main context (the first such
+ * call claims it); from any other thread they fail with -EPERM.
+ */
+typedef struct AioctxGraph AioctxGraph;
+
+/**
  * An OS thread that polls its own context until freed.
  */
 typedef struct AioctxIoThread AioctxIoThread;
+
+/**
+ * A node of a block graph, owned by the graph: pointers are borrowed and
+ * valid until `aioctx_graph_free`.
+ */
+typedef struct AioctxNode AioctxNode;
 
 /**
  * A set of contexts, acquired each exactly once in ascending id order: the
@@ -67,6 +93,38 @@ typedef struct AioctxTimer AioctxTimer;
 typedef void (*AioctxCallback)(void *opaque);
 
 /**
+ * A node driver: optional callbacks, each called with the driver's opaque
+ * pointer in the node's home thread with its context held. Return 0 or a
+ * negative errno; NULL callbacks succeed without doing anything.
+ */
+typedef struct AioctxDriver {
+  /**
+   * Make written data durable (called by `aioctx_node_flush` and
+   * `aioctx_graph_inactivate_all`).
+   */
+  int (*flush)(struct AioctxNode *node, void *opaque);
+  /**
+   * Stop using the image: the node is migrating away (after its flush).
+   */
+  int (*inactivate)(struct AioctxNode *node, void *opaque);
+  /**
+   * Resume using the image: the node is taken over (after write permission is back).
+   */
+  int (*activate)(struct AioctxNode *node, void *opaque);
+  /**
+   * The graph is being freed: release what `opaque` holds for this node.
+   */
+  void (*close)(struct AioctxNode *node, void *opaque);
+} AioctxDriver;
+
+/**
+ * `void (*)(void *opaque, int64_t ret)`: completion of `aioctx_node_pread`
+ * and `aioctx_node_pwrite`; `ret` is the byte count (short only at end of
+ * file, for reads) or a negative errno.
+ */
+typedef void (*AioctxIoDone)(void *opaque, int64_t ret);
+
+/**
  * `bool (*)(void *opaque)`: the condition of `aioctx_poll_while`.
  */
 typedef bool (*AioctxCond)(void *opaque);
@@ -81,7 +139,7 @@ extern "C" {
  * `ctx`: delete it before the context is freed (scheduling it afterwards
  * fails with -ENODEV). NULL on failure (`ctx` or `cb` NULL: EINVAL).
  */
-AioctxBh *aioctx_bh_new(AioctxContext *ctx, AioctxCallback cb, void *opaque);
+struct AioctxBh *aioctx_bh_new(struct AioctxContext *ctx, AioctxCallback cb, void *opaque);
 
 /**
  * Makes `bh` pending and wakes its context. Any thread. Scheduling a pending
@@ -90,25 +148,25 @@ AioctxBh *aioctx_bh_new(AioctxContext *ctx, AioctxCallback cb, void *opaque);
  * runs in the next poll. Returns 0; -EINVAL (`bh` NULL); -ENODEV (its
  * context was freed).
  */
-int aioctx_bh_schedule(AioctxBh *bh);
+int aioctx_bh_schedule(struct AioctxBh *bh);
 
 /**
  * Makes a pending `bh` not pending: it will not run unless scheduled again.
  * Any thread. Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
  */
-int aioctx_bh_cancel(AioctxBh *bh);
+int aioctx_bh_cancel(struct AioctxBh *bh);
 
 /**
  * Cancels and frees `bh`; it never runs again, even if it was pending. May be
  * called from the BH's own callback. NULL is a no-op.
  */
-void aioctx_bh_delete(AioctxBh *bh);
+void aioctx_bh_delete(struct AioctxBh *bh);
 
 /**
  * Schedules `cb(opaque)` to run once in the home thread of `ctx`, and frees
  * the BH after it ran. Any thread. Returns 0, or -EINVAL (`ctx` or `cb` NULL).
  */
-int aioctx_bh_schedule_oneshot(AioctxContext *ctx, AioctxCallback cb, void *opaque);
+int aioctx_bh_schedule_oneshot(struct AioctxContext *ctx, AioctxCallback cb, void *opaque);
 
 /**
  * Creates a context named `name` (copied; used in messages and dumps) with no
@@ -116,37 +174,37 @@ int aioctx_bh_schedule_oneshot(AioctxContext *ctx, AioctxCallback cb, void *opaq
  * Returns a new reference, or NULL with `aioctx_last_error()` set:
  * `name` NULL or empty, or out of file descriptors.
  */
-AioctxContext *aioctx_context_new(const char *name);
+struct AioctxContext *aioctx_context_new(const char *name);
 
 /**
  * The process-wide main context, created on first use and never freed. The
  * pointer is borrowed: do not unref it (take a reference with
  * `aioctx_context_ref` if you want one). NULL only if it cannot be created.
  */
-AioctxContext *aioctx_main_context(void);
+struct AioctxContext *aioctx_main_context(void);
 
 /**
  * Takes a new reference to `ctx` and returns it (NULL if `ctx` is NULL).
  * The main context is never freed; references to it are not counted.
  */
-AioctxContext *aioctx_context_ref(AioctxContext *ctx);
+struct AioctxContext *aioctx_context_ref(struct AioctxContext *ctx);
 
 /**
  * Drops a reference; the last one frees the context. NULL and the main
  * context are no-ops. Callbacks, BHs and timers of a freed context never run.
  */
-void aioctx_context_unref(AioctxContext *ctx);
+void aioctx_context_unref(struct AioctxContext *ctx);
 
 /**
  * The name given at creation. Valid as long as the context. NULL if `ctx` is NULL.
  */
-const char *aioctx_context_name(const AioctxContext *ctx);
+const char *aioctx_context_name(const struct AioctxContext *ctx);
 
 /**
  * The context's id: unique, ascending in creation order, never 0. Sets acquire
  * their contexts in ascending id order. 0 if `ctx` is NULL.
  */
-uint64_t aioctx_context_id(const AioctxContext *ctx);
+uint64_t aioctx_context_id(const struct AioctxContext *ctx);
 
 /**
  * Makes the calling thread the context's home thread: the only thread that
@@ -155,7 +213,7 @@ uint64_t aioctx_context_id(const AioctxContext *ctx);
  * Returns 0 (also if the caller already is the home), -EPERM if another
  * thread is, -EINVAL if `ctx` is NULL.
  */
-int aioctx_context_claim(AioctxContext *ctx);
+int aioctx_context_claim(struct AioctxContext *ctx);
 
 /**
  * Blocks until the calling thread owns `ctx`. Recursive: each call must be
@@ -164,26 +222,26 @@ int aioctx_context_claim(AioctxContext *ctx);
  * Returns 0, -EINVAL (`ctx` NULL), -EOVERFLOW (depth at its limit).
  * Any thread. Uncontended, it makes no system call.
  */
-int aioctx_acquire(AioctxContext *ctx);
+int aioctx_acquire(struct AioctxContext *ctx);
 
 /**
  * Like `aioctx_acquire`, but returns -EBUSY instead of blocking when another
  * thread owns `ctx`. Succeeds recursively for the owner.
  */
-int aioctx_try_acquire(AioctxContext *ctx);
+int aioctx_try_acquire(struct AioctxContext *ctx);
 
 /**
  * Gives back one level of `ctx`. When the depth reaches 0, a thread blocked
  * in `aioctx_acquire` gets the lock. Returns 0, -EPERM if the calling thread
  * does not own `ctx` (nothing changes), -EINVAL if `ctx` is NULL.
  */
-int aioctx_release(AioctxContext *ctx);
+int aioctx_release(struct AioctxContext *ctx);
 
 /**
  * How many times the calling thread holds `ctx` (0 if it does not own it).
  * -EINVAL if `ctx` is NULL.
  */
-int aioctx_lock_depth(const AioctxContext *ctx);
+int aioctx_lock_depth(const struct AioctxContext *ctx);
 
 /**
  * Runs one iteration of the loop: waits (if `blocking`) for an fd event, a
@@ -195,14 +253,14 @@ int aioctx_lock_depth(const AioctxContext *ctx);
  * (the first poll makes the caller the home), -EINVAL if `ctx` is NULL.
  * The home thread may poll while holding `ctx`.
  */
-int aioctx_poll(AioctxContext *ctx, bool blocking);
+int aioctx_poll(struct AioctxContext *ctx, bool blocking);
 
 /**
  * Wakes a blocking `aioctx_poll` of `ctx`. Any thread. Makes no system call
  * when nobody is blocked in a poll of `ctx` (and `ctx` is not embedded).
  * Returns 0, or -EINVAL if `ctx` is NULL.
  */
-int aioctx_notify(AioctxContext *ctx);
+int aioctx_notify(struct AioctxContext *ctx);
 
 /**
  * A file descriptor for embedding `ctx` in a foreign main loop (glib, libuv,
@@ -212,14 +270,14 @@ int aioctx_notify(AioctxContext *ctx);
  * call `aioctx_poll(ctx, false)` from the home thread. Owned by `ctx`: do not
  * close it. Returns the fd, or -EINVAL if `ctx` is NULL.
  */
-int aioctx_context_fd(AioctxContext *ctx);
+int aioctx_context_fd(struct AioctxContext *ctx);
 
 /**
  * The nearest armed timer deadline of `ctx` in CLOCK_MONOTONIC nanoseconds
  * (compare with `aioctx_clock_ns()`), or -1 when no timer is armed.
  * -EINVAL if `ctx` is NULL.
  */
-int64_t aioctx_context_deadline_ns(AioctxContext *ctx);
+int64_t aioctx_context_deadline_ns(struct AioctxContext *ctx);
 
 /**
  * CLOCK_MONOTONIC in nanoseconds: the clock of every timer deadline.
@@ -235,7 +293,7 @@ int64_t aioctx_clock_ns(void);
  * Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
  * (a regular file or directory: epoll cannot watch those); other epoll errors.
  */
-int aioctx_set_fd_handler(AioctxContext *ctx, int fd, AioctxCallback io_read, AioctxCallback io_write, void *opaque);
+int aioctx_set_fd_handler(struct AioctxContext *ctx, int fd, AioctxCallback io_read, AioctxCallback io_write, void *opaque);
 
 /**
  * The calling thread's message for its last failed aioctx call, or "" if
@@ -251,18 +309,71 @@ const char *aioctx_last_error(void);
 const char *aioctx_version(void);
 
 /**
+ * Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
+ * thread (NULL: `aioctx_main_context()`). NULL on failure.
+ */
+struct AioctxGraph *aioctx_graph_new(struct AioctxContext *main_ctx);
+
+/**
+ * Closes every node once (its driver's `close`, called in the caller's
+ * thread with the node's context held) and frees the graph; node pointers
+ * become invalid. Drain or inactivate first: a request still in flight keeps
+ * its node's resources until it completes. NULL is a no-op.
+ */
+void aioctx_graph_free(struct AioctxGraph *g);
+
+/**
+ * The node named `name`, borrowed (valid until the graph is freed), or NULL
+ * (no such node: ENOENT; NULL argument: EINVAL).
+ */
+struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
+
+/**
+ * Hands the graph over to a migration destination. From the main context's
+ * home thread:
+ * 1. acquire the contexts of all active nodes, each exactly once (a set);
+ * 2. refuse new requests (-EBUSY) and drain every node;
+ * 3. top-down (parents before children, a shared child once): flush, then the
+ *    driver's `inactivate`, each run in the node's home thread;
+ * 4. mark every node inactive and drop write permission (the raw-file driver
+ *    releases its image write lock);
+ * 5. release every context exactly once.
+ * Nodes already inactive are skipped: a second call is a no-op.
+ * Returns 0; the first error stops it (the message names the node and the
+ * step): every context is still released once, nodes already handed over are
+ * inactive and the rest active, and `aioctx_graph_activate_all` recovers.
+ * -EDEADLK when the caller already holds a node's context (another acquire
+ * would make the waits hang): nothing is changed and the caller's lock
+ * depths are as before. -EPERM from a thread other than the main context's home.
+ */
+int aioctx_graph_inactivate_all(struct AioctxGraph *g);
+
+/**
+ * Takes the graph over (migration destination, or recovery after a failed
+ * inactivate). From the main context's home thread, with every inactive
+ * node's context acquired once, bottom-up (children before parents): take
+ * write permission back (the raw-file driver's image write lock), call the
+ * driver's `activate` in the node's home thread, clear the inactive flag.
+ * Returns 0; -EAGAIN with "locked by another process" when an image is still
+ * written by another process (the nodes not reached stay inactive: call it
+ * again later); the driver's error naming the node; -EPERM from a thread
+ * other than the main context's home.
+ */
+int aioctx_graph_activate_all(struct AioctxGraph *g);
+
+/**
  * Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
  * 15 bytes) that is the home of a new context of the same name and polls it.
  * Returns when the thread runs. NULL on failure (`name` NULL or empty:
  * EINVAL; the thread cannot be created).
  */
-AioctxIoThread *aioctx_iothread_new(const char *name);
+struct AioctxIoThread *aioctx_iothread_new(const char *name);
 
 /**
  * The IOThread's context, borrowed: valid until `aioctx_iothread_free`
  * (take a reference to keep it longer). NULL if `it` is NULL.
  */
-AioctxContext *aioctx_iothread_context(AioctxIoThread *it);
+struct AioctxContext *aioctx_iothread_context(struct AioctxIoThread *it);
 
 /**
  * Runs the BHs already scheduled on the IOThread's context, stops the thread
@@ -270,24 +381,118 @@ AioctxContext *aioctx_iothread_context(AioctxIoThread *it);
  * `it` still running and valid, when called from the IOThread itself or
  * while the caller holds its context (the thread could never stop).
  */
-int aioctx_iothread_free(AioctxIoThread *it);
+int aioctx_iothread_free(struct AioctxIoThread *it);
+
+/**
+ * Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s
+ * home thread, driven by `drv` (copied; NULL: no callbacks) with `opaque`.
+ * The node starts active and writable. Returns the node (borrowed, owned by
+ * the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`, empty name), EEXIST
+ * (name taken).
+ */
+struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const struct AioctxDriver *drv, void *opaque);
+
+/**
+ * Adds a node backed by the raw-file driver on the image at `path`.
+ * `flags`: `AIOCTX_OPEN_RDWR` opens for writing and takes the image write
+ * lock (an open-file-description lock: no other process can then write or
+ * activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
+ * the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
+ * Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
+ * EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
+ */
+struct AioctxNode *aioctx_node_open_file(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const char *path, unsigned int flags);
+
+/**
+ * The node's name (valid as long as the node). NULL if `n` is NULL.
+ */
+const char *aioctx_node_name(const struct AioctxNode *n);
+
+/**
+ * The node's context, borrowed (the node holds a reference). NULL if `n` is NULL.
+ */
+struct AioctxContext *aioctx_node_context(const struct AioctxNode *n);
+
+/**
+ * Adds the edge `parent → child` (both in one graph). Returns 0 (also if the
+ * edge exists), -ELOOP if it would create a cycle (a self-edge included),
+ * -EINVAL (NULL, or nodes of different graphs).
+ */
+int aioctx_node_attach_child(struct AioctxNode *parent, struct AioctxNode *child);
+
+/**
+ * Counts a request in flight on `n` (for drivers that do their own I/O).
+ * Any thread. Returns 0; -EPERM for a write on an inactive or read-only node;
+ * -EBUSY while `aioctx_graph_inactivate_all` runs; -EINVAL if `n` is NULL.
+ */
+int aioctx_node_start_request(struct AioctxNode *n, bool write);
+
+/**
+ * Ends a request started with `aioctx_node_start_request`, after its
+ * completion has been handled. Any thread; wakes waiters (drain). Without a
+ * request in flight, sets `aioctx_last_error()` and changes nothing.
+ */
+void aioctx_node_end_request(struct AioctxNode *n);
+
+/**
+ * The number of requests in flight, or -EINVAL if `n` is NULL.
+ */
+int64_t aioctx_node_in_flight(const struct AioctxNode *n);
+
+/**
+ * Whether the node is inactive (migrated away, or opened for an incoming
+ * migration and not yet activated). False if `n` is NULL.
+ */
+bool aioctx_node_is_inactive(const struct AioctxNode *n);
+
+/**
+ * Waits until `n` has no request in flight, polling with
+ * `aioctx_poll_while` (the node's context is released once while waiting).
+ * From the graph's main context's home thread. Returns 0; -EDEADLK if the
+ * caller holds the node's context more than once; -EPERM from another thread.
+ */
+int aioctx_node_drain(struct AioctxNode *n);
+
+/**
+ * Flushes `n` through its driver (raw file: `fdatasync` on a worker
+ * thread), run in the node's home thread while the caller waits as in
+ * `aioctx_node_drain`. Returns 0 or the driver's negative errno.
+ */
+int aioctx_node_flush(struct AioctxNode *n);
+
+/**
+ * Reads `len` bytes at `offset` into `buf` (raw-file nodes). Any thread.
+ * Returns 0 once submitted; then the read runs on a worker thread and
+ * `cb(opaque, ret)` runs in the node's home thread with its context held
+ * (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
+ * valid until then. Errors (no callback then): -EINVAL, -EBUSY (handover in
+ * progress), -ENOTSUP (not a raw-file node).
+ */
+int aioctx_node_pread(struct AioctxNode *n, void *buf, size_t len, uint64_t offset, AioctxIoDone cb, void *opaque);
+
+/**
+ * Writes `len` bytes from `buf` at `offset` (raw-file nodes). Any thread.
+ * Like `aioctx_node_pread`; a write is acknowledged (on disk after a flush)
+ * when `cb` reports `len`. Also -EPERM: the node is inactive or read-only.
+ */
+int aioctx_node_pwrite(struct AioctxNode *n, const void *buf, size_t len, uint64_t offset, AioctxIoDone cb, void *opaque);
 
 /**
  * Creates an empty set.
  */
-AioctxSet *aioctx_set_new(void);
+struct AioctxSet *aioctx_set_new(void);
 
 /**
  * Adds `ctx` (taking a reference). Returns 1 if added, 0 if already a member;
  * -EINVAL (NULL argument); -EBUSY (the set is held: release it first).
  * O(log n).
  */
-int aioctx_set_add(AioctxSet *set, AioctxContext *ctx);
+int aioctx_set_add(struct AioctxSet *set, struct AioctxContext *ctx);
 
 /**
  * The number of distinct contexts in the set (0 if `set` is NULL).
  */
-size_t aioctx_set_len(const AioctxSet *set);
+size_t aioctx_set_len(const struct AioctxSet *set);
 
 /**
  * Acquires every context of the set once, in ascending id order (one global
@@ -295,7 +500,7 @@ size_t aioctx_set_len(const AioctxSet *set);
  * Returns 0; -EINVAL (`set` NULL); -EBUSY (already held: release first).
  * On failure nothing is left held.
  */
-int aioctx_set_acquire(AioctxSet *set);
+int aioctx_set_acquire(struct AioctxSet *set);
 
 /**
  * Releases every context of the set once, in descending id order.
@@ -303,20 +508,20 @@ int aioctx_set_acquire(AioctxSet *set);
  * thread; nothing changes, or a member had been released behind the set's
  * back: the others are still released).
  */
-int aioctx_set_release(AioctxSet *set);
+int aioctx_set_release(struct AioctxSet *set);
 
 /**
  * Frees the set and its references. A set held by the calling thread is
  * released first. NULL is a no-op.
  */
-void aioctx_set_free(AioctxSet *set);
+void aioctx_set_free(struct AioctxSet *set);
 
 /**
  * Creates a disarmed timer that calls `cb(opaque)` in the home thread of
  * `ctx`. Like a BH, it keeps no reference on `ctx`. NULL on failure (`ctx` or
  * `cb` NULL: EINVAL).
  */
-AioctxTimer *aioctx_timer_new(AioctxContext *ctx, AioctxCallback cb, void *opaque);
+struct AioctxTimer *aioctx_timer_new(struct AioctxContext *ctx, AioctxCallback cb, void *opaque);
 
 /**
  * Arms `t` for the absolute time `expire_ns` (from `aioctx_clock_ns()`),
@@ -326,18 +531,18 @@ AioctxTimer *aioctx_timer_new(AioctxContext *ctx, AioctxCallback cb, void *opaqu
  * later poll. Returns 0; -EINVAL (`t` NULL, `expire_ns` < 0); -ENODEV (its
  * context was freed).
  */
-int aioctx_timer_mod(AioctxTimer *t, int64_t expire_ns);
+int aioctx_timer_mod(struct AioctxTimer *t, int64_t expire_ns);
 
 /**
  * Disarms `t`; it does not run until armed again. Any thread. Returns 0
  * (also if it was not armed), -EINVAL if `t` is NULL.
  */
-int aioctx_timer_del(AioctxTimer *t);
+int aioctx_timer_del(struct AioctxTimer *t);
 
 /**
  * Disarms and frees `t`. May be called from its own callback. NULL is a no-op.
  */
-void aioctx_timer_free(AioctxTimer *t);
+void aioctx_timer_free(struct AioctxTimer *t);
 
 /**
  * Polls until `cond(opaque)` returns false: the AIO_WAIT_WHILE pattern.
@@ -361,7 +566,7 @@ void aioctx_timer_free(AioctxTimer *t);
  * the caller has no loop to poll; -EINVAL (NULL `ctx`/`cond`, unknown
  * flags). The caller's lock depth on `ctx` is the same on return as on entry.
  */
-int aioctx_poll_while(AioctxContext *ctx, AioctxCond cond, void *opaque, int64_t timeout_ns, unsigned int flags);
+int aioctx_poll_while(struct AioctxContext *ctx, AioctxCond cond, void *opaque, int64_t timeout_ns, unsigned int flags);
 
 /**
  * Makes every thread waiting in `aioctx_poll_while` re-check its condition.

@@ -7,9 +7,12 @@
 //! * [`context`]: event loops with bottom halves, timers, fd handlers, notify;
 //! * [`wait`]: `poll_while` and the kicks that end it;
 //! * [`iothread`]: named threads running one context each;
+//! * [`block`]: the block graph, drain, inactivate_all / activate_all and
+//!   the raw-file driver;
 //! * `sys`: the few system calls, and `capi`: the C ABI — the only modules
 //!   allowed `unsafe`.
 
+pub mod block;
 pub mod context;
 pub mod error;
 pub mod iothread;
@@ -21,12 +24,14 @@ pub mod wait;
 mod capi;
 mod sys;
 
+pub use block::{Driver, FileDriver, Graph, Node, NullDriver, OpenFlags, RequestKind};
 pub use context::{Bh, Callback, Context, Timer, Wait};
 pub use error::{Error, Result};
 pub use iothread::IoThread;
 pub use lock::{ContextLock, LockGuard};
 pub use set::{ContextSet, SetGuard};
-pub use wait::{kick, poll_while, WaitOptions};
+pub use sys::file::IoBuf;
+pub use wait::{kick, poll_while, WaitOptions, Waiter};
 
 /// The library version, as `aioctx_version()` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -75,33 +75,70 @@ pub fn poll_while(
     cond: &mut dyn FnMut() -> bool,
     opts: WaitOptions,
 ) -> Result<()> {
-    let deadline = match opts.timeout_ns {
-        Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),
-        Some(t) => Some(sys::clock_ns().saturating_add(t)),
-        None => None,
-    };
-    let (poll_ctx, release) = if ctx.is_home() || !ctx.has_home() {
-        (ctx.clone(), false)
-    } else {
-        let depth = ctx.lock().depth();
-        if depth > 1 && !opts.release_all {
-            return Err(recursive_hold(ctx, depth));
+    Waiter::new(ctx, opts)?.wait_while(cond)
+}
+
+/// A `poll_while` whose checks are done: starting work and then waiting for
+/// it with a `Waiter` cannot fail half-way with the work already started.
+pub struct Waiter {
+    ctx: Arc<Context>,
+    /// The context this thread polls while it waits.
+    poll_ctx: Arc<Context>,
+    /// Whether to release `ctx` around each poll.
+    release: bool,
+    deadline: Option<i64>,
+    timeout_ns: i64,
+    _registered: Registration,
+}
+
+impl Waiter {
+    /// Checks that the calling thread can wait for `ctx` (`EDEADLK`, `EPERM`,
+    /// `EINVAL` otherwise) and registers it for kicks.
+    pub fn new(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
+        let deadline = match opts.timeout_ns {
+            Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),
+            Some(t) => Some(sys::clock_ns().saturating_add(t)),
+            None => None,
+        };
+        let (poll_ctx, release) = if ctx.is_home() || !ctx.has_home() {
+            (ctx.clone(), false)
+        } else {
+            let depth = ctx.lock().depth();
+            if depth > 1 && !opts.release_all {
+                return Err(recursive_hold(ctx, depth));
+            }
+            (Context::current()?, depth > 0)
+        };
+        Ok(Waiter {
+            ctx: ctx.clone(),
+            _registered: Registration::new(&poll_ctx),
+            poll_ctx,
+            release,
+            deadline,
+            timeout_ns: opts.timeout_ns.unwrap_or(0),
+        })
+    }
+
+    /// Polls until `cond` returns false, or the deadline passes (`ETIMEDOUT`).
+    /// The caller's depth on the context is the same on return as on entry.
+    pub fn wait_while(self, cond: &mut dyn FnMut() -> bool) -> Result<()> {
+        let wait = self.deadline.map_or(Wait::Forever, Wait::Until);
+        loop {
+            if !cond() {
+                return Ok(());
+            }
+            if self.deadline.is_some_and(|d| sys::clock_ns() >= d) {
+                return Err(timed_out(&self.ctx, self.timeout_ns));
+            }
+            let held = if self.release {
+                self.ctx.lock().release_all()
+            } else {
+                0
+            };
+            let polled = self.poll_ctx.poll_wait(wait);
+            self.ctx.lock().restore(held);
+            polled?;
         }
-        (Context::current()?, depth > 0)
-    };
-    let _registered = Registration::new(&poll_ctx);
-    let wait = deadline.map_or(Wait::Forever, Wait::Until);
-    loop {
-        if !cond() {
-            return Ok(());
-        }
-        if deadline.is_some_and(|d| sys::clock_ns() >= d) {
-            return Err(timed_out(ctx, opts.timeout_ns.unwrap_or(0)));
-        }
-        let held = if release { ctx.lock().release_all() } else { 0 };
-        let polled = poll_ctx.poll_wait(wait);
-        ctx.lock().restore(held);
-        polled?;
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod file;
 
 use std::ffi::CStr;
 

@@ -1,0 +1,154 @@
+//! The built-in raw-file driver: real `preadv`/`pwritev`/`fdatasync` on the
+//! worker pool, completions as bottom halves in the node's context, and an
+//! image write lock shared with other processes.
+#![forbid(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::node::RequestKind;
+use super::{pool, Driver, IoDone, Node, OpDone};
+use crate::error::{Error, Result};
+use crate::sys::file::{pread_full, pwrite_full, set_write_lock, IoBuf};
+
+/// How to open an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// Open for writing and take the image write lock.
+    pub rdwr: bool,
+    /// Incoming migration: start inactive, without the lock, until activate_all.
+    pub inactive: bool,
+}
+
+/// A raw image file.
+pub struct FileDriver {
+    file: Arc<File>,
+    path: String,
+    /// Whether this open file holds the image write lock.
+    locked: Mutex<bool>,
+}
+
+impl FileDriver {
+    /// Opens `path`; with `rdwr` and not `inactive`, takes the write lock
+    /// (`EAGAIN` if another process holds it).
+    pub fn open(path: &str, flags: OpenFlags) -> Result<FileDriver> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(flags.rdwr)
+            .open(path)
+            .map_err(|e| Error::from_io(&format!("cannot open image '{path}'"), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::from_io(&format!("cannot stat image '{path}'"), e))?;
+        if meta.is_dir() {
+            return Err(Error::new(
+                libc::EISDIR,
+                format!("image '{path}' is a directory: pass a file"),
+            ));
+        }
+        let driver = FileDriver {
+            file: Arc::new(file),
+            path: path.to_string(),
+            locked: Mutex::new(false),
+        };
+        if flags.rdwr && !flags.inactive {
+            driver.set_lock(true)?;
+        }
+        Ok(driver)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn set_lock(&self, exclusive: bool) -> Result<()> {
+        let mut locked = self.locked.lock();
+        if *locked == exclusive {
+            return Ok(());
+        }
+        set_write_lock(self.file.as_fd(), exclusive).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                Error::new(
+                    libc::EAGAIN,
+                    format!(
+                        "image '{}' is locked by another process that writes it; \
+                         open it with AIOCTX_OPEN_INACTIVE and activate after that process inactivates",
+                        self.path
+                    ),
+                )
+            } else {
+                Error::from_io(&format!("image '{}': write lock", self.path), e)
+            }
+        })?;
+        *locked = exclusive;
+        Ok(())
+    }
+
+    /// Runs `work` on the worker pool and `finish` with its result as a
+    /// bottom half in the node's context.
+    fn offload<T: Send + 'static>(
+        &self,
+        node: &Arc<Node>,
+        work: impl FnOnce(&File) -> T + Send + 'static,
+        finish: impl FnOnce(T) + Send + 'static,
+    ) {
+        let (file, node) = (self.file.clone(), node.clone());
+        pool::submit(move || {
+            let result = work(&file);
+            let finish = Mutex::new(Some(move || finish(result)));
+            let bh = Arc::new(move || {
+                if let Some(f) = finish.lock().take() {
+                    f()
+                }
+            });
+            // Fails only if the context is gone; its nodes went with it.
+            let _ = node.context().schedule_oneshot(bh);
+        });
+    }
+}
+
+impl Driver for FileDriver {
+    fn flush(&self, node: &Arc<Node>, done: OpDone) {
+        let path = self.path.clone();
+        self.offload(
+            node,
+            |file| file.sync_data(),
+            move |r| done(r.map_err(|e| Error::from_io(&format!("fdatasync '{path}'"), e))),
+        );
+    }
+
+    fn set_write_permission(&self, _node: &Node, write: bool) -> Result<()> {
+        self.set_lock(write)
+    }
+
+    fn submit(
+        &self,
+        node: &Arc<Node>,
+        kind: RequestKind,
+        mut buf: IoBuf,
+        offset: u64,
+        done: IoDone,
+    ) -> Result<()> {
+        let path = self.path.clone();
+        self.offload(
+            node,
+            move |file| {
+                let r = match kind {
+                    RequestKind::Read => pread_full(file.as_fd(), &mut buf, offset),
+                    RequestKind::Write => pwrite_full(file.as_fd(), &mut buf, offset),
+                };
+                (r, buf)
+            },
+            move |(r, buf)| {
+                done(
+                    r.map_err(|e| Error::from_io(&format!("I/O on '{path}'"), e)),
+                    buf,
+                )
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! The graph: unique node names, parent → child edges without cycles, and
+//! the handover order.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::file::{FileDriver, OpenFlags};
+use super::{Driver, Node};
+use crate::context::Context;
+use crate::error::{invalid, Error, Result};
+
+/// What nodes need of their graph (nodes do not keep the graph alive).
+pub(super) struct GraphShared {
+    main: Arc<Context>,
+    /// Serialises edge changes, so a cycle check and its insert agree.
+    edges: Mutex<()>,
+}
+
+impl GraphShared {
+    /// Claims the main context for the caller: graph-wide calls run there.
+    pub(super) fn claim_main(&self) -> Result<()> {
+        self.main.claim()
+    }
+}
+
+#[derive(Default)]
+struct Nodes {
+    by_name: HashMap<String, Arc<Node>>,
+    /// Creation order.
+    all: Vec<Arc<Node>>,
+}
+
+/// A block graph whose graph-wide calls run from `main`'s home thread.
+pub struct Graph {
+    shared: Arc<GraphShared>,
+    nodes: Mutex<Nodes>,
+}
+
+impl Graph {
+    /// A graph whose graph-wide calls (inactivate, activate, drain, flush)
+    /// are made from the home thread of `main`.
+    pub fn new(main: Arc<Context>) -> Graph {
+        Graph {
+            shared: Arc::new(GraphShared {
+                main,
+                edges: Mutex::new(()),
+            }),
+            nodes: Mutex::default(),
+        }
+    }
+
+    pub fn main_context(&self) -> &Arc<Context> {
+        &self.shared.main
+    }
+
+    /// Adds a node driven by `driver` (active and writable).
+    pub fn add_node(
+        &self,
+        name: &str,
+        ctx: &Arc<Context>,
+        driver: Box<dyn Driver>,
+    ) -> Result<Arc<Node>> {
+        self.insert(name, |index| {
+            Node::new(
+                name,
+                ctx.clone(),
+                self.shared.clone(),
+                index,
+                driver,
+                true,
+                false,
+            )
+        })
+    }
+
+    /// Adds a node backed by the raw-file driver on `path`.
+    pub fn open_file(
+        &self,
+        name: &str,
+        ctx: &Arc<Context>,
+        path: &str,
+        flags: OpenFlags,
+    ) -> Result<Arc<Node>> {
+        self.insert(name, |index| {
+            let driver = FileDriver::open(path, flags)?;
+            Node::new(
+                name,
+                ctx.clone(),
+                self.shared.clone(),
+                index,
+                Box::new(driver),
+                flags.rdwr,
+                flags.inactive,
+            )
+        })
+    }
+
+    fn insert(&self, name: &str, make: impl FnOnce(usize) -> Result<Node>) -> Result<Arc<Node>> {
+        if name.is_empty() {
+            return Err(invalid("node name is empty: name every node uniquely"));
+        }
+        let mut nodes = self.nodes.lock();
+        if nodes.by_name.contains_key(name) {
+            return Err(Error::new(
+                libc::EEXIST,
+                format!("a node named '{name}' already exists: names are unique"),
+            ));
+        }
+        let node = Arc::new(make(nodes.all.len())?);
+        nodes.by_name.insert(name.to_string(), node.clone());
+        nodes.all.push(node.clone());
+        Ok(node)
+    }
+
+    pub fn find(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes.lock().by_name.get(name).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.lock().all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every node, in creation order.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes.lock().all.clone()
+    }
+
+    /// Adds the edge `parent → child`; see [`attach`].
+    pub fn attach(&self, parent: &Arc<Node>, child: &Arc<Node>) -> Result<()> {
+        attach(parent, child)
+    }
+
+    /// Every node once, parents before children (Kahn's algorithm; ties in
+    /// creation order). O(nodes + edges).
+    pub fn top_down(&self) -> Vec<Arc<Node>> {
+        let all = self.nodes();
+        let mut parents = vec![0usize; all.len()];
+        for node in &all {
+            for child in node.children.lock().iter() {
+                parents[child.index] += 1;
+            }
+        }
+        let mut ready: VecDeque<_> = all
+            .iter()
+            .filter(|n| parents[n.index] == 0)
+            .cloned()
+            .collect();
+        let mut order = Vec::with_capacity(all.len());
+        while let Some(node) = ready.pop_front() {
+            for child in node.children.lock().iter() {
+                parents[child.index] -= 1;
+                if parents[child.index] == 0 {
+                    ready.push_back(child.clone());
+                }
+            }
+            order.push(node);
+        }
+        order
+    }
+
+    /// Closes every node once (driver `close`, in the caller's thread with the
+    /// node's context held) and empties the graph.
+    pub fn close_all(&self) {
+        let all = std::mem::take(&mut *self.nodes.lock());
+        for node in all.all.iter() {
+            let _held = node.context().lock().guard();
+            node.driver.close(node);
+            node.children.lock().clear();
+        }
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+/// Adds the edge `parent → child`. A no-op if it exists; `ELOOP` if it
+/// would close a cycle (a self-edge included); `EINVAL` across graphs.
+pub fn attach(parent: &Arc<Node>, child: &Arc<Node>) -> Result<()> {
+    if !Arc::ptr_eq(&parent.graph, &child.graph) {
+        return Err(invalid(format!(
+            "nodes '{}' and '{}' belong to different graphs",
+            parent.name(),
+            child.name()
+        )));
+    }
+    let _edges = parent.graph.edges.lock();
+    if Arc::ptr_eq(parent, child) || reaches(child, parent) {
+        return Err(Error::new(
+            libc::ELOOP,
+            format!(
+                "attaching '{}' under '{}' would create a cycle: '{}' already reaches '{}'",
+                child.name(),
+                parent.name(),
+                child.name(),
+                parent.name()
+            ),
+        ));
+    }
+    let mut children = parent.children.lock();
+    if !children.iter().any(|c| Arc::ptr_eq(c, child)) {
+        children.push(child.clone());
+    }
+    Ok(())
+}
+
+/// Whether `to` is reachable from `from` along child edges.
+fn reaches(from: &Arc<Node>, to: &Arc<Node>) -> bool {
+    let mut stack = vec![from.clone()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(node) = stack.pop() {
+        if Arc::ptr_eq(&node, to) {
+            return true;
+        }
+        if seen.insert(node.index) {
+            stack.extend(node.children.lock().iter().cloned());
+        }
+    }
+    false
+}

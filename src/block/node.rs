@@ -1,0 +1,242 @@
+//! A block node: name, context, in-flight requests, state flags, children.
+#![forbid(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::graph::GraphShared;
+use super::{Driver, IoDone, OpDone};
+use crate::context::Context;
+use crate::error::{busy, invalid, not_permitted, Error, Result};
+use crate::sys::file::IoBuf;
+use crate::wait::{self, WaitOptions, Waiter};
+
+/// Direction of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Read,
+    Write,
+}
+
+/// A node of a block graph. Shared: `Arc<Node>`.
+pub struct Node {
+    name: String,
+    c_name: CString,
+    ctx: Arc<Context>,
+    /// The graph's shared part: edges never cross graphs.
+    pub(super) graph: Arc<GraphShared>,
+    /// Creation order within the graph: ties in the handover order.
+    pub(super) index: usize,
+    in_flight: AtomicI64,
+    inactive: AtomicBool,
+    /// Refuses new requests while `inactivate_all` drains and hands over.
+    quiesced: AtomicBool,
+    /// Whether the node may write at all (a raw file opened read-only may not).
+    writable: bool,
+    pub(super) children: Mutex<Vec<Arc<Node>>>,
+    pub(super) driver: Box<dyn Driver>,
+}
+
+impl Node {
+    pub(super) fn new(
+        name: &str,
+        ctx: Arc<Context>,
+        graph: Arc<GraphShared>,
+        index: usize,
+        driver: Box<dyn Driver>,
+        writable: bool,
+        inactive: bool,
+    ) -> Result<Node> {
+        let c_name = CString::new(name).map_err(|_| invalid("node name contains a NUL byte"))?;
+        Ok(Node {
+            name: name.to_string(),
+            c_name,
+            ctx,
+            graph,
+            index,
+            in_flight: AtomicI64::new(0),
+            inactive: AtomicBool::new(inactive),
+            quiesced: AtomicBool::new(false),
+            writable,
+            children: Mutex::new(Vec::new()),
+            driver,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn c_name(&self) -> &CStr {
+        &self.c_name
+    }
+
+    /// The context whose home thread runs the node's callbacks.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(SeqCst)
+    }
+
+    pub fn is_inactive(&self) -> bool {
+        self.inactive.load(SeqCst)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Counts a request in flight. Refuses writes on an inactive or read-only
+    /// node (`EPERM`) and every request while a handover is in progress (`EBUSY`).
+    pub fn start_request(&self, kind: RequestKind) -> Result<()> {
+        // Counted first, checked second: pairs with `quiesce`, so either we
+        // see the flag or the drain sees our request.
+        self.in_flight.fetch_add(1, SeqCst);
+        let refusal = if self.quiesced.load(SeqCst) {
+            Some(busy(format!(
+                "node '{}' is being inactivated for migration: retry after activate_all",
+                self.name
+            )))
+        } else if kind == RequestKind::Write && self.is_inactive() {
+            Some(not_permitted(format!(
+                "node '{}' is inactive (migrated away or not yet activated): writes need activate_all",
+                self.name
+            )))
+        } else if kind == RequestKind::Write && !self.writable {
+            Some(not_permitted(format!(
+                "node '{}' is read-only: open it with AIOCTX_OPEN_RDWR",
+                self.name
+            )))
+        } else {
+            None
+        };
+        match refusal {
+            Some(e) => {
+                self.end_request_unchecked();
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a request started with `start_request`; any thread. Wakes waiters.
+    pub fn end_request(&self) -> Result<()> {
+        let mut n = self.in_flight.load(SeqCst);
+        loop {
+            if n <= 0 {
+                return Err(invalid(format!(
+                    "node '{}' has no request in flight: end_request without start_request",
+                    self.name
+                )));
+            }
+            match self.in_flight.compare_exchange(n, n - 1, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        wait::kick();
+        Ok(())
+    }
+
+    fn end_request_unchecked(&self) {
+        self.in_flight.fetch_sub(1, SeqCst);
+        wait::kick();
+    }
+
+    /// Starts a read into, or a write from, `buf` at `offset` through the
+    /// driver; `done` runs later in the home thread, and the request ends
+    /// after it. Refused like [`start_request`](Self::start_request).
+    pub fn submit(
+        self: &Arc<Self>,
+        kind: RequestKind,
+        buf: IoBuf,
+        offset: u64,
+        done: IoDone,
+    ) -> Result<()> {
+        self.start_request(kind)?;
+        let node = self.clone();
+        // The request ends after the caller's completion has run, so a drain
+        // that returns has seen every completion.
+        let done: IoDone = Box::new(move |result, buf| {
+            done(result, buf);
+            node.end_request_unchecked();
+        });
+        self.driver
+            .submit(self, kind, buf, offset, done)
+            .inspect_err(|_| self.end_request_unchecked())
+    }
+
+    /// Waits until no request is in flight, from the graph's main context's
+    /// home thread (`EDEADLK` if the caller holds the node's context more
+    /// than once).
+    pub fn drain(&self) -> Result<()> {
+        self.graph.claim_main()?;
+        wait::poll_while(
+            &self.ctx,
+            &mut || self.in_flight() > 0,
+            WaitOptions::default(),
+        )
+    }
+
+    /// Flushes the node through its driver, in its home thread, from the
+    /// graph's main context's home thread.
+    pub fn flush(self: &Arc<Self>) -> Result<()> {
+        self.graph.claim_main()?;
+        self.run_in_home(|node, done| node.driver.flush(node, done))
+    }
+
+    /// Runs `op` in the node's home thread with its context held, as a
+    /// bottom half, and waits for it to call `done`. Every check that could
+    /// refuse the wait happens before `op` is scheduled, so an error here
+    /// means `op` never ran.
+    pub(super) fn run_in_home(
+        self: &Arc<Self>,
+        op: impl FnOnce(&Arc<Node>, OpDone) + Send + 'static,
+    ) -> Result<()> {
+        let waiter = Waiter::new(&self.ctx, WaitOptions::default())?;
+        let outcome: Arc<Mutex<Option<Result<()>>>> = Arc::default();
+        let op = Mutex::new(Some(op));
+        let (node, slot) = (self.clone(), outcome.clone());
+        self.ctx.schedule_oneshot(Arc::new(move || {
+            let slot = slot.clone();
+            if let Some(op) = op.lock().take() {
+                op(
+                    &node,
+                    Box::new(move |result| {
+                        *slot.lock() = Some(result);
+                        wait::kick();
+                    }),
+                );
+            }
+        }))?;
+        waiter.wait_while(&mut || outcome.lock().is_none())?;
+        let result = outcome.lock().take();
+        result.unwrap_or_else(|| Err(Error::new(libc::EIO, "driver operation lost its result")))
+    }
+
+    /// Stops new requests (`EBUSY`) until `unquiesce`.
+    pub(super) fn quiesce(&self) {
+        self.quiesced.store(true, SeqCst);
+    }
+
+    pub(super) fn unquiesce(&self) {
+        self.quiesced.store(false, SeqCst);
+    }
+
+    pub(super) fn set_inactive(&self, inactive: bool) {
+        self.inactive.store(inactive, SeqCst);
+    }
+
+    /// Prefixes an error with the node's name.
+    pub(super) fn named(&self, what: &str, e: Error) -> Error {
+        Error::new(
+            e.errno(),
+            format!("node '{}': {what} failed: {}", self.name, e.message()),
+        )
+    }
+}

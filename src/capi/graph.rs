@@ -1,0 +1,114 @@
+//! `AioctxGraph`: the block graph and its migration handover.
+
+use std::ffi::{c_char, c_int, c_uint};
+
+use super::boundary::{
+    borrow, borrowed_arc_ptr, clone_arc, ffi, into_box_ptr, str_arg, take_box, Opaque,
+};
+use super::context::AioctxContext;
+use super::node::AioctxNode;
+use crate::block::Graph;
+use crate::context::Context;
+
+/// A graph of block nodes. Owned by the caller; `aioctx_graph_free` closes
+/// every node. Graph-wide calls (`aioctx_graph_inactivate_all`,
+/// `aioctx_graph_activate_all`, `aioctx_node_drain`, `aioctx_node_flush`) are
+/// made from the home thread of the graph's main context (the first such
+/// call claims it); from any other thread they fail with -EPERM.
+pub struct AioctxGraph {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxGraph {
+    type Rust = Graph;
+    const WHAT: &'static str = "graph";
+}
+
+/// Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
+/// thread (NULL: `aioctx_main_context()`). NULL on failure.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_new(main_ctx: *mut AioctxContext) -> *mut AioctxGraph {
+    ffi("aioctx_graph_new", || {
+        let main = if main_ctx.is_null() {
+            Context::main()?
+        } else {
+            clone_arc(main_ctx)?
+        };
+        Ok(into_box_ptr(Graph::new(main)))
+    })
+}
+
+/// Closes every node once (its driver's `close`, called in the caller's
+/// thread with the node's context held) and frees the graph; node pointers
+/// become invalid. Drain or inactivate first: a request still in flight keeps
+/// its node's resources until it completes. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_free(g: *mut AioctxGraph) {
+    ffi("aioctx_graph_free", || {
+        drop(take_box(g));
+        Ok(())
+    })
+}
+
+/// The node named `name`, borrowed (valid until the graph is freed), or NULL
+/// (no such node: ENOENT; NULL argument: EINVAL).
+#[no_mangle]
+pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) -> *mut AioctxNode {
+    ffi("aioctx_graph_find", || {
+        let name = str_arg(name, "name")?;
+        let node = borrow(g)?.find(name).ok_or_else(|| {
+            crate::Error::new(
+                libc::ENOENT,
+                format!("no node named '{name}' in this graph"),
+            )
+        })?;
+        Ok(borrowed_arc_ptr(&node))
+    })
+}
+
+/// Hands the graph over to a migration destination. From the main context's
+/// home thread:
+/// 1. acquire the contexts of all active nodes, each exactly once (a set);
+/// 2. refuse new requests (-EBUSY) and drain every node;
+/// 3. top-down (parents before children, a shared child once): flush, then the
+///    driver's `inactivate`, each run in the node's home thread;
+/// 4. mark every node inactive and drop write permission (the raw-file driver
+///    releases its image write lock);
+/// 5. release every context exactly once.
+/// Nodes already inactive are skipped: a second call is a no-op.
+/// Returns 0; the first error stops it (the message names the node and the
+/// step): every context is still released once, nodes already handed over are
+/// inactive and the rest active, and `aioctx_graph_activate_all` recovers.
+/// -EDEADLK when the caller already holds a node's context (another acquire
+/// would make the waits hang): nothing is changed and the caller's lock
+/// depths are as before. -EPERM from a thread other than the main context's home.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_inactivate_all(g: *mut AioctxGraph) -> c_int {
+    ffi("aioctx_graph_inactivate_all", || {
+        borrow(g)?.inactivate_all()?;
+        Ok(0)
+    })
+}
+
+/// Takes the graph over (migration destination, or recovery after a failed
+/// inactivate). From the main context's home thread, with every inactive
+/// node's context acquired once, bottom-up (children before parents): take
+/// write permission back (the raw-file driver's image write lock), call the
+/// driver's `activate` in the node's home thread, clear the inactive flag.
+/// Returns 0; -EAGAIN with "locked by another process" when an image is still
+/// written by another process (the nodes not reached stay inactive: call it
+/// again later); the driver's error naming the node; -EPERM from a thread
+/// other than the main context's home.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_activate_all(g: *mut AioctxGraph) -> c_int {
+    ffi("aioctx_graph_activate_all", || {
+        borrow(g)?.activate_all()?;
+        Ok(0)
+    })
+}
+
+/// `aioctx_node_open_file` flag: open for writing and take the image write lock.
+pub const AIOCTX_OPEN_RDWR: c_uint = 1;
+/// `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
+/// without the write lock, until `aioctx_graph_activate_all`.
+pub const AIOCTX_OPEN_INACTIVE: c_uint = 2;

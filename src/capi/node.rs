@@ -1,0 +1,327 @@
+//! `AioctxNode`: block nodes, their requests, and C drivers.
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::sync::Arc;
+
+use super::boundary::{borrow, borrowed_arc_ptr, clone_arc, ffi, str_arg, CFn, Opaque};
+use super::context::AioctxContext;
+use super::graph::{AioctxGraph, AIOCTX_OPEN_INACTIVE, AIOCTX_OPEN_RDWR};
+use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
+use crate::error::{invalid, Error, Result};
+use crate::sys::file::IoBuf;
+
+/// A node of a block graph, owned by the graph: pointers are borrowed and
+/// valid until `aioctx_graph_free`.
+pub struct AioctxNode {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxNode {
+    type Rust = Node;
+    const WHAT: &'static str = "node";
+}
+
+/// `void (*)(void *opaque, int64_t ret)`: completion of `aioctx_node_pread`
+/// and `aioctx_node_pwrite`; `ret` is the byte count (short only at end of
+/// file, for reads) or a negative errno.
+pub type AioctxIoDone = Option<unsafe extern "C" fn(opaque: *mut c_void, ret: i64)>;
+
+/// A node driver: optional callbacks, each called with the driver's opaque
+/// pointer in the node's home thread with its context held. Return 0 or a
+/// negative errno; NULL callbacks succeed without doing anything.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AioctxDriver {
+    /// Make written data durable (called by `aioctx_node_flush` and
+    /// `aioctx_graph_inactivate_all`).
+    pub flush: Option<unsafe extern "C" fn(node: *mut AioctxNode, opaque: *mut c_void) -> c_int>,
+    /// Stop using the image: the node is migrating away (after its flush).
+    pub inactivate:
+        Option<unsafe extern "C" fn(node: *mut AioctxNode, opaque: *mut c_void) -> c_int>,
+    /// Resume using the image: the node is taken over (after write permission is back).
+    pub activate: Option<unsafe extern "C" fn(node: *mut AioctxNode, opaque: *mut c_void) -> c_int>,
+    /// The graph is being freed: release what `opaque` holds for this node.
+    pub close: Option<unsafe extern "C" fn(node: *mut AioctxNode, opaque: *mut c_void)>,
+}
+
+type DriverFn = unsafe extern "C" fn(*mut AioctxNode, *mut c_void) -> c_int;
+
+/// A C driver table and its opaque pointer.
+struct CDriver {
+    table: AioctxDriver,
+    opaque: *mut c_void,
+}
+
+// SAFETY: the C API documents that driver callbacks run in the node's home
+// thread; aioctx only passes `opaque` back, never dereferences it.
+unsafe impl Send for CDriver {}
+// SAFETY: as above.
+unsafe impl Sync for CDriver {}
+
+impl CDriver {
+    fn call(&self, f: Option<DriverFn>, node: &Node, what: &str) -> Result<()> {
+        let Some(f) = f else { return Ok(()) };
+        // SAFETY: the C caller registered `f` for `opaque`; the node pointer is
+        // the one C knows the node by (`Arc::as_ptr`).
+        let rc = unsafe { f(node_ptr(node), self.opaque) };
+        if rc < 0 {
+            let err = std::io::Error::from_raw_os_error(-rc);
+            return Err(Error::new(
+                -rc,
+                format!("driver {what} callback returned {rc} ({err})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Driver for CDriver {
+    fn flush(&self, node: &Arc<Node>, done: OpDone) {
+        done(self.call(self.table.flush, node, "flush"))
+    }
+
+    fn inactivate(&self, node: &Arc<Node>) -> Result<()> {
+        self.call(self.table.inactivate, node, "inactivate")
+    }
+
+    fn activate(&self, node: &Arc<Node>) -> Result<()> {
+        self.call(self.table.activate, node, "activate")
+    }
+
+    fn close(&self, node: &Node) {
+        if let Some(close) = self.table.close {
+            // SAFETY: as in `call`.
+            unsafe { close(node_ptr(node), self.opaque) }
+        }
+    }
+}
+
+fn node_ptr(node: &Node) -> *mut AioctxNode {
+    (node as *const Node).cast_mut().cast()
+}
+
+/// Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s
+/// home thread, driven by `drv` (copied; NULL: no callbacks) with `opaque`.
+/// The node starts active and writable. Returns the node (borrowed, owned by
+/// the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`, empty name), EEXIST
+/// (name taken).
+#[no_mangle]
+pub extern "C" fn aioctx_node_new(
+    g: *mut AioctxGraph,
+    name: *const c_char,
+    ctx: *mut AioctxContext,
+    drv: *const AioctxDriver,
+    opaque: *mut c_void,
+) -> *mut AioctxNode {
+    ffi("aioctx_node_new", || {
+        let (graph, name, ctx) = (borrow(g)?, str_arg(name, "name")?, clone_arc(ctx)?);
+        // SAFETY: a non-NULL `drv` points to a driver table for this call.
+        let table = unsafe { drv.as_ref() }.copied().unwrap_or(AioctxDriver {
+            flush: None,
+            inactivate: None,
+            activate: None,
+            close: None,
+        });
+        let node = graph.add_node(name, &ctx, Box::new(CDriver { table, opaque }))?;
+        Ok(borrowed_arc_ptr(&node))
+    })
+}
+
+/// Adds a node backed by the raw-file driver on the image at `path`.
+/// `flags`: `AIOCTX_OPEN_RDWR` opens for writing and takes the image write
+/// lock (an open-file-description lock: no other process can then write or
+/// activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
+/// the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
+/// Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
+/// EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_open_file(
+    g: *mut AioctxGraph,
+    name: *const c_char,
+    ctx: *mut AioctxContext,
+    path: *const c_char,
+    flags: c_uint,
+) -> *mut AioctxNode {
+    ffi("aioctx_node_open_file", || {
+        let (graph, name, ctx, path) = (
+            borrow(g)?,
+            str_arg(name, "name")?,
+            clone_arc(ctx)?,
+            str_arg(path, "path")?,
+        );
+        if flags & !(AIOCTX_OPEN_RDWR | AIOCTX_OPEN_INACTIVE) != 0 {
+            return Err(invalid(format!(
+                "unknown flags {flags:#x}: use AIOCTX_OPEN_RDWR and/or AIOCTX_OPEN_INACTIVE"
+            )));
+        }
+        let flags = OpenFlags {
+            rdwr: flags & AIOCTX_OPEN_RDWR != 0,
+            inactive: flags & AIOCTX_OPEN_INACTIVE != 0,
+        };
+        Ok(borrowed_arc_ptr(&graph.open_file(name, &ctx, path, flags)?))
+    })
+}
+
+/// The node's name (valid as long as the node). NULL if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_name(n: *const AioctxNode) -> *const c_char {
+    ffi("aioctx_node_name", || Ok(borrow(n)?.c_name().as_ptr()))
+}
+
+/// The node's context, borrowed (the node holds a reference). NULL if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_context(n: *const AioctxNode) -> *mut AioctxContext {
+    ffi("aioctx_node_context", || {
+        Ok(borrowed_arc_ptr(borrow(n)?.context()))
+    })
+}
+
+/// Adds the edge `parent → child` (both in one graph). Returns 0 (also if the
+/// edge exists), -ELOOP if it would create a cycle (a self-edge included),
+/// -EINVAL (NULL, or nodes of different graphs).
+#[no_mangle]
+pub extern "C" fn aioctx_node_attach_child(
+    parent: *mut AioctxNode,
+    child: *mut AioctxNode,
+) -> c_int {
+    ffi("aioctx_node_attach_child", || {
+        let (parent, child) = (clone_arc(parent)?, clone_arc(child)?);
+        crate::block::attach(&parent, &child)?;
+        Ok(0)
+    })
+}
+
+/// Counts a request in flight on `n` (for drivers that do their own I/O).
+/// Any thread. Returns 0; -EPERM for a write on an inactive or read-only node;
+/// -EBUSY while `aioctx_graph_inactivate_all` runs; -EINVAL if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_start_request(n: *mut AioctxNode, write: bool) -> c_int {
+    ffi("aioctx_node_start_request", || {
+        let kind = if write {
+            RequestKind::Write
+        } else {
+            RequestKind::Read
+        };
+        borrow(n)?.start_request(kind)?;
+        Ok(0)
+    })
+}
+
+/// Ends a request started with `aioctx_node_start_request`, after its
+/// completion has been handled. Any thread; wakes waiters (drain). Without a
+/// request in flight, sets `aioctx_last_error()` and changes nothing.
+#[no_mangle]
+pub extern "C" fn aioctx_node_end_request(n: *mut AioctxNode) {
+    ffi("aioctx_node_end_request", || borrow(n)?.end_request())
+}
+
+/// The number of requests in flight, or -EINVAL if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_in_flight(n: *const AioctxNode) -> i64 {
+    ffi("aioctx_node_in_flight", || Ok(borrow(n)?.in_flight()))
+}
+
+/// Whether the node is inactive (migrated away, or opened for an incoming
+/// migration and not yet activated). False if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_is_inactive(n: *const AioctxNode) -> bool {
+    ffi("aioctx_node_is_inactive", || Ok(borrow(n)?.is_inactive()))
+}
+
+/// Waits until `n` has no request in flight, polling with
+/// `aioctx_poll_while` (the node's context is released once while waiting).
+/// From the graph's main context's home thread. Returns 0; -EDEADLK if the
+/// caller holds the node's context more than once; -EPERM from another thread.
+#[no_mangle]
+pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
+    ffi("aioctx_node_drain", || {
+        let node = clone_arc(n)?;
+        node.drain()?;
+        Ok(0)
+    })
+}
+
+/// Flushes `n` through its driver (raw file: `fdatasync` on a worker
+/// thread), run in the node's home thread while the caller waits as in
+/// `aioctx_node_drain`. Returns 0 or the driver's negative errno.
+#[no_mangle]
+pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
+    ffi("aioctx_node_flush", || {
+        let node = clone_arc(n)?;
+        node.flush()?;
+        Ok(0)
+    })
+}
+
+/// Reads `len` bytes at `offset` into `buf` (raw-file nodes). Any thread.
+/// Returns 0 once submitted; then the read runs on a worker thread and
+/// `cb(opaque, ret)` runs in the node's home thread with its context held
+/// (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
+/// valid until then. Errors (no callback then): -EINVAL, -EBUSY (handover in
+/// progress), -ENOTSUP (not a raw-file node).
+#[no_mangle]
+pub extern "C" fn aioctx_node_pread(
+    n: *mut AioctxNode,
+    buf: *mut c_void,
+    len: usize,
+    offset: u64,
+    cb: AioctxIoDone,
+    opaque: *mut c_void,
+) -> c_int {
+    ffi("aioctx_node_pread", || {
+        submit(n, RequestKind::Read, buf, len, offset, cb, opaque)
+    })
+}
+
+/// Writes `len` bytes from `buf` at `offset` (raw-file nodes). Any thread.
+/// Like `aioctx_node_pread`; a write is acknowledged (on disk after a flush)
+/// when `cb` reports `len`. Also -EPERM: the node is inactive or read-only.
+#[no_mangle]
+pub extern "C" fn aioctx_node_pwrite(
+    n: *mut AioctxNode,
+    buf: *const c_void,
+    len: usize,
+    offset: u64,
+    cb: AioctxIoDone,
+    opaque: *mut c_void,
+) -> c_int {
+    ffi("aioctx_node_pwrite", || {
+        submit(
+            n,
+            RequestKind::Write,
+            buf.cast_mut(),
+            len,
+            offset,
+            cb,
+            opaque,
+        )
+    })
+}
+
+fn submit(
+    n: *mut AioctxNode,
+    kind: RequestKind,
+    buf: *mut c_void,
+    len: usize,
+    offset: u64,
+    cb: AioctxIoDone,
+    opaque: *mut c_void,
+) -> Result<c_int> {
+    let node = clone_arc(n)?;
+    if buf.is_null() && len > 0 {
+        return Err(invalid("buf is NULL: pass a buffer of len bytes"));
+    }
+    // SAFETY: the C caller lends `len` bytes at `buf` until `cb` runs; a write
+    // only reads them.
+    let buf = unsafe { IoBuf::lent(buf.cast(), len) };
+    let cb = cb.map(|f| CFn { f, opaque });
+    let done: IoDone = Box::new(move |result, _buf| {
+        if let Some(cb) = cb {
+            let ret = result.map_or_else(|e| -(e.errno() as i64), |n| n as i64);
+            // SAFETY: the caller registered `f` for `opaque`.
+            unsafe { (cb.f)(cb.opaque, ret) }
+        }
+    });
+    node.submit(kind, buf, offset, done)?;
+    Ok(0)
+}

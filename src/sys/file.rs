@@ -1,0 +1,122 @@
+//! Positioned I/O on caller-provided buffers, and open-file-description locks.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// A buffer an I/O request reads into or writes from: owned by Rust, or
+/// lent by a C caller for the duration of the request.
+pub enum IoBuf {
+    Owned(Vec<u8>),
+    Lent { ptr: *mut u8, len: usize },
+}
+
+// SAFETY: a lent buffer is, per the C API contract, valid and untouched by
+// the caller until the request's completion callback; only one worker uses it.
+unsafe impl Send for IoBuf {}
+
+impl IoBuf {
+    /// A buffer lent by C code.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of `len` bytes, and not be used
+    /// by anyone else, until the request that takes this buffer completes.
+    pub unsafe fn lent(ptr: *mut u8, len: usize) -> IoBuf {
+        IoBuf::Lent { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            IoBuf::Owned(v) => v.len(),
+            IoBuf::Lent { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn as_iovec(&mut self, skip: usize) -> libc::iovec {
+        let (ptr, len) = match self {
+            IoBuf::Owned(v) => (v.as_mut_ptr(), v.len()),
+            IoBuf::Lent { ptr, len } => (*ptr, *len),
+        };
+        let skip = skip.min(len);
+        // SAFETY: `skip <= len`, so the pointer stays within (or one past) the buffer.
+        libc::iovec {
+            iov_base: unsafe { ptr.add(skip) }.cast(),
+            iov_len: len - skip,
+        }
+    }
+}
+
+/// Reads into all of `buf` from `offset`, retrying short reads; stops early
+/// only at end of file. Returns the bytes read.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> io::Result<usize> {
+    transfer(buf, offset, |iov, off| {
+        // SAFETY: `iov` describes live memory of the buffer (see IoBuf).
+        unsafe { libc::preadv(fd.as_raw_fd(), iov, 1, off) }
+    })
+}
+
+/// Writes all of `buf` at `offset`, retrying short writes. Returns the bytes written.
+pub fn pwrite_full(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> io::Result<usize> {
+    transfer(buf, offset, |iov, off| {
+        // SAFETY: as above; pwritev only reads the memory.
+        unsafe { libc::pwritev(fd.as_raw_fd(), iov, 1, off) }
+    })
+}
+
+fn transfer(
+    buf: &mut IoBuf,
+    offset: u64,
+    mut op: impl FnMut(*const libc::iovec, libc::off_t) -> isize,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let iov = buf.as_iovec(done);
+        let off = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        match op(&iov, off) {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Byte of the image that stands for "someone writes it" (as in QEMU's
+/// lock offsets, well past any header but meaningful for any file size).
+const WRITE_LOCK_BYTE: i64 = 100;
+
+/// Takes (`exclusive`) or drops the image write lock: an open-file-description
+/// lock, so it belongs to this open file and is never silently shared with
+/// another descriptor of the same process. Fails with `EAGAIN` when another
+/// open file (another process, typically) holds it.
+pub fn set_write_lock(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<()> {
+    // SAFETY: an all-zero flock is a valid value; the fields are set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if exclusive {
+        libc::F_WRLCK
+    } else {
+        libc::F_UNLCK
+    } as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = WRITE_LOCK_BYTE;
+    fl.l_len = 1;
+    // SAFETY: `fl` is a valid flock; F_OFD_SETLK does not block.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) } < 0 {
+        let err = io::Error::last_os_error();
+        // POSIX allows EACCES for a conflicting lock; report one errno.
+        if err.raw_os_error() == Some(libc::EACCES) {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        return Err(err);
+    }
+    Ok(())
+}
