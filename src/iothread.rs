@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering::*};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::context::Context;
 use crate::error::{invalid, Error, Result};
@@ -13,6 +15,17 @@ pub struct IoThread {
     ctx: Arc<Context>,
     stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The thread's token, to refuse a stop from the thread itself.
+    token: u64,
+}
+
+/// The start-up handshake: the thread's claim result and token. (A mutex
+/// and condvar rather than a channel: std's channel parks through
+/// `thread::current()`, which leaks a handle for C threads.)
+#[derive(Default)]
+struct Started {
+    outcome: Mutex<Option<Result<u64>>>,
+    ready: Condvar,
 }
 
 impl IoThread {
@@ -26,15 +39,16 @@ impl IoThread {
         }
         let ctx = Context::new(name)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let (started_tx, started) = mpsc::channel();
-        let (c, s) = (ctx.clone(), stopping.clone());
+        let started = Arc::new(Started::default());
+        let (c, s, st) = (ctx.clone(), stopping.clone(), started.clone());
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 // Claimed before new() returns, so no other thread can poll it.
-                let claimed = c.claim();
+                let claimed = c.claim().map(|()| crate::thread::current());
                 let ok = claimed.is_ok();
-                let _ = started_tx.send(claimed);
+                *st.outcome.lock() = Some(claimed);
+                st.ready.notify_one();
                 while ok && !s.load(Acquire) {
                     // A poll only fails on epoll errors, which do not heal.
                     if c.poll(true).is_err() {
@@ -43,19 +57,19 @@ impl IoThread {
                 }
             })
             .map_err(|e| Error::from_io(&format!("IOThread '{name}': cannot start thread"), e))?;
-        let started = started.recv().map_err(|_| {
-            Error::new(
-                libc::EIO,
-                format!("IOThread '{name}': thread died while starting"),
-            )
-        });
-        let it = IoThread {
+        let mut outcome = started.outcome.lock();
+        while outcome.is_none() {
+            started.ready.wait(&mut outcome);
+        }
+        let token = outcome
+            .take()
+            .unwrap_or_else(|| Err(invalid("unreachable")))?;
+        Ok(IoThread {
             ctx,
             stopping,
             thread: Some(thread),
-        };
-        started??;
-        Ok(it)
+            token,
+        })
     }
 
     /// The IOThread's context (its thread is the home thread).
@@ -68,10 +82,10 @@ impl IoThread {
     /// the IOThread itself or while the caller holds its context (the thread
     /// could then never run the stop request).
     pub fn stop(&mut self) -> Result<()> {
-        let Some(thread) = self.thread.as_ref() else {
+        if self.thread.is_none() {
             return Ok(());
-        };
-        if thread.thread().id() == std::thread::current().id() {
+        }
+        if self.token == crate::thread::current() {
             return Err(Error::new(
                 libc::EDEADLK,
                 format!(

@@ -2,6 +2,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// Readiness interest for [`Epoll::add`] and [`Epoll::modify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,10 @@ pub struct Ready {
 }
 
 pub struct Epoll(OwnedFd);
+
+/// Set once epoll_pwait2 answered ENOSYS (kernels before 5.11, valgrind),
+/// so that later waits do not retry it.
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
 
 impl Interest {
     fn bits(self) -> u32 {
@@ -122,21 +127,24 @@ impl Epoll {
         } else {
             &ts as *const libc::timespec
         };
-        // SAFETY: `events` is a writable array of `len` epoll_events and `ts_ptr`
-        // is NULL or a live timespec. epoll_pwait2 (Linux 5.11) gives ns precision.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_epoll_pwait2,
-                self.raw(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                ts_ptr,
-                std::ptr::null::<libc::sigset_t>(),
-                0usize,
-            )
-        };
-        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-            return n;
+        if !NO_PWAIT2.load(Relaxed) {
+            // SAFETY: `events` is a writable array of `len` epoll_events and
+            // `ts_ptr` is NULL or a live timespec. epoll_pwait2 gives ns precision.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    self.raw(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    ts_ptr,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return n;
+            }
+            NO_PWAIT2.store(true, Relaxed);
         }
         // Older kernels: round up to whole milliseconds so we never wake early.
         let ms = if timeout_ns < 0 {
