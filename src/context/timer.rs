@@ -53,8 +53,10 @@ impl Timer {
             )));
         }
         let ctx = self.context()?;
-        if ctx.timers.arm(self, expire_ns) {
-            // The nearest deadline moved earlier: a blocking poll must recompute.
+        // The nearest deadline moved earlier: a poll blocked in another thread
+        // (or an embedding loop) must recompute its timeout. The home thread
+        // itself is not blocked, and computes it at its next poll.
+        if ctx.timers.arm(self, expire_ns) && !ctx.is_home() {
             ctx.notify();
         }
         Ok(())

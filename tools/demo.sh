@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the project and runs the C examples a VMM author would read first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/ensure-meson.sh
+
+ensure_meson
+meson_build
+
+# The build dir holds libaioctx.so.N; don't depend on the rpath meson records.
+export LD_LIBRARY_PATH="$PWD/build${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+for example in iothreads; do
+    exe=build/examples-c/$example
+    if [ ! -x "$exe" ]; then
+        echo "== $example: not built yet (no $exe), skipping"
+        continue
+    fi
+    echo "== $example"
+    "$exe"
+done

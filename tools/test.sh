@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The project's test command: Rust unit tests, header drift check, the meson
+# build, the C tests, and the C tests again under valgrind
+# (AIOCTX_SKIP_VALGRIND=1 skips that last stage).
+#
+# Every stage runs even after an earlier one failed, so one run shows all
+# problems. The last line is "N passed, N failed" for CI: the sum of cargo's
+# and meson's per-test results, plus 1 for the drift check, plus 1 failure for
+# a stage that failed without reporting tests (e.g. a compile error).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source tools/ensure-meson.sh
+
+passed=0
+failed=0
+stage() { printf '\n===== %s\n' "$*"; }
+count() { passed=$((passed + $1)); failed=$((failed + $2)); }
+
+# Prints "passed failed" for one meson test log (one JSON object per line).
+meson_counts() {
+    python3 - "$1" <<'EOF'
+import json, os, sys
+ok = bad = 0
+if os.path.exists(sys.argv[1]):
+    for line in open(sys.argv[1]):
+        result = json.loads(line)["result"]
+        if result in ("OK", "EXPECTEDFAIL"):
+            ok += 1
+        elif result != "SKIP":
+            bad += 1
+print(ok, bad)
+EOF
+}
+
+# Runs `meson test` with extra args; counts from the log it writes.
+run_meson_tests() {
+    local log=$1
+    shift
+    rm -f "$log"
+    local rc=0
+    meson test -C build --print-errorlogs "$@" || rc=$?
+    read -r p f < <(meson_counts "$log")
+    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+    echo "-- meson: $p passed, $f failed"
+    count "$p" "$f"
+}
+
+stage "tools: meson and ninja"
+ensure_meson
+echo "meson $(meson --version), ninja $(ninja --version)"
+
+stage "Rust tests: cargo test --all-targets"
+locked=()
+[ -f Cargo.lock ] && locked=(--locked)
+cargo_log=$(mktemp)
+trap 'rm -f "$cargo_log"' EXIT
+cargo_rc=0
+cargo test "${locked[@]}" --all-targets --no-fail-fast 2>&1 | tee "$cargo_log" || cargo_rc=$?
+read -r p f < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$cargo_log")
+[ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+echo "-- cargo: $p passed, $f failed"
+count "$p" "$f"
+
+stage "header drift: include/aioctx.h vs generated"
+if bash tools/check-header.sh; then count 1 0; else count 0 1; fi
+
+stage "meson build (build/)"
+if meson_build; then
+    stage "C tests: meson test"
+    run_meson_tests build/meson-logs/testlog.json
+
+    if [ "${AIOCTX_SKIP_VALGRIND:-0}" = 1 ]; then
+        stage "C tests under valgrind: skipped (AIOCTX_SKIP_VALGRIND=1)"
+    else
+        stage "C tests under valgrind: meson test --setup valgrind"
+        if ! command -v valgrind >/dev/null && [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
+        fi
+        run_meson_tests build/meson-logs/testlog-valgrind.json --setup valgrind
+    fi
+else
+    echo "-- meson build failed; C tests not run"
+    count 0 1
+fi
+
+stage "summary"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
