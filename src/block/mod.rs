@@ -82,3 +82,201 @@ pub trait Driver: Send + Sync {
 pub struct NullDriver;
 
 impl Driver for NullDriver {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Context;
+    use crate::iothread::IoThread;
+    use parking_lot::Mutex;
+
+    /// Records "op:node" for every callback, and fails `fail_on` if set.
+    struct Recorder {
+        log: Arc<Mutex<Vec<String>>>,
+        fail_on: Option<&'static str>,
+    }
+
+    impl Recorder {
+        fn note(&self, op: &str, node: &Node) -> Result<()> {
+            self.log.lock().push(format!("{op}:{}", node.name()));
+            match self.fail_on {
+                Some(f) if f == format!("{op}:{}", node.name()) => {
+                    Err(Error::new(libc::EIO, "injected"))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    impl Driver for Recorder {
+        fn flush(&self, node: &Arc<Node>, done: OpDone) {
+            done(self.note("flush", node))
+        }
+        fn inactivate(&self, node: &Arc<Node>) -> Result<()> {
+            self.note("inactivate", node)
+        }
+        fn activate(&self, node: &Arc<Node>) -> Result<()> {
+            self.note("activate", node)
+        }
+    }
+
+    fn diamond(fail_on: Option<&'static str>) -> (Graph, Arc<Mutex<Vec<String>>>, IoThread) {
+        let main = Context::new("graph-main").unwrap();
+        main.claim().unwrap();
+        let io = IoThread::new("graph-io").unwrap();
+        let graph = Graph::new(main.clone());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut add = |name: &str, ctx: &Arc<Context>| {
+            graph
+                .add_node(
+                    name,
+                    ctx,
+                    Box::new(Recorder {
+                        log: log.clone(),
+                        fail_on,
+                    }),
+                )
+                .unwrap()
+        };
+        let (leaf, left, right, top) = (
+            add("leaf", &main),
+            add("left", io.context()),
+            add("right", io.context()),
+            add("top", &main),
+        );
+        graph.attach(&top, &left).unwrap();
+        graph.attach(&top, &right).unwrap();
+        graph.attach(&left, &leaf).unwrap();
+        graph.attach(&right, &leaf).unwrap();
+        (graph, log, io)
+    }
+
+    #[test]
+    fn cycles_are_refused() {
+        let (graph, _log, _io) = diamond(None);
+        let (top, leaf) = (graph.find("top").unwrap(), graph.find("leaf").unwrap());
+        assert_eq!(graph.attach(&leaf, &top).unwrap_err().errno(), libc::ELOOP);
+        assert_eq!(graph.attach(&top, &top).unwrap_err().errno(), libc::ELOOP);
+        graph.attach(&top, &leaf).unwrap();
+    }
+
+    #[test]
+    fn handover_order_and_idempotence() {
+        let (graph, log, _io) = diamond(None);
+        graph.inactivate_all().unwrap();
+        assert_eq!(
+            *log.lock(),
+            [
+                "flush:top",
+                "inactivate:top",
+                "flush:left",
+                "inactivate:left",
+                "flush:right",
+                "inactivate:right",
+                "flush:leaf",
+                "inactivate:leaf"
+            ]
+        );
+        assert!(graph.nodes().iter().all(|n| n.is_inactive()));
+        let leaf = graph.find("leaf").unwrap();
+        assert_eq!(
+            leaf.start_request(RequestKind::Write).unwrap_err().errno(),
+            libc::EPERM
+        );
+        log.lock().clear();
+        graph.inactivate_all().unwrap();
+        assert!(log.lock().is_empty(), "second inactivate_all is a no-op");
+        graph.activate_all().unwrap();
+        assert_eq!(
+            *log.lock(),
+            [
+                "activate:leaf",
+                "activate:right",
+                "activate:left",
+                "activate:top"
+            ]
+        );
+        leaf.start_request(RequestKind::Write).unwrap();
+        leaf.end_request().unwrap();
+    }
+
+    #[test]
+    fn failure_leaves_consistent_state_and_activate_recovers() {
+        let (graph, _log, io) = diamond(Some("flush:right"));
+        let err = graph.inactivate_all().unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.message().contains("'right'"), "{}", err.message());
+        assert_eq!(io.context().lock().owner(), 0, "no context left held");
+        let inactive: Vec<_> = graph
+            .nodes()
+            .iter()
+            .filter(|n| n.is_inactive())
+            .map(|n| n.name().to_string())
+            .collect();
+        assert_eq!(inactive, ["left", "top"]);
+        graph.activate_all().unwrap();
+        assert!(graph.nodes().iter().all(|n| !n.is_inactive()));
+    }
+
+    #[test]
+    fn double_hold_is_refused_not_hung() {
+        let (graph, log, io) = diamond(None);
+        io.context().acquire().unwrap();
+        let err = graph.inactivate_all().unwrap_err();
+        assert_eq!(err.errno(), libc::EDEADLK);
+        assert_eq!(io.context().lock().depth(), 1);
+        assert!(log.lock().is_empty(), "nothing changed");
+        assert!(graph.nodes().iter().all(|n| !n.is_inactive()));
+        io.context().release().unwrap();
+        graph.inactivate_all().unwrap();
+    }
+
+    #[test]
+    fn raw_file_write_read_and_lock() {
+        let dir = std::env::temp_dir().join(format!("aioctx-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.img");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let path = path.to_str().unwrap();
+        let main = Context::new("file-main").unwrap();
+        main.claim().unwrap();
+        let graph = Graph::new(main.clone());
+        let rw = OpenFlags {
+            rdwr: true,
+            inactive: false,
+        };
+        let node = graph.open_file("disk", &main, path, rw).unwrap();
+        let second = graph.open_file("disk2", &main, path, rw).unwrap_err();
+        assert_eq!(second.errno(), libc::EAGAIN);
+        assert!(second.message().contains("locked by another process"));
+        let done = Arc::new(Mutex::new(None));
+        let d = done.clone();
+        node.submit(
+            RequestKind::Write,
+            IoBuf::Owned(vec![7u8; 4096]),
+            4096,
+            Box::new(move |r, _| *d.lock() = Some(r)),
+        )
+        .unwrap();
+        node.drain().unwrap();
+        assert_eq!(done.lock().take().unwrap().unwrap(), 4096);
+        assert_eq!(std::fs::read(path).unwrap()[4096..], [7u8; 4096]);
+        graph.inactivate_all().unwrap();
+        // The lock is gone: another open file can take it.
+        let other = graph.open_file("disk3", &main, path, rw).unwrap();
+        assert_eq!(graph.activate_all().unwrap_err().errno(), libc::EAGAIN);
+        drop(other);
+        let missing = graph
+            .open_file("x", &main, "/nonexistent/img", rw)
+            .unwrap_err();
+        assert!(missing.message().contains("/nonexistent/img"));
+        assert_eq!(
+            graph
+                .open_file("y", &main, dir.to_str().unwrap(), OpenFlags::default())
+                .unwrap_err()
+                .errno(),
+            libc::EISDIR
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -240,3 +240,14 @@ impl Node {
         )
     }
 }
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name)
+            .field("context", &self.ctx.name())
+            .field("in_flight", &self.in_flight())
+            .field("inactive", &self.is_inactive())
+            .finish()
+    }
+}
