@@ -28,7 +28,7 @@ pub use block::{Driver, FileDriver, Graph, Node, NullDriver, OpenFlags, RequestK
 pub use context::{Bh, Callback, Context, Timer, Wait};
 pub use error::{Error, Result};
 pub use iothread::IoThread;
-pub use lock::{ContextLock, LockGuard};
+pub use lock::{ContextLock, LockError, LockGuard};
 pub use set::{ContextSet, SetGuard};
 pub use sys::file::IoBuf;
 pub use wait::{kick, poll_while, WaitOptions, Waiter};

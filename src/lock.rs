@@ -17,10 +17,56 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::error::{busy, not_permitted, Error, Result};
+use crate::error::{busy, not_permitted, Error};
 use crate::thread;
 
 const PARKED: u64 = 1 << 63;
+
+/// Why a lock operation failed. Small and `Copy`, so the success path of
+/// acquire/release returns in registers; turned into an [`Error`] with a
+/// message only when it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockError {
+    /// `try_acquire`: another thread owns the lock.
+    Busy { owner: u64 },
+    /// `release`: the caller does not own the lock (`owner` does; 0: nobody).
+    NotOwner { owner: u64 },
+    /// The recursion depth would overflow.
+    Overflow,
+}
+
+impl LockError {
+    pub fn errno(self) -> i32 {
+        match self {
+            LockError::Busy { .. } => libc::EBUSY,
+            LockError::NotOwner { .. } => libc::EPERM,
+            LockError::Overflow => libc::EOVERFLOW,
+        }
+    }
+}
+
+impl From<LockError> for Error {
+    #[cold]
+    fn from(e: LockError) -> Error {
+        match e {
+            LockError::Busy { owner } => {
+                busy(format!("held by thread {}", thread::describe(owner)))
+            }
+            LockError::NotOwner { owner: 0 } => {
+                not_permitted("not held by anyone: release without a matching acquire")
+            }
+            LockError::NotOwner { owner } => not_permitted(format!(
+                "held by thread {}, not by the caller: only the owner may release",
+                thread::describe(owner)
+            )),
+            LockError::Overflow => {
+                Error::new(libc::EOVERFLOW, "lock depth overflow: release the context")
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, LockError>;
 
 /// A recursive mutex owned by a thread, not by a guard: C code acquires and
 /// releases it in separate calls. Rust code can use [`ContextLock::guard`].
@@ -43,6 +89,7 @@ impl ContextLock {
     }
 
     /// Blocks until the calling thread owns the lock; recursive.
+    #[inline]
     pub fn acquire(&self) -> Result<()> {
         let me = thread::current();
         if self.owner() == me {
@@ -74,18 +121,20 @@ impl ContextLock {
                 self.depth.store(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(_) => Err(busy(format!(
-                "held by thread {}",
-                thread::describe(self.owner())
-            ))),
+            Err(_) => Err(LockError::Busy {
+                owner: self.owner(),
+            }),
         }
     }
 
     /// Gives one level back. Fails with `EPERM` when the caller is not the owner.
+    #[inline]
     pub fn release(&self) -> Result<()> {
         let me = thread::current();
         if self.owner() != me {
-            return Err(self.not_owner());
+            return Err(LockError::NotOwner {
+                owner: self.owner(),
+            });
         }
         let depth = self.depth.load(Ordering::Relaxed) - 1;
         self.depth.store(depth, Ordering::Relaxed);
@@ -144,10 +193,7 @@ impl ContextLock {
     fn deepen(&self) -> Result<()> {
         let depth = self.depth.load(Ordering::Relaxed);
         if depth == u32::MAX {
-            return Err(Error::new(
-                libc::EOVERFLOW,
-                "lock depth overflow: release the context",
-            ));
+            return Err(LockError::Overflow);
         }
         self.depth.store(depth + 1, Ordering::Relaxed);
         Ok(())
@@ -191,16 +237,6 @@ impl ContextLock {
     fn wake_one(&self) {
         let _sleepers = self.sleepers.lock();
         self.wakeup.notify_one();
-    }
-
-    fn not_owner(&self) -> Error {
-        match self.owner() {
-            0 => not_permitted("not held by anyone: release without a matching acquire"),
-            owner => not_permitted(format!(
-                "held by thread {}, not by the caller: only the owner may release",
-                thread::describe(owner)
-            )),
-        }
     }
 }
 

@@ -17,39 +17,40 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 // reachable, so programs using aioctx stay clean under valgrind.
 static NAMES: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
 
-/// Owns the calling thread's token; unregisters it when the thread exits.
-struct Token(Cell<u64>);
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        let v = self.0.get();
-        if v != 0 {
-            NAMES.lock().remove(&v);
-        }
-    }
+thread_local! {
+    /// The calling thread's token: a plain `Cell` with no destructor, so the
+    /// hot path is one TLS load (no lazy-destructor bookkeeping).
+    static TOKEN: Cell<u64> = const { Cell::new(0) };
+    /// Unregisters the token from `NAMES` when the thread exits.
+    static UNREGISTER: Unregister = const { Unregister(Cell::new(0)) };
 }
 
-thread_local! {
-    static TOKEN: Token = const { Token(Cell::new(0)) };
+struct Unregister(Cell<u64>);
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        NAMES.lock().remove(&self.0.get());
+    }
 }
 
 /// The calling thread's token (never 0).
 #[inline]
 pub fn current() -> u64 {
-    TOKEN.with(|t| match t.0.get() {
-        0 => register(t),
+    match TOKEN.with(Cell::get) {
+        0 => register(),
         v => v,
-    })
+    }
 }
 
 #[cold]
-fn register(t: &Token) -> u64 {
+fn register() -> u64 {
     let v = NEXT.fetch_add(1, Ordering::Relaxed);
-    t.0.set(v);
+    TOKEN.with(|t| t.set(v));
     let name = crate::sys::thread_name();
     NAMES
         .lock()
         .insert(v, format!("'{name}' (tid {})", crate::sys::gettid()));
+    UNREGISTER.with(|u| u.0.set(v));
     v
 }
 

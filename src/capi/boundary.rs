@@ -94,24 +94,35 @@ impl<T> CReturn for *const T {
 
 /// Runs an export's body: a panic becomes `ENOTRECOVERABLE`, an error sets
 /// `aioctx_last_error()` (prefixed with `function`) and the C failure value.
+/// Inlined, with the failure handling out of line, so that a successful call
+/// costs what its body costs.
+#[inline(always)]
 pub(crate) fn ffi<R: CReturn>(function: &str, body: impl FnOnce() -> Result<R>) -> R {
-    let error = match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => return value,
-        Ok(Err(e)) => e,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Error::new(
-                libc::ENOTRECOVERABLE,
-                format!("internal error (panic: {what}); please report it"),
-            )
-        }
-    };
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => failed(function, e),
+        Err(panic) => failed(function, panic_error(panic)),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn failed<R: CReturn>(function: &str, error: Error) -> R {
     set_last_error(function, &error);
     R::failed(&error)
+}
+
+#[cold]
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    Error::new(
+        libc::ENOTRECOVERABLE,
+        format!("internal error (panic: {what}); please report it"),
+    )
 }
 
 /// A C type whose pointers carry a Rust object.

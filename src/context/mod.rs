@@ -32,7 +32,7 @@ use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 
 use crate::error::{invalid, not_permitted, Error, Result};
-use crate::lock::ContextLock;
+use crate::lock::{ContextLock, LockError};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::{self, eventfd::EventFd};
 use crate::{thread, wait};
@@ -191,6 +191,7 @@ impl Context {
     }
 
     /// Blocks until the calling thread owns the context; recursive.
+    #[inline]
     pub fn acquire(&self) -> Result<()> {
         self.lock.acquire().map_err(|e| self.named(e))
     }
@@ -201,12 +202,15 @@ impl Context {
     }
 
     /// Gives one level back; `EPERM` unless the caller owns the context.
+    #[inline]
     pub fn release(&self) -> Result<()> {
         self.lock.release().map_err(|e| self.named(e))
     }
 
-    /// Prefixes a lock error with the context's name and id.
-    fn named(&self, e: Error) -> Error {
+    /// A lock error as an [`Error`] naming the context.
+    #[cold]
+    fn named(&self, e: LockError) -> Error {
+        let e = Error::from(e);
         Error::new(
             e.errno(),
             format!("context '{}' (id {}): {}", self.name, self.id, e.message()),
