@@ -120,7 +120,7 @@ static void test_blocked_acquire_handoff(void)
     int64_t dt = tap_now_ns() - t0;
     ok(got, "the blocked thread acquires once main's depth reaches 0");
     diag("hand-off latency: %lld us", (long long)(dt / 1000));
-    ok(dt < 100000000LL * tap_scale(), "hand-off is prompt (< 100 ms)");
+    ok(dt < 1000000000LL * tap_scale(), "hand-off is prompt (< 1 s, even on a loaded machine)");
     is_int(waiter_depth, 1, "the new owner has depth 1");
     is_int(aioctx_lock_depth(ctx), 0, "main's depth is 0 while the other thread owns it");
     is_int(aioctx_try_acquire(ctx), -EBUSY, "main's try_acquire -> -EBUSY while the other thread owns it");
@@ -166,7 +166,7 @@ static void test_no_starvation(void)
     ok(atomic_load(&starve_acquired), "a thread blocked in acquire is not starved by an owner that "
        "releases and re-acquires in a tight loop (got in after %ld cycles, %lld us)", cycles,
        (long long)(dt / 1000));
-    ok(dt < 100000000LL * tap_scale(), "within 100 ms");
+    ok(dt < 1000000000LL * tap_scale(), "within 1 s");
 }
 
 /* ---- mutual exclusion under contention ----------------------------------- */

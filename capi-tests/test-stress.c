@@ -140,7 +140,8 @@ int main(void)
     for (int p = 0; p < NPROD; p++)
         pthread_join(th[p], NULL);
     int rc = aioctx_poll_while(iot_ctx, iot_not_done, &want_iot, 20000000000LL * tap_scale(), 0);
-    is_int(rc, 0, "waited for every IOThread one-shot");
+    if (!is_int(rc, 0, "waited for every IOThread one-shot"))
+        diag("%s", aioctx_last_error());
     diag("%d one-shots from %d threads onto 2 contexts: %lld ms", total, NPROD,
          (long long)((tap_now_ns() - t0) / 1000000));
 

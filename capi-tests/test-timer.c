@@ -202,12 +202,17 @@ static void test_remote_arm(void)
     struct tinfo a = { 0 };
     struct remote_arm r = { NULL, 0, -99 };
     pthread_t th;
+    struct tinfo guard = { 0 };
     a.t = aioctx_timer_new(ctx, timer_cb, &a);
     r.t = a.t;
+    /* A far guard bounds the poll, so a missed notification is a late run, not a hang. */
+    guard.t = aioctx_timer_new(ctx, timer_cb, &guard);
+    aioctx_timer_mod(guard.t, aioctx_clock_ns() + 1000 * MS * tap_scale());
     pthread_create(&th, NULL, remote_arm_thread, &r);
     int rc = 0;
     while (a.runs == 0 && rc >= 0)
         rc = aioctx_poll(ctx, true);
+    aioctx_timer_free(guard.t);
     int64_t back = aioctx_clock_ns();
     pthread_join(th, NULL);
     is_int(r.rc, 0, "timer_mod from another thread returns 0");
@@ -224,38 +229,54 @@ static int cmp_ll(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-static void test_precision(void)
+/* One round: RUNS blocking polls on a timer 2 ms ahead; returns the median lateness. */
+static long long precision_round(struct tinfo *a, int *all_progress, int *all_after)
 {
     enum { RUNS = 7 };
     long long late[RUNS];
-    int all_after = 1, all_progress = 1;
-    struct tinfo a = { 0 };
-    a.t = aioctx_timer_new(ctx, timer_cb, &a);
-
     for (int i = 0; i < RUNS; i++) {
         int64_t deadline = aioctx_clock_ns() + 2 * MS;
-        a.runs = 0;
-        aioctx_timer_mod(a.t, deadline);
+        a->runs = 0;
+        aioctx_timer_mod(a->t, deadline);
         int rc = aioctx_poll(ctx, true);
         int64_t back = aioctx_clock_ns();
-        if (rc != 1 || a.runs != 1) {
-            all_progress = 0;
-            diag("run %d: blocking poll returned %d with %d timer runs", i, rc, a.runs);
-            while (a.runs == 0)
+        if (rc != 1 || a->runs != 1) {
+            *all_progress = 0;
+            diag("run %d: blocking poll returned %d with %d timer runs", i, rc, a->runs);
+            while (a->runs == 0)
                 aioctx_poll(ctx, true);
         }
-        if (a.fired_at < deadline)
-            all_after = 0;
+        if (a->fired_at < deadline)
+            *all_after = 0;
         late[i] = (long long)(back - deadline);
     }
     qsort(late, RUNS, sizeof late[0], cmp_ll);
     diag("blocking poll wake-up lateness after a 2 ms timer: min %lld us, median %lld us, max %lld us",
          late[0] / 1000, late[RUNS / 2] / 1000, late[RUNS - 1] / 1000);
+    return late[RUNS / 2];
+}
+
+static void test_precision(void)
+{
+    int all_after = 1, all_progress = 1;
+    long long best = -1;
+    struct tinfo a = { 0 };
+    a.t = aioctx_timer_new(ctx, timer_cb, &a);
+
+    /* A coarse timeout (ms ticks, 10 ms slack) is late in every round; a load
+     * spike on a busy CI machine is not: up to 3 rounds, the best counts. */
+    for (int round = 0; round < 3; round++) {
+        long long median = precision_round(&a, &all_progress, &all_after);
+        if (best < 0 || median < best)
+            best = median;
+        if (best < 5 * MS * tap_scale())
+            break;
+    }
     ok(all_progress, "a blocking poll with only a timer armed returns 1 after running it (no early return)");
     ok(all_after, "the timer never runs before its deadline");
-    ok(late[RUNS / 2] < 5 * MS * tap_scale(),
+    ok(best < 5 * MS * tap_scale(),
        "median wake-up lateness %lld us < %d ms (sub-millisecond timeout precision)",
-       late[RUNS / 2] / 1000, 5 * tap_scale());
+       best / 1000, 5 * tap_scale());
     aioctx_timer_free(a.t);
 }
 

@@ -98,6 +98,12 @@ impl FileDriver {
         let (file, node) = (self.file.clone(), node.clone());
         pool::submit(move || {
             let result = work(&file);
+            // Let go of the file and node before the completion can run: once
+            // the caller has seen it and freed the graph, the image must be
+            // closed (and its lock gone), not held by this worker a bit longer.
+            drop(file);
+            let ctx = node.context().clone();
+            drop(node);
             let finish = Mutex::new(Some(move || finish(result)));
             let bh = Arc::new(move || {
                 if let Some(f) = finish.lock().take() {
@@ -105,7 +111,7 @@ impl FileDriver {
                 }
             });
             // Fails only if the context is gone; its nodes went with it.
-            let _ = node.context().schedule_oneshot(bh);
+            let _ = ctx.schedule_oneshot(bh);
         });
     }
 }

@@ -71,7 +71,7 @@ fn inactivate(order: &[Arc<Node>]) -> Result<()> {
 
 fn inactivate_quiesced(order: &[Arc<Node>]) -> Result<()> {
     for node in order {
-        node.drain().map_err(|e| node.named("drain", e))?;
+        node.drain()?;
     }
     // Pass 1, top-down: flush then driver inactivate. On failure, the nodes
     // already handed over are marked inactive too, so each node is in one
@@ -87,7 +87,7 @@ fn inactivate_quiesced(order: &[Arc<Node>]) -> Result<()> {
 }
 
 fn hand_over(node: &Arc<Node>) -> Result<()> {
-    node.flush().map_err(|e| node.named("flush", e))?;
+    node.flush()?;
     node.run_in_home(|node, done| done(node.driver.inactivate(node)))
         .map_err(|e| node.named("inactivate", e))
 }

@@ -175,19 +175,25 @@ impl Node {
     /// home thread (`EDEADLK` if the caller holds the node's context more
     /// than once).
     pub fn drain(&self) -> Result<()> {
-        self.graph.claim_main()?;
+        self.graph
+            .claim_main()
+            .map_err(|e| self.named("drain", e))?;
         wait::poll_while(
             &self.ctx,
             &mut || self.in_flight() > 0,
             WaitOptions::default(),
         )
+        .map_err(|e| self.named("drain", e))
     }
 
     /// Flushes the node through its driver, in its home thread, from the
     /// graph's main context's home thread.
     pub fn flush(self: &Arc<Self>) -> Result<()> {
-        self.graph.claim_main()?;
+        self.graph
+            .claim_main()
+            .map_err(|e| self.named("flush", e))?;
         self.run_in_home(|node, done| node.driver.flush(node, done))
+            .map_err(|e| self.named("flush", e))
     }
 
     /// Runs `op` in the node's home thread with its context held, as a
