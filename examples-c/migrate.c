@@ -14,7 +14,8 @@
  * Destination: opens the images inactive, is kept out by the source's image
  * lock (-EAGAIN), takes over with aioctx_graph_activate_all after the
  * handover, checks every acknowledged write is on disk, and writes on.
- * Each role exits 0 only if every step behaved as documented in aioctx.h.
+ * Each role exits 0 only if every step behaved as documented in aioctx.h, and
+ * gives up after 30 s (a watchdog) rather than hang.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mkdtemp, dprintf in strict C11 */
@@ -69,6 +70,23 @@ static void expect(bool ok, const char *what)
     }
 }
 
+/* --demo's temporary images and destination process, cleaned up on any exit. */
+static char demo_dir[64], demo_image[NDRIVES][128];
+static pid_t demo_child;
+
+/* Async-signal-safe: also called by the watchdog. */
+static void demo_cleanup(void)
+{
+    if (demo_child > 0) { /* we failed: do not leave the destination waiting */
+        kill(demo_child, SIGKILL);
+        waitpid(demo_child, NULL, 0);
+    }
+    for (int i = 0; i < NDRIVES && demo_image[i][0]; i++)
+        unlink(demo_image[i]);
+    if (demo_dir[0])
+        rmdir(demo_dir);
+}
+
 /* A migration that waits forever is the bug this program is about: whatever
  * goes wrong, never hang the demo. */
 static void watchdog_fired(int sig)
@@ -77,6 +95,7 @@ static void watchdog_fired(int sig)
     (void)sig;
     if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
     }
+    demo_cleanup();
     _exit(3);
 }
 
@@ -125,7 +144,7 @@ static void read_line(FILE *in, char *line, int size, const char *want)
 {
     if (fgets(line, size, in) == NULL) {
         fprintf(stderr, "%s: FAILED: no '%s' from the peer: %s\n", role, want,
-                feof(in) ? "connection closed" : strerror(errno));
+                feof(in) ? "connection closed" : errno == EAGAIN ? "timed out" : strerror(errno));
         exit(1);
     }
     line[strcspn(line, "\n")] = '\0';
@@ -138,8 +157,7 @@ static void read_line(FILE *in, char *line, int size, const char *want)
 static FILE *stream(int fd)
 {
     struct timeval tv = {.tv_sec = WAIT_S};
-    expect(fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0,
-           "socket timeout");
+    expect(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0, "SO_RCVTIMEO");
     FILE *in = fdopen(fd, "r");
     expect(in != NULL, "fdopen");
     return in;
@@ -261,6 +279,14 @@ static void *guest(void *unused)
 static void end_run(void *opaque) { *(bool *)opaque = true; }
 static bool running(void *opaque) { return !*(bool *)opaque; }
 
+static uint64_t total_acked(void)
+{
+    pthread_mutex_lock(&w.lock);
+    uint64_t n = w.d[0].acked + w.d[1].acked + w.d[2].acked;
+    pthread_mutex_unlock(&w.lock);
+    return n;
+}
+
 static int64_t in_flight(int from, int to)
 {
     int64_t n = 0;
@@ -294,6 +320,7 @@ static int run_source(const char *dir, int port)
             usleep(20000);
         }
     }
+    expect(fd >= 0, "connect to the destination");
     FILE *in = stream(fd);
     w.run = (uint64_t)getpid() << 32 ^ (uint64_t)aioctx_clock_ns();
     expect(dprintf(fd, "hello run=%016" PRIx64 "\n", w.run) > 0, "send hello");
@@ -336,16 +363,17 @@ static int run_source(const char *dir, int port)
      * refuses new requests, drains the ones in flight, flushes, drops locks. */
     say("RIGHT: aioctx_graph_inactivate_all, %" PRId64 " writes in flight", in_flight(0, 2));
     int64_t t0 = aioctx_clock_ns();
+    uint64_t acked0 = total_acked();
     ret = aioctx_graph_inactivate_all(g);
     expect(ret == 0, "aioctx_graph_inactivate_all");
-    say("  -> 0 in %.1f ms: writes completed and flushed, image locks released",
-        (double)(aioctx_clock_ns() - t0) / MS);
+    say("  -> 0 in %.1f ms: %" PRIu64 " more writes completed, flushed; image locks released",
+        (double)(aioctx_clock_ns() - t0) / MS, total_acked() - acked0);
     expect(pthread_join(guest_thread, NULL) == 0, "pthread_join");
     say("  the guest stopped on its refused write: disk%d -> %d (%s)", w.refused_drive,
         w.refusal, strerror(-w.refusal));
     say("  %s", w.refusal_msg);
     expect(w.refusal == -EBUSY || w.refusal == -EPERM, "refused with EBUSY or EPERM");
-    static uint8_t late[BLOCK];
+    static uint8_t late[BLOCK]; /* then scratch space for the checksums */
     struct batch never = {0};
     struct op late_op = {&never, BLOCK};
     ret = aioctx_node_pwrite(w.node[2], late, BLOCK, 0, op_done, &late_op);
@@ -369,8 +397,8 @@ static int run_source(const char *dir, int port)
                       " disk%d:acked=%" PRIu64 ",highest=%" PRId64 ",sum=%016" PRIx64, i,
                       w.d[i].acked, (int64_t)w.d[i].next_seq - 1, sum);
     }
+    say("sending: %s", line);
     expect(dprintf(fd, "%s\n", line) > 0, "send handover");
-    say("sent: %s", line);
     read_line(in, line, sizeof line, "done ok");
     say("destination replied '%s'", line);
 
@@ -455,9 +483,8 @@ static int run_destination(const char *addr, const char *dir)
     expect(dprintf(fd, "ready\n") > 0, "send ready");
 
     read_line(in, line, sizeof line, "handover");
-    say("received: %s", line);
     ret = aioctx_graph_activate_all(g);
-    say("activate_all after the handover -> %d: image locks taken, nodes active", ret);
+    say("handover received; activate_all -> %d: image locks taken, nodes active", ret);
     expect(ret == 0, "aioctx_graph_activate_all");
 
     /* Read each image back through the block layer and check it. */
@@ -507,31 +534,14 @@ static int run_destination(const char *addr, const char *dir)
 
 /* ---- demo: both roles on temporary images ---------------------------- */
 
-static char demo_dir[64];
-static pid_t demo_child;
-
-static void demo_cleanup(void)
-{
-    char path[128];
-    if (demo_child > 0) { /* we failed: do not leave the destination waiting */
-        kill(demo_child, SIGTERM);
-        waitpid(demo_child, NULL, 0);
-    }
-    for (int i = 0; i < NDRIVES; i++) {
-        snprintf(path, sizeof path, "%s/disk%d.img", demo_dir, i);
-        unlink(path);
-    }
-    rmdir(demo_dir);
-}
-
 static int run_demo(void)
 {
     char path[4096], incoming[32];
     strcpy(demo_dir, "/tmp/aioctx-migrate-XXXXXX");
     expect(mkdtemp(demo_dir) && atexit(demo_cleanup) == 0, "mkdtemp");
     for (int i = 0; i < NDRIVES; i++) {
-        snprintf(path, sizeof path, "%s/disk%d.img", demo_dir, i);
-        FILE *f = fopen(path, "w");
+        snprintf(demo_image[i], sizeof demo_image[i], "%s/disk%d.img", demo_dir, i);
+        FILE *f = fopen(demo_image[i], "w");
         expect(f && ftruncate(fileno(f), IMAGE_SIZE) == 0 && fclose(f) == 0, "create image");
     }
     /* A free port: bind port 0, read back what the kernel chose, close. */

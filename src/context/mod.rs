@@ -294,8 +294,13 @@ impl Context {
             self.notify_me.fetch_sub(1, SeqCst);
         }
         self.kicked.store(false, Relaxed);
-        if self.notified.swap(false, AcqRel) {
+        // Drain first, then clear: a notify landing in between sees `notified`
+        // still set and skips its write, which is safe because its BH was queued
+        // before it and this poll's dispatch takes the queue afterwards. The
+        // other order could eat a signal and leave `notified` set forever.
+        if self.notified.load(Acquire) {
             self.notifier.drain();
+            self.notified.store(false, Release);
         }
         result.map_err(|e| Error::from_io(&format!("context '{}': epoll_wait", self.name), e))
     }
