@@ -21,8 +21,8 @@ static AioctxIoThread *iot;
 static AioctxContext *iot_ctx;
 static pthread_t main_thread;
 
-/* A generous timeout for waits that must succeed: a lost wake-up shows up as
- * -ETIMEDOUT (a clear failure) rather than the watchdog. */
+/* Bounds every wait that must succeed, so that a lost wake-up makes a wait
+ * slow (see wait_prompt) instead of hanging the program until the watchdog. */
 static int64_t long_timeout(void)
 {
     return 3 * SEC * tap_scale();

@@ -298,7 +298,11 @@ impl Context {
         // still set and skips its write, which is safe because its BH was queued
         // before it and this poll's dispatch takes the queue afterwards. The
         // other order could eat a signal and leave `notified` set forever.
-        if self.notified.load(Acquire) {
+        // A signal can also arrive after an earlier drain (from a notify that
+        // set the flag before it was cleared): drain it when epoll reports it,
+        // or the eventfd stays readable and every poll returns at once.
+        let signalled = ready.iter().any(|r| r.key == NOTIFIER_KEY);
+        if signalled || self.notified.load(Acquire) {
             self.notifier.drain();
             self.notified.store(false, Release);
         }
