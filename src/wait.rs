@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 
 use crate::context::{describe_all, Context, Wait};
 use crate::error::{invalid, Error, Result};
+use crate::set::ContextSet;
 use crate::sys;
 
 static WAITERS: Mutex<Vec<Arc<Context>>> = Mutex::new(Vec::new());
@@ -86,6 +87,8 @@ pub struct Waiter {
     poll_ctx: Arc<Context>,
     /// Whether to release `ctx` around each poll.
     release: bool,
+    /// Contexts of a held set given back around each poll, ascending by id.
+    set: Vec<Arc<Context>>,
     deadline: Option<i64>,
     timeout_ns: i64,
     _registered: Registration,
@@ -114,9 +117,28 @@ impl Waiter {
             _registered: Registration::new(&poll_ctx),
             poll_ctx,
             release,
+            set: Vec::new(),
             deadline,
             timeout_ns: opts.timeout_ns.unwrap_or(0),
         })
+    }
+
+    /// While waiting, give back every context of `held` — a set the caller
+    /// holds — not just the one waited for, and take them back in the set's
+    /// order after each poll. Keeping the others would block any thread that
+    /// took the released context and now waits for one of them, while that
+    /// thread blocks the work being waited for: a deadlock. `EDEADLK` if the
+    /// caller holds a member more than once (other than its own loop's).
+    pub fn releasing(mut self, held: &ContextSet) -> Result<Waiter> {
+        for ctx in held.iter() {
+            let depth = ctx.lock().depth();
+            if depth > 1 && !Arc::ptr_eq(ctx, &self.poll_ctx) {
+                return Err(recursive_hold(ctx, depth));
+            }
+        }
+        self.set = held.iter().cloned().collect();
+        self.release = self.release && !self.set.iter().any(|c| Arc::ptr_eq(c, &self.ctx));
+        Ok(self)
     }
 
     /// Polls until `cond` returns false, or the deadline passes (`ETIMEDOUT`).
@@ -135,7 +157,10 @@ impl Waiter {
             } else {
                 0
             };
+            // Descending, then ascending: the global order of sets.
+            self.set.iter().rev().for_each(|c| drop(c.release()));
             let polled = self.poll_ctx.poll_wait(wait);
+            self.set.iter().for_each(|c| drop(c.acquire()));
             self.ctx.lock().restore(held);
             polled?;
         }

@@ -28,7 +28,7 @@ impl Graph {
             .collect();
         let mut set = self.context_set(&order)?;
         set.acquire()?;
-        let result = inactivate(&order);
+        let result = inactivate(&order, &set);
         set.release()?;
         result
     }
@@ -48,7 +48,7 @@ impl Graph {
         order.reverse();
         let mut set = self.context_set(&order)?;
         set.acquire()?;
-        let result = order.iter().try_for_each(activate);
+        let result = order.iter().try_for_each(|n| activate(n, &set));
         set.release()?;
         result
     }
@@ -62,22 +62,22 @@ impl Graph {
     }
 }
 
-fn inactivate(order: &[Arc<Node>]) -> Result<()> {
+fn inactivate(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
     order.iter().for_each(|n| n.quiesce());
-    let result = inactivate_quiesced(order);
+    let result = inactivate_quiesced(order, held);
     order.iter().for_each(|n| n.unquiesce());
     result
 }
 
-fn inactivate_quiesced(order: &[Arc<Node>]) -> Result<()> {
+fn inactivate_quiesced(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
     for node in order {
-        node.drain()?;
+        node.drain_holding(Some(held))?;
     }
     // Pass 1, top-down: flush then driver inactivate. On failure, the nodes
     // already handed over are marked inactive too, so each node is in one
     // consistent state and activate_all brings them back.
     for (done, node) in order.iter().enumerate() {
-        if let Err(e) = hand_over(node) {
+        if let Err(e) = hand_over(node, held) {
             order[..done].iter().try_for_each(|n| mark_inactive(n))?;
             return Err(e);
         }
@@ -86,9 +86,9 @@ fn inactivate_quiesced(order: &[Arc<Node>]) -> Result<()> {
     order.iter().try_for_each(|n| mark_inactive(n))
 }
 
-fn hand_over(node: &Arc<Node>) -> Result<()> {
-    node.flush()?;
-    node.run_in_home(|node, done| done(node.driver.inactivate(node)))
+fn hand_over(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
+    node.flush_holding(Some(held))?;
+    node.run_in_home(Some(held), |node, done| done(node.driver.inactivate(node)))
         .map_err(|e| node.named("inactivate", e))
 }
 
@@ -99,13 +99,13 @@ fn mark_inactive(node: &Arc<Node>) -> Result<()> {
         .map_err(|e| node.named("dropping write permission", e))
 }
 
-fn activate(node: &Arc<Node>) -> Result<()> {
+fn activate(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
     if node.is_writable() {
         node.driver
             .set_write_permission(node, true)
             .map_err(|e| node.named("taking write permission", e))?;
     }
-    let activated = node.run_in_home(|node, done| done(node.driver.activate(node)));
+    let activated = node.run_in_home(Some(held), |node, done| done(node.driver.activate(node)));
     if let Err(e) = activated {
         // Stay inactive, and without the lock, until a retry succeeds.
         let _ = node.driver.set_write_permission(node, false);

@@ -11,6 +11,7 @@ use super::graph::GraphShared;
 use super::{Driver, IoDone, OpDone};
 use crate::context::Context;
 use crate::error::{busy, invalid, not_permitted, Error, Result};
+use crate::set::ContextSet;
 use crate::sys::file::IoBuf;
 use crate::wait::{self, WaitOptions, Waiter};
 
@@ -175,24 +176,39 @@ impl Node {
     /// home thread (`EDEADLK` if the caller holds the node's context more
     /// than once).
     pub fn drain(&self) -> Result<()> {
+        self.drain_holding(None)
+    }
+
+    /// [`drain`](Self::drain) by a caller that holds `held` (see
+    /// [`Waiter::releasing`]).
+    pub(super) fn drain_holding(&self, held: Option<&ContextSet>) -> Result<()> {
         self.graph
             .claim_main()
             .map_err(|e| self.named("drain", e))?;
-        wait::poll_while(
-            &self.ctx,
-            &mut || self.in_flight() > 0,
-            WaitOptions::default(),
-        )
-        .map_err(|e| self.named("drain", e))
+        self.waiter(held)
+            .and_then(|w| w.wait_while(&mut || self.in_flight() > 0))
+            .map_err(|e| self.named("drain", e))
+    }
+
+    fn waiter(&self, held: Option<&ContextSet>) -> Result<Waiter> {
+        let waiter = Waiter::new(&self.ctx, WaitOptions::default())?;
+        match held {
+            Some(set) => waiter.releasing(set),
+            None => Ok(waiter),
+        }
     }
 
     /// Flushes the node through its driver, in its home thread, from the
     /// graph's main context's home thread.
     pub fn flush(self: &Arc<Self>) -> Result<()> {
+        self.flush_holding(None)
+    }
+
+    pub(super) fn flush_holding(self: &Arc<Self>, held: Option<&ContextSet>) -> Result<()> {
         self.graph
             .claim_main()
             .map_err(|e| self.named("flush", e))?;
-        self.run_in_home(|node, done| node.driver.flush(node, done))
+        self.run_in_home(held, |node, done| node.driver.flush(node, done))
             .map_err(|e| self.named("flush", e))
     }
 
@@ -202,9 +218,10 @@ impl Node {
     /// means `op` never ran.
     pub(super) fn run_in_home(
         self: &Arc<Self>,
+        held: Option<&ContextSet>,
         op: impl FnOnce(&Arc<Node>, OpDone) + Send + 'static,
     ) -> Result<()> {
-        let waiter = Waiter::new(&self.ctx, WaitOptions::default())?;
+        let waiter = self.waiter(held)?;
         let outcome: Arc<Mutex<Option<Result<()>>>> = Arc::default();
         let op = Mutex::new(Some(op));
         let (node, slot) = (self.clone(), outcome.clone());
