@@ -380,6 +380,10 @@ struct AioctxContext *aioctx_iothread_context(struct AioctxIoThread *it);
  * and joins it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
  * `it` still running and valid, when called from the IOThread itself or
  * while the caller holds its context (the thread could never stop).
+ * A context still referenced afterwards (by a node, a BH or a reference)
+ * lives on without a home: the next thread that polls it — for instance a
+ * `aioctx_poll_while` or a graph-wide call waiting on one of its nodes —
+ * becomes its home and runs its work, instead of waiting forever.
  */
 int aioctx_iothread_free(struct AioctxIoThread *it);
 

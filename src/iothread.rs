@@ -112,6 +112,7 @@ impl IoThread {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.ctx.disown();
         Ok(())
     }
 }

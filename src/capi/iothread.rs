@@ -42,6 +42,10 @@ pub extern "C" fn aioctx_iothread_context(it: *mut AioctxIoThread) -> *mut Aioct
 /// and joins it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
 /// `it` still running and valid, when called from the IOThread itself or
 /// while the caller holds its context (the thread could never stop).
+/// A context still referenced afterwards (by a node, a BH or a reference)
+/// lives on without a home: the next thread that polls it — for instance a
+/// `aioctx_poll_while` or a graph-wide call waiting on one of its nodes —
+/// becomes its home and runs its work, instead of waiting forever.
 #[no_mangle]
 pub extern "C" fn aioctx_iothread_free(it: *mut AioctxIoThread) -> c_int {
     ffi("aioctx_iothread_free", || {

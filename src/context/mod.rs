@@ -239,6 +239,13 @@ impl Context {
         }
     }
 
+    /// Forgets the home thread once it has exited (an IOThread that was
+    /// freed): the next thread that polls the context becomes its home, so
+    /// work still queued on it, or waited for, runs instead of hanging.
+    pub(crate) fn disown(&self) {
+        self.home.store(0, Release);
+    }
+
     /// Whether the calling thread is the home thread.
     pub fn is_home(&self) -> bool {
         self.home.load(Relaxed) == thread::current()
