@@ -4,7 +4,8 @@
  *
  * Conventions: fallible calls return 0 (or a count) on success and a negative
  * errno on failure; constructors return NULL on failure. Every failure sets
- * a message for the calling thread, read with aioctx_last_error(). NULL or
+ * errno, aioctx_last_errno() and a message for the calling thread, read with
+ * aioctx_last_error(). NULL or
  * invalid arguments give -EINVAL, never a crash. The object comes first;
  * const pointers are not modified; *_free, *_unref and *_delete accept NULL.
  * Callbacks run in their context's home thread with the context held.
@@ -302,6 +303,14 @@ int aioctx_set_fd_handler(struct AioctxContext *ctx, int fd, AioctxCallback io_r
  * text changes at the thread's next failing call. Every thread has its own.
  */
 const char *aioctx_last_error(void);
+
+/**
+ * The calling thread's last failure as a negative errno (for example
+ * -EAGAIN when `aioctx_node_open_file` returned NULL because another process
+ * writes the image), or 0 if no call failed yet. Failing calls also set
+ * `errno` to the positive value, so constructors behave like `fopen`.
+ */
+int aioctx_last_errno(void);
 
 /**
  * The library version, e.g. "0.1.0". Static storage.

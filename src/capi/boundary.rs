@@ -23,7 +23,20 @@ pub(crate) fn last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr().cast())
 }
 
+thread_local! {
+    static LAST_ERRNO: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's last failure as a negative errno (0 when none).
+pub(crate) fn last_errno() -> c_int {
+    LAST_ERRNO.with(|e| e.get())
+}
+
 fn set_last_error(function: &str, e: &Error) {
+    LAST_ERRNO.with(|slot| slot.set(-e.errno()));
+    // Like fopen(): a constructor's NULL comes with errno set.
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = e.errno() };
     let text = format!("{function}: {}", e.message());
     LAST_ERROR.with(|slot| {
         let mut slot = slot.borrow_mut();

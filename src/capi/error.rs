@@ -1,6 +1,6 @@
 //! Library-wide calls: the last error and the version.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int};
 
 use super::boundary;
 
@@ -11,6 +11,15 @@ use super::boundary;
 #[no_mangle]
 pub extern "C" fn aioctx_last_error() -> *const c_char {
     boundary::last_error()
+}
+
+/// The calling thread's last failure as a negative errno (for example
+/// -EAGAIN when `aioctx_node_open_file` returned NULL because another process
+/// writes the image), or 0 if no call failed yet. Failing calls also set
+/// `errno` to the positive value, so constructors behave like `fopen`.
+#[no_mangle]
+pub extern "C" fn aioctx_last_errno() -> c_int {
+    boundary::last_errno()
 }
 
 /// The library version, e.g. "0.1.0". Static storage.
