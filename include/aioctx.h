@@ -21,6 +21,16 @@
 #include <stdint.h>
 
 /**
+ * Log level: information.
+ */
+#define AIOCTX_LOG_INFO 0
+
+/**
+ * Log level: something is wrong or slow (e.g. a wait past `AIOCTX_WAIT_WARN_MS`).
+ */
+#define AIOCTX_LOG_WARNING 1
+
+/**
  * `aioctx_node_open_file` flag: open for writing and take the image write lock.
  */
 #define AIOCTX_OPEN_RDWR 1
@@ -92,6 +102,43 @@ typedef struct AioctxTimer AioctxTimer;
  * the home thread of its context, with the context held.
  */
 typedef void (*AioctxCallback)(void *opaque);
+
+/**
+ * A context's counters, filled by `aioctx_context_stats`.
+ */
+typedef struct AioctxContextStats {
+  /**
+   * Polls started (blocking or not).
+   */
+  uint64_t polls;
+  /**
+   * Callbacks run: bottom halves, fd handlers, timers.
+   */
+  uint64_t dispatches;
+  /**
+   * Times a blocked poll (or an embedding loop) was woken through the notifier.
+   */
+  uint64_t wakeups;
+  /**
+   * Longest time the context's lock was held, in ns: by dispatches
+   * always, and by acquire/release pairs when the environment variable
+   * `AIOCTX_LOCK_TIMING=1` is set (it costs two clock reads per pair).
+   */
+  int64_t longest_hold_ns;
+} AioctxContextStats;
+
+/**
+ * `void (*)(void *opaque, int level, const char *message)`: receives the
+ * library's log messages (`level`: `AIOCTX_LOG_INFO` or `AIOCTX_LOG_WARNING`).
+ * Called from whichever thread logs; `message` is valid during the call.
+ */
+typedef void (*AioctxLogHandler)(void *opaque, int level, const char *message);
+
+/**
+ * `void (*)(void *opaque, const char *line)`: receives one line of
+ * `aioctx_debug_dump_lines`; `line` is valid during the call.
+ */
+typedef void (*AioctxLineCallback)(void *opaque, const char *line);
 
 /**
  * A node driver: optional callbacks, each called with the driver's opaque
@@ -281,6 +328,13 @@ int aioctx_context_fd(struct AioctxContext *ctx);
 int64_t aioctx_context_deadline_ns(struct AioctxContext *ctx);
 
 /**
+ * Fills `*out` with the counters of `ctx`. Any thread; the counters are
+ * read without stopping the loop, so they may be mid-update relative to
+ * each other. Returns 0, or -EINVAL if an argument is NULL.
+ */
+int aioctx_context_stats(const struct AioctxContext *ctx, struct AioctxContextStats *out);
+
+/**
  * CLOCK_MONOTONIC in nanoseconds: the clock of every timer deadline.
  */
 int64_t aioctx_clock_ns(void);
@@ -295,6 +349,35 @@ int64_t aioctx_clock_ns(void);
  * (a regular file or directory: epoll cannot watch those); other epoll errors.
  */
 int aioctx_set_fd_handler(struct AioctxContext *ctx, int fd, AioctxCallback io_read, AioctxCallback io_write, void *opaque);
+
+/**
+ * Sends the library's log messages to `handler(opaque, level, message)`;
+ * NULL restores the default, which writes them to stderr. Any thread.
+ *
+ * The library logs when a `aioctx_poll_while` (or a drain, flush, or
+ * handover waiting inside the library) is still waiting after the number of
+ * milliseconds in the environment variable `AIOCTX_WAIT_WARN_MS` (read once;
+ * unset: never): one warning per wait, with the `aioctx_debug_dump` text.
+ */
+void aioctx_set_log_handler(AioctxLogHandler handler, void *opaque);
+
+/**
+ * Describes every live context (name, id, home thread, owner and depth,
+ * threads waiting to acquire it or in poll_while on it, pending BHs, timers
+ * and the next deadline, counters) and every block node (context, requests
+ * in flight, active/inactive, writable, children), one line each.
+ * Writes at most `size` bytes, NUL included, into `buf` (NULL with size 0
+ * only measures) and returns the length of the whole text, like snprintf:
+ * a result >= `size` means it was cut. Any thread.
+ */
+size_t aioctx_debug_dump(char *buf, size_t size);
+
+/**
+ * The same text as `aioctx_debug_dump`, one `cb(opaque, line)` call per
+ * line (no trailing newline). Returns the number of lines, or -EINVAL if
+ * `cb` is NULL. Any thread; `cb` must not call back into the dump.
+ */
+int aioctx_debug_dump_lines(AioctxLineCallback cb, void *opaque);
 
 /**
  * The calling thread's message for its last failed aioctx call, or "" if

@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod context;
+pub mod diag;
 pub mod error;
 pub mod iothread;
 pub mod lock;
@@ -25,7 +26,7 @@ mod capi;
 mod sys;
 
 pub use block::{Driver, FileDriver, Graph, Node, NullDriver, OpenFlags, RequestKind};
-pub use context::{Bh, Callback, Context, Timer, Wait};
+pub use context::{Bh, Callback, Context, ContextStats, Timer, Wait};
 pub use error::{Error, Result};
 pub use iothread::IoThread;
 pub use lock::{ContextLock, LockError, LockGuard};

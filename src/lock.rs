@@ -159,6 +159,11 @@ impl ContextLock {
         self.state.load(Ordering::Relaxed) & !PARKED
     }
 
+    /// How many threads sleep in `acquire`; for diagnostics.
+    pub fn waiting(&self) -> u32 {
+        *self.sleepers.lock()
+    }
+
     /// The owner's depth as last written; for diagnostics only.
     pub fn owner_depth(&self) -> u32 {
         self.depth.load(Ordering::Relaxed)

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::context::{describe_all, Context, Wait};
+use crate::context::{Context, Wait};
+use crate::diag::{self, Level};
 use crate::error::{invalid, Error, Result};
 use crate::set::ContextSet;
 use crate::sys;
@@ -30,6 +31,15 @@ pub fn kick() {
     for ctx in WAITERS.lock().iter() {
         ctx.kick();
     }
+}
+
+/// How many `poll_while` calls are polling `ctx` right now.
+pub fn waiters_on(ctx: &Context) -> usize {
+    WAITERS
+        .lock()
+        .iter()
+        .filter(|c| std::ptr::eq(&***c, ctx))
+        .count()
 }
 
 /// Present in `WAITERS` for as long as it lives.
@@ -144,14 +154,24 @@ impl Waiter {
     /// Polls until `cond` returns false, or the deadline passes (`ETIMEDOUT`).
     /// The caller's depth on the context is the same on return as on entry.
     pub fn wait_while(self, cond: &mut dyn FnMut() -> bool) -> Result<()> {
-        let wait = self.deadline.map_or(Wait::Forever, Wait::Until);
+        let started = sys::clock_ns();
+        let mut warn_at = diag::wait_warning_ns().map(|ns| started.saturating_add(ns));
         loop {
             if !cond() {
                 return Ok(());
             }
-            if self.deadline.is_some_and(|d| sys::clock_ns() >= d) {
+            let now = sys::clock_ns();
+            if self.deadline.is_some_and(|d| now >= d) {
                 return Err(timed_out(&self.ctx, self.timeout_ns));
             }
+            if warn_at.is_some_and(|w| now >= w) {
+                warn_at = None;
+                diag::log(Level::Warning, &self.still_waiting(now - started));
+            }
+            let wait = match [self.deadline, warn_at].into_iter().flatten().min() {
+                Some(t) => Wait::Until(t),
+                None => Wait::Forever,
+            };
             let held = if self.release {
                 self.ctx.lock().release_all()
             } else {
@@ -164,6 +184,17 @@ impl Waiter {
             self.ctx.lock().restore(held);
             polled?;
         }
+    }
+
+    fn still_waiting(&self, waited_ns: i64) -> String {
+        format!(
+            "poll_while on context '{}' (id {}) still waiting after {:.1} ms (AIOCTX_WAIT_WARN_MS); \
+             who holds what:\n{}",
+            self.ctx.name(),
+            self.ctx.id(),
+            waited_ns as f64 / 1e6,
+            diag::dump()
+        )
     }
 }
 
@@ -189,7 +220,7 @@ fn timed_out(ctx: &Context, timeout_ns: i64) -> Error {
             ctx.name(),
             ctx.id(),
             timeout_ns as f64 / 1e6,
-            describe_all()
+            diag::dump()
         ),
     )
 }

@@ -110,6 +110,7 @@ impl Graph {
             ));
         }
         let node = Arc::new(make(nodes.all.len())?);
+        super::node::register(&node);
         nodes.by_name.insert(name.to_string(), node.clone());
         nodes.all.push(node.clone());
         Ok(node)

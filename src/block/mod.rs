@@ -16,7 +16,7 @@ mod pool;
 
 pub use file::{FileDriver, OpenFlags};
 pub use graph::{attach, Graph};
-pub use node::{Node, RequestKind};
+pub use node::{describe_all_nodes, Node, RequestKind};
 
 use std::sync::Arc;
 

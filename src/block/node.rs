@@ -264,6 +264,68 @@ impl Node {
     }
 }
 
+/// Every node ever created that is still alive, for diagnostics.
+static NODES: Mutex<Vec<std::sync::Weak<Node>>> = Mutex::new(Vec::new());
+
+pub(super) fn register(node: &Arc<Node>) {
+    let mut nodes = NODES.lock();
+    nodes.retain(|n| n.strong_count() > 0);
+    nodes.push(Arc::downgrade(node));
+}
+
+/// Every live node, one line each ("" when there are none).
+pub fn describe_all_nodes() -> String {
+    let nodes: Vec<_> = NODES
+        .lock()
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    nodes
+        .iter()
+        .map(|n| n.describe())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Node {
+    /// One line describing the node, for hang diagnostics.
+    pub fn describe(&self) -> String {
+        let children: Vec<_> = self
+            .children
+            .lock()
+            .iter()
+            .map(|c| format!("'{}'", c.name()))
+            .collect();
+        format!(
+            "node '{}': context '{}' (id {}), {} in flight, {}, {}{}{}",
+            self.name,
+            self.ctx.name(),
+            self.ctx.id(),
+            self.in_flight(),
+            if self.is_inactive() {
+                "inactive"
+            } else {
+                "active"
+            },
+            if self.writable {
+                "writable"
+            } else {
+                "read-only"
+            },
+            if self.quiesced.load(SeqCst) {
+                ", quiesced for handover"
+            } else {
+                ""
+            },
+            if children.is_empty() {
+                String::new()
+            } else {
+                format!(", children {}", children.join(", "))
+            }
+        )
+    }
+}
+
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")

@@ -175,6 +175,45 @@ pub extern "C" fn aioctx_context_deadline_ns(ctx: *mut AioctxContext) -> i64 {
     })
 }
 
+/// A context's counters, filled by `aioctx_context_stats`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AioctxContextStats {
+    /// Polls started (blocking or not).
+    pub polls: u64,
+    /// Callbacks run: bottom halves, fd handlers, timers.
+    pub dispatches: u64,
+    /// Times a blocked poll (or an embedding loop) was woken through the notifier.
+    pub wakeups: u64,
+    /// Longest time the context's lock was held, in ns: by dispatches
+    /// always, and by acquire/release pairs when the environment variable
+    /// `AIOCTX_LOCK_TIMING=1` is set (it costs two clock reads per pair).
+    pub longest_hold_ns: i64,
+}
+
+/// Fills `*out` with the counters of `ctx`. Any thread; the counters are
+/// read without stopping the loop, so they may be mid-update relative to
+/// each other. Returns 0, or -EINVAL if an argument is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_context_stats(
+    ctx: *const AioctxContext,
+    out: *mut AioctxContextStats,
+) -> c_int {
+    ffi("aioctx_context_stats", || {
+        let st = borrow(ctx)?.stats();
+        let stats = AioctxContextStats {
+            polls: st.polls,
+            dispatches: st.dispatches,
+            wakeups: st.wakeups,
+            longest_hold_ns: st.longest_hold_ns,
+        };
+        // SAFETY: a non-NULL `out` points to writable storage for the struct.
+        let out = unsafe { out.as_mut() }.ok_or_else(|| crate::error::invalid("out is NULL"))?;
+        *out = stats;
+        Ok(0)
+    })
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of every timer deadline.
 #[no_mangle]
 pub extern "C" fn aioctx_clock_ns() -> i64 {

@@ -12,6 +12,7 @@
 mod bh;
 mod boundary;
 mod context;
+mod diag;
 mod error;
 mod graph;
 mod iothread;

@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Arc, Weak};
 
 use once_cell::sync::OnceCell;
@@ -68,6 +68,32 @@ pub enum Wait {
 struct Stats {
     polls: AtomicU64,
     dispatched: AtomicU64,
+    wakeups: AtomicU64,
+    longest_hold_ns: AtomicI64,
+    /// When the current owner took the lock (0: unknown); see `lock_timing`.
+    held_since: AtomicI64,
+}
+
+/// A snapshot of a context's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextStats {
+    /// Polls started (blocking or not).
+    pub polls: u64,
+    /// Callbacks run (BHs, fd handlers, timers).
+    pub dispatches: u64,
+    /// Times the notifier was written to wake a blocked poll or embedding loop.
+    pub wakeups: u64,
+    /// Longest time the lock was held: by dispatches always, and by
+    /// acquire/release pairs when `AIOCTX_LOCK_TIMING=1` is set.
+    pub longest_hold_ns: i64,
+}
+
+/// Whether explicit acquire/release pairs are timed (two clock reads per
+/// pair, so off unless `AIOCTX_LOCK_TIMING=1`).
+fn lock_timing() -> bool {
+    static ON: once_cell::sync::Lazy<bool> =
+        once_cell::sync::Lazy::new(|| std::env::var("AIOCTX_LOCK_TIMING").is_ok_and(|v| v == "1"));
+    *ON
 }
 
 /// An event loop with its recursive lock.
@@ -193,18 +219,53 @@ impl Context {
     /// Blocks until the calling thread owns the context; recursive.
     #[inline]
     pub fn acquire(&self) -> Result<()> {
-        self.lock.acquire().map_err(|e| self.named(e))
+        self.lock.acquire().map_err(|e| self.named(e))?;
+        if lock_timing() {
+            self.note_acquired();
+        }
+        Ok(())
     }
 
     /// Like [`acquire`](Self::acquire), but `EBUSY` instead of blocking.
     pub fn try_acquire(&self) -> Result<()> {
-        self.lock.try_acquire().map_err(|e| self.named(e))
+        self.lock.try_acquire().map_err(|e| self.named(e))?;
+        if lock_timing() {
+            self.note_acquired();
+        }
+        Ok(())
     }
 
     /// Gives one level back; `EPERM` unless the caller owns the context.
     #[inline]
     pub fn release(&self) -> Result<()> {
+        if lock_timing() && self.lock.depth() == 1 {
+            let since = self.stats.held_since.swap(0, Relaxed);
+            if since > 0 {
+                self.note_hold(sys::clock_ns() - since);
+            }
+        }
         self.lock.release().map_err(|e| self.named(e))
+    }
+
+    #[cold]
+    fn note_acquired(&self) {
+        if self.lock.depth() == 1 {
+            self.stats.held_since.store(sys::clock_ns(), Relaxed);
+        }
+    }
+
+    fn note_hold(&self, ns: i64) {
+        self.stats.longest_hold_ns.fetch_max(ns, Relaxed);
+    }
+
+    /// A snapshot of the context's counters.
+    pub fn stats(&self) -> ContextStats {
+        ContextStats {
+            polls: self.stats.polls.load(Relaxed),
+            dispatches: self.stats.dispatched.load(Relaxed),
+            wakeups: self.stats.wakeups.load(Relaxed),
+            longest_hold_ns: self.stats.longest_hold_ns.load(Relaxed),
+        }
     }
 
     /// A lock error as an [`Error`] naming the context.
@@ -272,7 +333,10 @@ impl Context {
         self.wait_for_events(wait, &mut ready)?;
         let ran = {
             let _held = self.lock.guard();
-            self.dispatch(&ready)
+            let start = sys::clock_ns();
+            let ran = self.dispatch(&ready);
+            self.note_hold(sys::clock_ns() - start);
+            ran
         };
         *self.ready.lock() = ready;
         if ran > 0 {
@@ -353,6 +417,7 @@ impl Context {
         fence(SeqCst);
         if self.notify_me.load(Relaxed) > 0 && !self.notified.swap(true, AcqRel) {
             self.notifier.signal();
+            self.stats.wakeups.fetch_add(1, Relaxed);
         }
     }
 
@@ -408,15 +473,35 @@ impl Context {
         );
         if owner != 0 {
             let _ = write!(s, " at depth {}", self.lock.owner_depth());
+            let since = self.stats.held_since.load(Relaxed);
+            if lock_timing() && since > 0 {
+                let _ = write!(s, " for {:.3} ms", (sys::clock_ns() - since) as f64 / 1e6);
+            }
         }
         let _ = write!(
             s,
-            ", {} pending BHs, {} timers, {} fd handlers, {} polls, {} callbacks run",
+            ", {} waiting to acquire, {} waiting in poll_while, {} pending BHs, {} timers",
+            self.lock.waiting(),
+            wait::waiters_on(self),
             self.bhs.len(),
             self.timers.len(),
+        );
+        if let Some(deadline) = self.timers.deadline() {
+            let _ = write!(
+                s,
+                " (next in {:.3} ms)",
+                (deadline - sys::clock_ns()) as f64 / 1e6
+            );
+        }
+        let st = self.stats();
+        let _ = write!(
+            s,
+            ", {} fd handlers; {} polls, {} callbacks run, {} wake-ups, longest hold {:.3} ms",
             self.handlers.len(),
-            self.stats.polls.load(Relaxed),
-            self.stats.dispatched.load(Relaxed)
+            st.polls,
+            st.dispatches,
+            st.wakeups,
+            st.longest_hold_ns as f64 / 1e6
         );
         s
     }

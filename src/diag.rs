@@ -1,0 +1,59 @@
+//! Diagnostics: a dump of every context and node, and the log handler that
+//! slow waits report through, so a handover that stalls is visible instead
+//! of silent.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use once_cell::sync::Lazy;
+use parking_lot::RwLock;
+
+/// Severity of a log message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Info = 0,
+    Warning = 1,
+}
+
+type Handler = Arc<dyn Fn(Level, &str) + Send + Sync>;
+
+/// None: messages go to stderr.
+static HANDLER: RwLock<Option<Handler>> = RwLock::new(None);
+
+/// Routes log messages to `handler` (None: back to stderr).
+pub fn set_log_handler(handler: Option<Handler>) {
+    *HANDLER.write() = handler;
+}
+
+/// Logs `message` through the installed handler, or to stderr.
+pub fn log(level: Level, message: &str) {
+    let handler = HANDLER.read().clone();
+    match handler {
+        Some(h) => h(level, message),
+        None => eprintln!("aioctx: {message}"),
+    }
+}
+
+/// Every live context and every node, one line each.
+pub fn dump() -> String {
+    let nodes = crate::block::describe_all_nodes();
+    let contexts = crate::context::describe_all();
+    if nodes.is_empty() {
+        contexts
+    } else {
+        format!("{contexts}\n{nodes}")
+    }
+}
+
+/// After how long a `poll_while` still waiting logs the dump, once
+/// (`AIOCTX_WAIT_WARN_MS`; unset or invalid: never).
+pub fn wait_warning_ns() -> Option<i64> {
+    static NS: Lazy<Option<i64>> = Lazy::new(|| {
+        std::env::var("AIOCTX_WAIT_WARN_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|&ms| ms >= 0)
+            .map(|ms| ms.saturating_mul(1_000_000))
+    });
+    *NS
+}
