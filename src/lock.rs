@@ -206,6 +206,8 @@ impl ContextLock {
 
     #[cold]
     fn acquire_slow(&self, me: u64) {
+        // Whoever blocks may be named in a hang dump.
+        thread::register_name();
         let mut sleepers = self.sleepers.lock();
         loop {
             let state = self.state.load(Ordering::Relaxed);

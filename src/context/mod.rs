@@ -283,6 +283,7 @@ impl Context {
         let me = thread::current();
         match self.home.compare_exchange(0, me, AcqRel, Acquire) {
             Ok(_) => {
+                thread::register_name();
                 CURRENT.with(|c| {
                     let mut c = c.borrow_mut();
                     if c.strong_count() == 0 {

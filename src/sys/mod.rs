@@ -37,3 +37,10 @@ pub fn thread_name() -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// The calling thread's pthread_t: unique among live threads, one load.
+#[inline]
+pub fn pthread_self() -> u64 {
+    // SAFETY: pthread_self has no preconditions and cannot fail.
+    unsafe { libc::pthread_self() as u64 }
+}
