@@ -87,6 +87,8 @@ typedef struct AioctxNode AioctxNode;
  * A set of contexts, acquired each exactly once in ascending id order: the
  * safe way to hold the contexts of several objects (two drives on one
  * IOThread are one context). Owned by the caller; free with `aioctx_set_free`.
+ * Not thread-safe, like most C objects: use a set from one thread at a time
+ * (any thread, but the one that acquired it must release it).
  */
 typedef struct AioctxSet AioctxSet;
 

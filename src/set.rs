@@ -17,6 +17,9 @@ use crate::thread;
 #[derive(Default)]
 pub struct ContextSet {
     members: BTreeMap<u64, Arc<Context>>,
+    /// Id of the last context added or found: collecting the contexts of many
+    /// nodes mostly sees the same one again (one IOThread, many drives).
+    last: u64,
     /// Token of the thread that holds the set (0: not held).
     holder: u64,
 }
@@ -28,18 +31,28 @@ impl ContextSet {
 
     /// Adds `ctx`; returns false if it was already a member. O(log n).
     pub fn add(&mut self, ctx: &Arc<Context>) -> Result<bool> {
+        self.add_ref(ctx).map(|added| {
+            if added {
+                self.members.insert(ctx.id(), ctx.clone());
+            }
+            added
+        })
+    }
+
+    /// The checks of `add`, and whether `ctx` is new (cheap for a repeat).
+    fn add_ref(&mut self, ctx: &Context) -> Result<bool> {
         if self.holder != 0 {
             return Err(busy(format!(
                 "cannot add context '{}' to a set that is held: release the set first",
                 ctx.name()
             )));
         }
-        let mut added = false;
-        self.members.entry(ctx.id()).or_insert_with(|| {
-            added = true;
-            ctx.clone()
-        });
-        Ok(added)
+        let id = ctx.id();
+        if id == self.last {
+            return Ok(false);
+        }
+        self.last = id;
+        Ok(!self.members.contains_key(&id))
     }
 
     pub fn len(&self) -> usize {

@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::{
-    borrow, clone_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
+    borrow, borrow_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
 };
 use super::context::AioctxContext;
 use crate::context::Bh;
@@ -31,7 +31,7 @@ pub extern "C" fn aioctx_bh_new(
     opaque: *mut c_void,
 ) -> *mut AioctxBh {
     ffi("aioctx_bh_new", || {
-        let ctx = clone_arc(ctx)?;
+        let ctx = borrow_arc(ctx)?;
         Ok(into_arc_ptr(Bh::new(
             &ctx,
             required_callback(cb, opaque, "cb")?,
@@ -47,7 +47,7 @@ pub extern "C" fn aioctx_bh_new(
 #[no_mangle]
 pub extern "C" fn aioctx_bh_schedule(bh: *mut AioctxBh) -> c_int {
     ffi("aioctx_bh_schedule", || {
-        clone_arc(bh)?.schedule()?;
+        borrow_arc(bh)?.schedule()?;
         Ok(0)
     })
 }
@@ -84,7 +84,7 @@ pub extern "C" fn aioctx_bh_schedule_oneshot(
 ) -> c_int {
     ffi("aioctx_bh_schedule_oneshot", || {
         let cb = required_callback(cb, opaque, "cb")?;
-        clone_arc(ctx)?.schedule_oneshot(cb)?;
+        borrow_arc(ctx)?.schedule_oneshot(cb)?;
         Ok(0)
     })
 }

@@ -186,6 +186,19 @@ pub(crate) fn clone_arc<C: Opaque>(ptr: *const C) -> Result<Arc<C::Rust>> {
     }
 }
 
+/// The `Arc` behind a C pointer, without touching its count: for calls that
+/// need `&Arc` only for their duration (cloning it only if they keep it).
+pub(crate) fn borrow_arc<C: Opaque>(ptr: *const C) -> Result<std::mem::ManuallyDrop<Arc<C::Rust>>> {
+    if ptr.is_null() {
+        return Err(null_error::<C>());
+    }
+    // SAFETY: the pointer came from `into_arc_ptr`/`borrowed_arc_ptr` and its
+    // object is alive; ManuallyDrop never gives the borrowed count back.
+    Ok(std::mem::ManuallyDrop::new(unsafe {
+        Arc::from_raw(ptr.cast::<C::Rust>())
+    }))
+}
+
 /// Takes back the reference C owned (NULL: nothing).
 pub(crate) fn take_arc<C: Opaque>(ptr: *const C) -> Option<Arc<C::Rust>> {
     // SAFETY: the pointer came from `into_arc_ptr`, and C gives up its reference.

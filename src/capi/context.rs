@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::{
-    self, borrow, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, str_arg, take_arc,
+    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, str_arg, take_arc,
     AioctxCallback, Opaque,
 };
 use crate::context::Context;
@@ -87,7 +87,7 @@ pub extern "C" fn aioctx_context_id(ctx: *const AioctxContext) -> u64 {
 #[no_mangle]
 pub extern "C" fn aioctx_context_claim(ctx: *mut AioctxContext) -> c_int {
     ffi("aioctx_context_claim", || {
-        clone_arc(ctx)?.claim()?;
+        borrow_arc(ctx)?.claim()?;
         Ok(0)
     })
 }
@@ -139,7 +139,7 @@ pub extern "C" fn aioctx_lock_depth(ctx: *const AioctxContext) -> c_int {
 #[no_mangle]
 pub extern "C" fn aioctx_poll(ctx: *mut AioctxContext, blocking: bool) -> c_int {
     ffi("aioctx_poll", || {
-        Ok(clone_arc(ctx)?.poll(blocking)? as c_int)
+        Ok(borrow_arc(ctx)?.poll(blocking)? as c_int)
     })
 }
 

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
-use super::boundary::{borrow, borrowed_arc_ptr, clone_arc, ffi, str_arg, CFn, Opaque};
+use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, str_arg, CFn, Opaque};
 use super::context::AioctxContext;
 use super::graph::{AioctxGraph, AIOCTX_OPEN_INACTIVE, AIOCTX_OPEN_RDWR};
 use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
@@ -114,7 +114,7 @@ pub extern "C" fn aioctx_node_new(
     opaque: *mut c_void,
 ) -> *mut AioctxNode {
     ffi("aioctx_node_new", || {
-        let (graph, name, ctx) = (borrow(g)?, str_arg(name, "name")?, clone_arc(ctx)?);
+        let (graph, name, ctx) = (borrow(g)?, str_arg(name, "name")?, borrow_arc(ctx)?);
         // SAFETY: a non-NULL `drv` points to a driver table for this call.
         let table = unsafe { drv.as_ref() }.copied().unwrap_or(AioctxDriver {
             flush: None,
@@ -146,7 +146,7 @@ pub extern "C" fn aioctx_node_open_file(
         let (graph, name, ctx, path) = (
             borrow(g)?,
             str_arg(name, "name")?,
-            clone_arc(ctx)?,
+            borrow_arc(ctx)?,
             str_arg(path, "path")?,
         );
         if flags & !(AIOCTX_OPEN_RDWR | AIOCTX_OPEN_INACTIVE) != 0 {
@@ -185,7 +185,7 @@ pub extern "C" fn aioctx_node_attach_child(
     child: *mut AioctxNode,
 ) -> c_int {
     ffi("aioctx_node_attach_child", || {
-        let (parent, child) = (clone_arc(parent)?, clone_arc(child)?);
+        let (parent, child) = (borrow_arc(parent)?, borrow_arc(child)?);
         crate::block::attach(&parent, &child)?;
         Ok(0)
     })
@@ -235,7 +235,7 @@ pub extern "C" fn aioctx_node_is_inactive(n: *const AioctxNode) -> bool {
 #[no_mangle]
 pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_drain", || {
-        let node = clone_arc(n)?;
+        let node = borrow_arc(n)?;
         node.drain()?;
         Ok(0)
     })
@@ -247,7 +247,7 @@ pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
 #[no_mangle]
 pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_flush", || {
-        let node = clone_arc(n)?;
+        let node = borrow_arc(n)?;
         node.flush()?;
         Ok(0)
     })
@@ -307,7 +307,7 @@ fn submit(
     cb: AioctxIoDone,
     opaque: *mut c_void,
 ) -> Result<c_int> {
-    let node = clone_arc(n)?;
+    let node = borrow_arc(n)?;
     if buf.is_null() && len > 0 {
         return Err(invalid("buf is NULL: pass a buffer of len bytes"));
     }

@@ -2,31 +2,28 @@
 
 use std::ffi::c_int;
 
-use parking_lot::Mutex;
-
-use super::boundary::{borrow, clone_arc, ffi, into_box_ptr, take_box, Opaque};
+use super::boundary::{borrow, borrow_arc, borrow_mut, ffi, into_box_ptr, take_box, Opaque};
 use super::context::AioctxContext;
 use crate::set::ContextSet;
 
 /// A set of contexts, acquired each exactly once in ascending id order: the
 /// safe way to hold the contexts of several objects (two drives on one
 /// IOThread are one context). Owned by the caller; free with `aioctx_set_free`.
+/// Not thread-safe, like most C objects: use a set from one thread at a time
+/// (any thread, but the one that acquired it must release it).
 pub struct AioctxSet {
     _private: [u8; 0],
 }
 
 impl Opaque for AioctxSet {
-    // The mutex turns concurrent misuse of one set into serialised calls.
-    type Rust = Mutex<ContextSet>;
+    type Rust = ContextSet;
     const WHAT: &'static str = "set";
 }
 
 /// Creates an empty set.
 #[no_mangle]
 pub extern "C" fn aioctx_set_new() -> *mut AioctxSet {
-    ffi("aioctx_set_new", || {
-        Ok(into_box_ptr(Mutex::new(ContextSet::new())))
-    })
+    ffi("aioctx_set_new", || Ok(into_box_ptr(ContextSet::new())))
 }
 
 /// Adds `ctx` (taking a reference). Returns 1 if added, 0 if already a member;
@@ -35,15 +32,15 @@ pub extern "C" fn aioctx_set_new() -> *mut AioctxSet {
 #[no_mangle]
 pub extern "C" fn aioctx_set_add(set: *mut AioctxSet, ctx: *mut AioctxContext) -> c_int {
     ffi("aioctx_set_add", || {
-        let ctx = clone_arc(ctx)?;
-        Ok(borrow(set)?.lock().add(&ctx)? as c_int)
+        let ctx = borrow_arc(ctx)?;
+        Ok(borrow_mut(set)?.add(&ctx)? as c_int)
     })
 }
 
 /// The number of distinct contexts in the set (0 if `set` is NULL).
 #[no_mangle]
 pub extern "C" fn aioctx_set_len(set: *const AioctxSet) -> usize {
-    ffi("aioctx_set_len", || Ok(borrow(set)?.lock().len()))
+    ffi("aioctx_set_len", || Ok(borrow(set)?.len()))
 }
 
 /// Acquires every context of the set once, in ascending id order (one global
@@ -53,7 +50,7 @@ pub extern "C" fn aioctx_set_len(set: *const AioctxSet) -> usize {
 #[no_mangle]
 pub extern "C" fn aioctx_set_acquire(set: *mut AioctxSet) -> c_int {
     ffi("aioctx_set_acquire", || {
-        borrow(set)?.lock().acquire()?;
+        borrow_mut(set)?.acquire()?;
         Ok(0)
     })
 }
@@ -65,7 +62,7 @@ pub extern "C" fn aioctx_set_acquire(set: *mut AioctxSet) -> c_int {
 #[no_mangle]
 pub extern "C" fn aioctx_set_release(set: *mut AioctxSet) -> c_int {
     ffi("aioctx_set_release", || {
-        borrow(set)?.lock().release()?;
+        borrow_mut(set)?.release()?;
         Ok(0)
     })
 }
@@ -75,8 +72,7 @@ pub extern "C" fn aioctx_set_release(set: *mut AioctxSet) -> c_int {
 #[no_mangle]
 pub extern "C" fn aioctx_set_free(set: *mut AioctxSet) {
     ffi("aioctx_set_free", || {
-        if let Some(set) = take_box(set) {
-            let mut set = set.into_inner();
+        if let Some(mut set) = take_box(set) {
             if set.is_held() {
                 set.release()?;
             }

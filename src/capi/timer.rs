@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::{
-    borrow, clone_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
+    borrow, borrow_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
 };
 use super::context::AioctxContext;
 use crate::context::Timer;
@@ -30,7 +30,7 @@ pub extern "C" fn aioctx_timer_new(
     opaque: *mut c_void,
 ) -> *mut AioctxTimer {
     ffi("aioctx_timer_new", || {
-        let ctx = clone_arc(ctx)?;
+        let ctx = borrow_arc(ctx)?;
         Ok(into_arc_ptr(Timer::new(
             &ctx,
             required_callback(cb, opaque, "cb")?,
@@ -47,7 +47,7 @@ pub extern "C" fn aioctx_timer_new(
 #[no_mangle]
 pub extern "C" fn aioctx_timer_mod(t: *mut AioctxTimer, expire_ns: i64) -> c_int {
     ffi("aioctx_timer_mod", || {
-        clone_arc(t)?.modify(expire_ns)?;
+        borrow_arc(t)?.modify(expire_ns)?;
         Ok(0)
     })
 }

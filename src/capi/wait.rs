@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
-use super::boundary::{clone_arc, ffi, CFn};
+use super::boundary::{borrow_arc, ffi, CFn};
 use super::context::AioctxContext;
 use crate::error::invalid;
 use crate::wait::{self, WaitOptions};
@@ -45,7 +45,7 @@ pub extern "C" fn aioctx_poll_while(
     flags: c_uint,
 ) -> c_int {
     ffi("aioctx_poll_while", || {
-        let ctx = clone_arc(ctx)?;
+        let ctx = borrow_arc(ctx)?;
         let cond = CFn {
             f: cond.ok_or_else(|| invalid("cond is NULL: pass a function"))?,
             opaque,
