@@ -16,8 +16,10 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#define TEST_LONG_TIMEOUT_S 10
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -27,7 +29,6 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 
-#define SEC 1000000000LL
 #define BLK 4096
 
 static char dir[64], img[128];
@@ -77,16 +78,6 @@ static void fill(unsigned char *buf, unsigned seed)
         buf[i] = (unsigned char)((seed * 97u + (unsigned)i * 13u) & 0xff);
 }
 
-static int file_has(uint64_t off, const unsigned char *want)
-{
-    unsigned char got[BLK];
-    int fd = open(img, O_RDONLY);
-    ssize_t r = fd >= 0 ? pread(fd, got, BLK, (off_t)off) : -1;
-    if (fd >= 0)
-        close(fd);
-    return r == BLK && memcmp(got, want, BLK) == 0;
-}
-
 /* ---- completions ------------------------------------------------------------------------------ */
 
 struct io {
@@ -115,7 +106,7 @@ static int64_t write_block(AioctxNode *n, const unsigned char *buf, uint64_t off
     int rc = aioctx_node_pwrite(n, buf, BLK, off, io_cb, &io);
     if (rc)
         return rc;
-    if (aioctx_poll_while(aioctx_node_context(n), io_pending, &io, 10 * SEC * tap_scale(), 0))
+    if (aioctx_poll_while(aioctx_node_context(n), io_pending, &io, long_timeout(), 0))
         return INT_MIN;
     return atomic_load(&io.ret);
 }
@@ -207,14 +198,10 @@ static pid_t spawn(int (*fn)(int, int), int *cmd_w, int *res_r)
 int main(void)
 {
     tap_watchdog(60);
-    snprintf(dir, sizeof dir, "/tmp/aioctx-lock-XXXXXX");
-    if (!ok(mkdtemp(dir) != NULL, "mkdtemp"))
+    if (!ok(make_temp_dir(dir, sizeof dir, "lock") != NULL, "mkdtemp"))
         return done_testing();
     snprintf(img, sizeof img, "%s/shared.img", dir);
-    int fd = open(img, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    ok(fd >= 0 && ftruncate(fd, 64 * BLK) == 0, "a 256 KiB image");
-    if (fd >= 0)
-        close(fd);
+    ok(make_image(img, 64 * BLK, 0644) == 0, "a 256 KiB image");
 
     /* Fork both children before any aioctx call. */
     int src_cmd, src_res, crash_cmd, crash_res;
@@ -246,7 +233,7 @@ int main(void)
     ok(ro != NULL, "a read-only open of the locked image works");
     struct io io = { 0, 0 };
     is_int(aioctx_node_pread(ro, rbuf, BLK, 0, io_cb, &io), 0, "  pread");
-    aioctx_poll_while(iot_ctx, io_pending, &io, 10 * SEC * tap_scale(), 0);
+    aioctx_poll_while(iot_ctx, io_pending, &io, long_timeout(), 0);
     ok(atomic_load(&io.ret) == BLK && memcmp(rbuf, b0, BLK) == 0, "  reads the source's block 0");
 
     n = aioctx_node_open_file(g, "dst", iot_ctx, img, AIOCTX_OPEN_RDWR | AIOCTX_OPEN_INACTIVE);
@@ -271,8 +258,8 @@ int main(void)
     is_int(aioctx_graph_activate_all(g), 0, "now the destination's activate_all -> 0");
     ok(!aioctx_node_is_inactive(n), "  the node is active");
     is_int(write_block(n, b1, BLK), BLK, "  a write works (4096)");
-    ok(file_has(BLK, b1), "  and is in the file");
-    ok(file_has(0, b0), "  the source's block 0 is intact");
+    ok(file_has(img, BLK, b1, BLK), "  and is in the file");
+    ok(file_has(img, 0, b0, BLK), "  the source's block 0 is intact");
 
     /* Now the source cannot take it back. */
     send_cmd(src_cmd, 'A');
@@ -304,7 +291,7 @@ int main(void)
     ok(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "  it died of SIGKILL");
     is_int(aioctx_graph_activate_all(g), 0, "then the destination's activate_all -> 0");
     is_int(write_block(n, b2, 2 * BLK), BLK, "  writes work");
-    ok(file_has(2 * BLK, b2), "  data in the file");
+    ok(file_has(img, 2 * BLK, b2, BLK), "  data in the file");
 
     /* Two active RDWR nodes of one image in this process conflict too. */
     AioctxGraph *g2 = aioctx_graph_new(NULL);

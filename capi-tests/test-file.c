@@ -16,6 +16,7 @@
 #endif
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -25,7 +26,6 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define SEC 1000000000LL
 #define BLK 4096
 #define IMG_SIZE (1024 * 1024)
 
@@ -37,11 +37,6 @@ static pthread_t iot_thread;
 static char dir[64];
 static char img[128], img2[128], ro_img[128], missing[128];
 
-static int64_t long_timeout(void)
-{
-    return 5 * SEC * tap_scale();
-}
-
 /* A TAP skip: counts as a passing test with the SKIP directive. */
 static void skip(const char *name, const char *why)
 {
@@ -49,33 +44,6 @@ static void skip(const char *name, const char *why)
     tap_st.run++;
     printf("ok %d - %s # SKIP %s\n", tap_st.run, name, why);
     fflush(stdout);
-}
-
-struct count_wait {
-    atomic_int *counter;
-    int target;
-};
-
-static bool below_target(void *opaque)
-{
-    struct count_wait *w = opaque;
-    return atomic_load(w->counter) < w->target;
-}
-
-static int wait_count(AioctxContext *ctx, atomic_int *counter, int target)
-{
-    struct count_wait w = { counter, target };
-    return aioctx_poll_while(ctx, below_target, &w, long_timeout(), 0);
-}
-
-static void save_thread_cb(void *opaque)
-{
-    *(pthread_t *)opaque = pthread_self();
-}
-
-static void inc_cb(void *opaque)
-{
-    atomic_fetch_add((atomic_int *)opaque, 1);
 }
 
 /* ---- I/O completion records ------------------------------------------------------ */
@@ -116,31 +84,6 @@ static void fill(unsigned char *buf, size_t len, unsigned seed)
         buf[i] = (unsigned char)((seed * 131u + i * 7u + (i >> 8)) & 0xff);
 }
 
-/* Reads the image back with plain pread(2) and compares. */
-static int file_has(const char *path, uint64_t off, const void *want, size_t len)
-{
-    unsigned char *got = malloc(len);
-    int fd = open(path, O_RDONLY);
-    ssize_t r = fd >= 0 ? pread(fd, got, len, (off_t)off) : -1;
-    int same = r == (ssize_t)len && memcmp(got, want, len) == 0;
-    if (fd >= 0)
-        close(fd);
-    free(got);
-    return same;
-}
-
-static int make_file(const char *path, off_t size, mode_t mode)
-{
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        return -1;
-    int rc = ftruncate(fd, size);
-    close(fd);
-    if (rc == 0 && chmod(path, mode) != 0)
-        rc = -1;
-    return rc;
-}
-
 /* How many of this process's fds refer to a file under dir. */
 static int fds_in_dir(void)
 {
@@ -164,17 +107,23 @@ static int fds_in_dir(void)
     return n;
 }
 
-/* Waits (up to 1 s) until no fd of this process refers to an image: a graph
- * freed by the previous test may still have its files closed by a worker
- * thread a moment later (see test_reopen_after_free). Returns the count. */
-static int settle_fds(void)
+/* Waits (up to 1 s, scaled) until want fds of this process refer to an image:
+ * a freed graph's files may be closed by a worker thread a moment later (see
+ * test_reopen_after_free). Returns the last count. */
+static int settle_fds_at(int want)
 {
     int n = fds_in_dir();
-    for (int i = 0; n != 0 && i < 100 * tap_scale(); i++) {
+    for (int i = 0; n != want && i < 100 * tap_scale(); i++) {
         tap_sleep_ms(10);
         n = fds_in_dir();
     }
     return n;
+}
+
+/* Waits until no fd refers to an image (what the previous test freed). */
+static int settle_fds(void)
+{
+    return settle_fds_at(0);
 }
 
 /* ---- submitting from other threads ---------------------------------------------------- */
@@ -200,6 +149,17 @@ static void *submit_thread(void *arg)
 static void submit_bh(void *arg)
 {
     submit_thread(arg);
+}
+
+/* Submits a pwrite (write 1) or a pread from a plain thread, joined before it
+ * returns; returns what the submission returned. */
+static int submit_from_thread(AioctxNode *n, int write, void *buf, size_t len, uint64_t off, struct io *io)
+{
+    struct submit s = { n, write, buf, len, off, io, -99 };
+    pthread_t th;
+    pthread_create(&th, NULL, submit_thread, &s);
+    pthread_join(th, NULL);
+    return s.rc;
 }
 
 static void test_basic_io(void)
@@ -232,11 +192,7 @@ static void test_basic_io(void)
 
     /* From a plain thread. */
     io_init(&io, n);
-    struct submit s = { n, 1, w2, BLK, 3 * BLK, &io, -99 };
-    pthread_t th;
-    pthread_create(&th, NULL, submit_thread, &s);
-    pthread_join(th, NULL);
-    is_int(s.rc, 0, "pwrite from another thread -> 0");
+    is_int(submit_from_thread(n, 1, w2, BLK, 3 * BLK, &io), 0, "pwrite from another thread -> 0");
     is_int(io_wait(&io), 0, "  its completion arrives");
     is_int(io.ret, BLK, "  cb ret = 4096");
     ok(pthread_equal(io.thread, iot_thread), "  cb ran in the IOThread");
@@ -255,10 +211,7 @@ static void test_basic_io(void)
     /* Reads from another thread. */
     io_init(&io, n);
     memset(r1, 0xee, BLK);
-    struct submit sr = { n, 0, r1, BLK, 2 * BLK, &io, -99 };
-    pthread_create(&th, NULL, submit_thread, &sr);
-    pthread_join(th, NULL);
-    is_int(sr.rc, 0, "pread from another thread -> 0");
+    is_int(submit_from_thread(n, 0, r1, BLK, 2 * BLK, &io), 0, "pread from another thread -> 0");
     is_int(io_wait(&io), 0, "  its completion arrives");
     is_int(io.ret, BLK, "  cb ret = 4096");
     ok(pthread_equal(io.thread, iot_thread), "  cb ran in the IOThread");
@@ -319,11 +272,7 @@ static void test_main_ctx_node(void)
     fill(w, BLK, 9);
     struct io io;
     io_init(&io, n);
-    struct submit s = { n, 1, w, BLK, BLK, &io, -99 };
-    pthread_t th;
-    pthread_create(&th, NULL, submit_thread, &s);
-    pthread_join(th, NULL);
-    is_int(s.rc, 0, "pwrite from another thread");
+    is_int(submit_from_thread(n, 1, w, BLK, BLK, &io), 0, "pwrite from another thread");
     is_int(io_wait(&io), 0, "the main thread's poll runs the completion");
     ok(pthread_equal(io.thread, main_thread), "  cb ran in the main thread");
     ok(io.depth >= 1, "  with the main context held");
@@ -641,14 +590,7 @@ static void test_free_in_flight(void)
     ok(rets, "  each once, with 4096");
     ok(data, "  the data is in the files");
     /* The last reference to each file goes with its last completion. */
-    int fds = -1;
-    for (int i = 0; i < 100 * tap_scale(); i++) {
-        fds = fds_in_dir();
-        if (fds == fds0)
-            break;
-        tap_sleep_ms(10);
-    }
-    is_int(fds, fds0, "the image fds are closed once the requests completed");
+    is_int(settle_fds_at(fds0), fds0, "the image fds are closed once the requests completed");
     AioctxGraph *g2 = aioctx_graph_new(NULL);
     ok(aioctx_node_open_file(g2, "fif-again", iot_ctx, img, AIOCTX_OPEN_RDWR) != NULL,
        "  and the write lock is gone (a new active RDWR open works)");
@@ -662,25 +604,21 @@ int main(void)
     main_ctx = aioctx_main_context();
     is_int(aioctx_context_claim(main_ctx), 0, "main claims the main context");
 
-    snprintf(dir, sizeof dir, "/tmp/aioctx-file-XXXXXX");
-    if (!ok(mkdtemp(dir) != NULL, "mkdtemp %s", dir))
+    if (!ok(make_temp_dir(dir, sizeof dir, "file") != NULL, "mkdtemp %s", dir))
         return done_testing();
     snprintf(img, sizeof img, "%s/disk.img", dir);
     snprintf(img2, sizeof img2, "%s/disk2.img", dir);
     snprintf(ro_img, sizeof ro_img, "%s/ro.img", dir);
     snprintf(missing, sizeof missing, "%s/missing.img", dir);
-    ok(make_file(img, IMG_SIZE, 0644) == 0 && make_file(img2, IMG_SIZE, 0644) == 0 &&
-           make_file(ro_img, IMG_SIZE, 0444) == 0,
+    ok(make_image(img, IMG_SIZE, 0644) == 0 && make_image(img2, IMG_SIZE, 0644) == 0 &&
+           make_image(ro_img, IMG_SIZE, 0444) == 0,
        "1 MiB images created");
 
     iot = aioctx_iothread_new("file-iot");
     if (!ok(iot != NULL, "iothread_new"))
         return done_testing();
     iot_ctx = aioctx_iothread_context(iot);
-    atomic_int ran = 0;
-    aioctx_bh_schedule_oneshot(iot_ctx, save_thread_cb, &iot_thread);
-    aioctx_bh_schedule_oneshot(iot_ctx, inc_cb, &ran);
-    is_int(wait_count(iot_ctx, &ran, 1), 0, "learned the IOThread's pthread_t");
+    is_int(learn_thread(iot_ctx, &iot_thread), 0, "learned the IOThread's pthread_t");
 
     test_basic_io();
     test_main_ctx_node();

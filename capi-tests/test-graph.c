@@ -17,53 +17,16 @@
 #endif
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
-
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static AioctxContext *main_ctx;
 static pthread_t main_thread;
 static AioctxIoThread *iot;
 static AioctxContext *iot_ctx;
 static pthread_t iot_thread;
-
-static int64_t long_timeout(void)
-{
-    return 5 * SEC * tap_scale();
-}
-
-/* ---- waiting helpers ---------------------------------------------------------- */
-
-struct count_wait {
-    atomic_int *counter;
-    int target;
-};
-
-static bool below_target(void *opaque)
-{
-    struct count_wait *w = opaque;
-    return atomic_load(w->counter) < w->target;
-}
-
-/* Waits (polling as aioctx_poll_while does) until *counter >= target. */
-static int wait_count(AioctxContext *ctx, atomic_int *counter, int target)
-{
-    struct count_wait w = { counter, target };
-    return aioctx_poll_while(ctx, below_target, &w, long_timeout(), 0);
-}
-
-static void save_thread_cb(void *opaque)
-{
-    *(pthread_t *)opaque = pthread_self();
-}
-
-static void inc_cb(void *opaque)
-{
-    atomic_fetch_add((atomic_int *)opaque, 1);
-}
 
 /* ---- a recording C driver ------------------------------------------------------- */
 
@@ -454,24 +417,6 @@ static void test_free_closes_once(void)
 
 /* ---- requests ------------------------------------------------------------------------ */
 
-struct ender {
-    AioctxNode *node;
-    int count;
-    int delay_ms;       /* before each end */
-    int64_t last_end_ns;
-};
-
-static void *ender_thread(void *arg)
-{
-    struct ender *e = arg;
-    for (int i = 0; i < e->count; i++) {
-        tap_sleep_ms(e->delay_ms);
-        e->last_end_ns = tap_now_ns();
-        aioctx_node_end_request(e->node);
-    }
-    return NULL;
-}
-
 static bool has_in_flight(void *opaque)
 {
     return aioctx_node_in_flight(opaque) > 0;
@@ -513,7 +458,7 @@ static void test_requests(void)
         AioctxNode *n = k ? ni : nm;
         AioctxContext *c = k ? iot_ctx : main_ctx;
         aioctx_node_start_request(n, true);
-        struct ender e = { n, 1, 20, 0 };
+        struct ender e = { { n }, 1, 20, 0 };
         pthread_t th;
         pthread_create(&th, NULL, ender_thread, &e);
         int rc = aioctx_poll_while(c, has_in_flight, n, long_timeout(), 0);
@@ -530,7 +475,7 @@ static void test_requests(void)
         AioctxNode *n = k ? ni : nm;
         for (int i = 0; i < 3; i++)
             aioctx_node_start_request(n, i != 1);
-        struct ender e = { n, 3, 25, 0 };
+        struct ender e = { { n, n, n }, 3, 25, 0 };
         pthread_t th;
         int64_t t0 = tap_now_ns();
         pthread_create(&th, NULL, ender_thread, &e);
@@ -550,7 +495,7 @@ static void test_requests(void)
     aioctx_node_start_request(ni, true);
     aioctx_node_start_request(ni, true);
     {
-        struct ender e = { ni, 2, 20, 0 };
+        struct ender e = { { ni, ni }, 2, 20, 0 };
         pthread_t th;
         pthread_create(&th, NULL, ender_thread, &e);
         is_int(aioctx_node_drain(ni), 0, "drain with the node's context held once completes");
@@ -644,10 +589,7 @@ int main(void)
     if (!ok(iot != NULL, "iothread_new(\"graph-iot\")"))
         return done_testing();
     iot_ctx = aioctx_iothread_context(iot);
-    atomic_int ran = 0;
-    aioctx_bh_schedule_oneshot(iot_ctx, save_thread_cb, &iot_thread);
-    aioctx_bh_schedule_oneshot(iot_ctx, inc_cb, &ran);
-    is_int(wait_count(iot_ctx, &ran, 1), 0, "learned the IOThread's pthread_t from a BH");
+    is_int(learn_thread(iot_ctx, &iot_thread), 0, "learned the IOThread's pthread_t from a BH");
 
     test_graph_and_names();
     test_edges();

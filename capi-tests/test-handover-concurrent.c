@@ -20,13 +20,12 @@
 #endif
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
 
-#define MS 1000000LL
-#define SEC 1000000000LL
 #define ITERATIONS 150
 
 static AioctxContext *ctx_a, *ctx_b;
@@ -45,12 +44,6 @@ static void report(const char *fmt, ...)
         n = (int)sizeof buf - 1;
     ssize_t r = write(report_fd, buf, (size_t)n);
     (void)r;
-}
-
-static bool always(void *opaque)
-{
-    (void)opaque;
-    return true;
 }
 
 /* A flush that takes a while, like fdatasync: widens the windows. */

@@ -17,15 +17,16 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#define TEST_LONG_TIMEOUT_S 10
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
 
-#define SEC 1000000000LL
 #define BLK 4096
 #define NDRIVES 3
 #define NW 300          /* writes per round */
@@ -42,11 +43,6 @@ static AioctxContext *iot_ctx;
 static char dir[64];
 static char img[NDRIVES][128];
 static AioctxNode *drive[NDRIVES];
-
-static int64_t long_timeout(void)
-{
-    return 10 * SEC * tap_scale();
-}
 
 struct wreq {
     atomic_int submit_rc;   /* 1: not submitted yet */
@@ -147,21 +143,10 @@ static bool go_unset(void *opaque)
     return !atomic_load(&go);
 }
 
+/* Block off of drive d's image holds want (zeros if NULL), read with read(2). */
 static int file_block_is(int d, uint64_t off, const unsigned char *want)
 {
-    unsigned char got[BLK];
-    int fd = open(img[d], O_RDONLY);
-    ssize_t r = fd >= 0 ? pread(fd, got, BLK, (off_t)off) : -1;
-    if (fd >= 0)
-        close(fd);
-    if (r != BLK)
-        return 0;
-    if (want)
-        return memcmp(got, want, BLK) == 0;
-    for (int i = 0; i < BLK; i++)
-        if (got[i])
-            return 0;
-    return 1;
+    return file_has(img[d], off, want, BLK);
 }
 
 static void run_round(AioctxGraph *g, int round, int pace_us)
@@ -285,16 +270,12 @@ int main(void)
     tap_watchdog(120);
     main_ctx = aioctx_main_context();
     is_int(aioctx_context_claim(main_ctx), 0, "main claims the main context");
-    snprintf(dir, sizeof dir, "/tmp/aioctx-hdata-XXXXXX");
-    if (!ok(mkdtemp(dir) != NULL, "mkdtemp"))
+    if (!ok(make_temp_dir(dir, sizeof dir, "hdata") != NULL, "mkdtemp"))
         return done_testing();
     int made = 1;
     for (int d = 0; d < NDRIVES; d++) {
         snprintf(img[d], sizeof img[d], "%s/drive%d.img", dir, d);
-        int fd = open(img[d], O_RDWR | O_CREAT | O_TRUNC, 0644);
-        made &= fd >= 0 && ftruncate(fd, (off_t)IMG_BLOCKS * BLK) == 0;
-        if (fd >= 0)
-            close(fd);
+        made &= make_image(img[d], (off_t)IMG_BLOCKS * BLK, 0644) == 0;
     }
     ok(made, "three images of %d KiB", IMG_BLOCKS * BLK / 1024);
 

@@ -17,50 +17,16 @@
 #endif
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
-
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static AioctxContext *main_ctx;
 static pthread_t main_thread;
 static AioctxIoThread *iot_a, *iot_b;
 static AioctxContext *ctx_a, *ctx_b;
 static pthread_t thread_a, thread_b;
-
-static int64_t long_timeout(void)
-{
-    return 5 * SEC * tap_scale();
-}
-
-struct count_wait {
-    atomic_int *counter;
-    int target;
-};
-
-static bool below_target(void *opaque)
-{
-    struct count_wait *w = opaque;
-    return atomic_load(w->counter) < w->target;
-}
-
-static int wait_count(AioctxContext *ctx, atomic_int *counter, int target)
-{
-    struct count_wait w = { counter, target };
-    return aioctx_poll_while(ctx, below_target, &w, long_timeout(), 0);
-}
-
-static void save_thread_cb(void *opaque)
-{
-    *(pthread_t *)opaque = pthread_self();
-}
-
-static void inc_cb(void *opaque)
-{
-    atomic_fetch_add((atomic_int *)opaque, 1);
-}
 
 /* Both IOThreads still run BHs (nothing left holding their contexts). */
 static int iothreads_alive(void)
@@ -470,24 +436,6 @@ static void test_dag100(void)
 }
 
 /* ---- drain and -EBUSY during the handover -------------------------------------------------- */
-
-struct ender {
-    AioctxNode *nodes[4];
-    int n;
-    int delay_ms;
-    int64_t last_end_ns;
-};
-
-static void *ender_thread(void *arg)
-{
-    struct ender *e = arg;
-    for (int i = 0; i < e->n; i++) {
-        tap_sleep_ms(e->delay_ms);
-        e->last_end_ns = tap_now_ns();
-        aioctx_node_end_request(e->nodes[i]);
-    }
-    return NULL;
-}
 
 static _Atomic int64_t first_flush_ns;
 

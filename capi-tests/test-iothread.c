@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -16,23 +17,9 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
-#define MS 1000000LL
-
 static pid_t my_tid(void)
 {
     return (pid_t)syscall(SYS_gettid);
-}
-
-/* Bounded wait for *flag >= want. */
-static int wait_at_least(atomic_int *flag, int want, int64_t timeout_ms)
-{
-    int64_t end = tap_now_ns() + timeout_ms * MS * tap_scale();
-    while (atomic_load(flag) < want) {
-        if (tap_now_ns() > end)
-            return 0;
-        tap_sleep_ms(1);
-    }
-    return 1;
 }
 
 static int read_comm(pid_t tid, char *buf, size_t len)
@@ -60,23 +47,28 @@ static int task_exists(pid_t tid)
     return stat(path, &st) == 0;
 }
 
-/* ---- what a BH observes about where it runs ----------------------------- */
+/* ---- what a callback observes about where it runs ----------------------- */
 
 struct where {
     AioctxContext *ctx;
     pthread_t thread;
     pid_t tid;
-    int depth;
-    atomic_int done;
+    int depth;          /* on ctx */
+    atomic_int done;    /* how many times it ran */
 };
 
-static void where_cb(void *opaque)
+/* Called by a callback: records where it runs. */
+static void note_where(struct where *w)
 {
-    struct where *w = opaque;
     w->thread = pthread_self();
     w->tid = my_tid();
     w->depth = aioctx_lock_depth(w->ctx);
-    atomic_store(&w->done, 1);
+    atomic_fetch_add(&w->done, 1);
+}
+
+static void where_cb(void *opaque)
+{
+    note_where(opaque);
 }
 
 static int run_where(AioctxContext *ctx, struct where *w)
@@ -85,7 +77,7 @@ static int run_where(AioctxContext *ctx, struct where *w)
     w->ctx = ctx;
     if (aioctx_bh_schedule_oneshot(ctx, where_cb, w) != 0)
         return 0;
-    return wait_at_least(&w->done, 1, 2000);
+    return wait_at_least(&w->done, 1, 2 * SEC);
 }
 
 static void test_names_and_threads(void)
@@ -165,7 +157,7 @@ static void test_free_runs_pending(void)
     AioctxIoThread *it = aioctx_iothread_new("iot-pending");
     AioctxContext *c = aioctx_iothread_context(it);
     aioctx_bh_schedule_oneshot(c, slow_gate_cb, NULL);
-    wait_at_least(&gate_entered, 1, 2000);
+    wait_at_least(&gate_entered, 1, 2 * SEC);
     for (int i = 0; i < N; i++)
         aioctx_bh_schedule_oneshot(c, pending_cb, NULL);
     /* The IOThread is inside slow_gate_cb for ~100 ms: all N are still pending. */
@@ -194,7 +186,7 @@ static void test_free_deadlock(void)
          "the message names the context");
     is_int(aioctx_lock_depth(c), 1, "the context is still held at depth 1");
     is_int(aioctx_release(c), 0, "release it");
-    ok(wait_at_least(&pending_runs, 2, 2000), "the IOThread runs the BHs once the context is released");
+    ok(wait_at_least(&pending_runs, 2, 2 * SEC), "the IOThread runs the BHs once the context is released");
     is_int(aioctx_iothread_free(it), 0, "now iothread_free succeeds");
 }
 
@@ -220,7 +212,7 @@ static void test_free_from_itself(void)
     f.it = aioctx_iothread_new("iot-selffree");
     f.rc = -99;
     aioctx_bh_schedule_oneshot(aioctx_iothread_context(f.it), self_free_cb, &f);
-    ok(wait_at_least(&f.done, 1, 2000), "a BH on the IOThread calling iothread_free on it returns");
+    ok(wait_at_least(&f.done, 1, 2 * SEC), "a BH on the IOThread calling iothread_free on it returns");
     is_int(f.rc, -EDEADLK, "iothread_free from the IOThread itself -> -EDEADLK");
     ok(f.err[0] != '\0', "... with a message: '%s'", f.err);
     struct where w;
@@ -231,26 +223,23 @@ static void test_free_from_itself(void)
 /* ---- timers and fd handlers on an IOThread --------------------------------- */
 
 struct iot_timer {
-    AioctxContext *ctx;
+    struct where fired;     /* where (and whether) the timer fired */
     AioctxTimer *t;
     int64_t armed_for;
     int64_t fired_at;
-    pid_t tid;
-    atomic_int fired;
 };
 
 static void iot_timer_cb(void *opaque)
 {
     struct iot_timer *x = opaque;
     x->fired_at = aioctx_clock_ns();
-    x->tid = my_tid();
-    atomic_store(&x->fired, 1);
+    note_where(&x->fired);
 }
 
 static void arm_timer_bh(void *opaque)
 {
     struct iot_timer *x = opaque;
-    x->t = aioctx_timer_new(x->ctx, iot_timer_cb, x);
+    x->t = aioctx_timer_new(x->fired.ctx, iot_timer_cb, x);
     x->armed_for = aioctx_clock_ns() + 10 * MS;
     aioctx_timer_mod(x->t, x->armed_for);
 }
@@ -263,11 +252,9 @@ static void free_timer_bh(void *opaque)
 }
 
 struct iot_fd {
-    AioctxContext *ctx;
+    struct where got;       /* where (and how often) the handler ran */
     int fd;
     int bytes;
-    pid_t tid;
-    atomic_int got;
     int set_rc;
 };
 
@@ -278,20 +265,19 @@ static void iot_read_cb(void *opaque)
     ssize_t n = read(f->fd, buf, sizeof buf);
     if (n > 0)
         f->bytes += (int)n;
-    f->tid = my_tid();
-    atomic_fetch_add(&f->got, 1);
+    note_where(&f->got);
 }
 
 static void add_fd_bh(void *opaque)
 {
     struct iot_fd *f = opaque;
-    f->set_rc = aioctx_set_fd_handler(f->ctx, f->fd, iot_read_cb, NULL, f);
+    f->set_rc = aioctx_set_fd_handler(f->got.ctx, f->fd, iot_read_cb, NULL, f);
 }
 
 static void del_fd_bh(void *opaque)
 {
     struct iot_fd *f = opaque;
-    f->set_rc = aioctx_set_fd_handler(f->ctx, f->fd, NULL, NULL, NULL);
+    f->set_rc = aioctx_set_fd_handler(f->got.ctx, f->fd, NULL, NULL, NULL);
 }
 
 static void test_timer_and_fd_on_iothread(void)
@@ -303,10 +289,10 @@ static void test_timer_and_fd_on_iothread(void)
 
     struct iot_timer x;
     memset(&x, 0, sizeof x);
-    x.ctx = c;
+    x.fired.ctx = c;
     aioctx_bh_schedule_oneshot(c, arm_timer_bh, &x);
-    ok(wait_at_least(&x.fired, 1, 2000), "a timer armed on the IOThread fires on its own");
-    is_int(x.tid, w.tid, "on the IOThread");
+    ok(wait_at_least(&x.fired.done, 1, 2 * SEC), "a timer armed on the IOThread fires on its own");
+    is_int(x.fired.tid, w.tid, "on the IOThread");
     ok(x.fired_at >= x.armed_for, "not before its deadline");
     diag("IOThread timer lateness: %lld us", (long long)((x.fired_at - x.armed_for) / 1000));
     aioctx_bh_schedule_oneshot(c, free_timer_bh, &x);
@@ -316,7 +302,7 @@ static void test_timer_and_fd_on_iothread(void)
         abort();
     struct iot_fd f;
     memset(&f, 0, sizeof f);
-    f.ctx = c;
+    f.got.ctx = c;
     f.fd = p[0];
     f.set_rc = -99;
     aioctx_bh_schedule_oneshot(c, add_fd_bh, &f);
@@ -325,8 +311,8 @@ static void test_timer_and_fd_on_iothread(void)
     run_where(c, &marker);
     is_int(f.set_rc, 0, "set_fd_handler from a BH on the IOThread");
     ok(write(p[1], "hey", 3) == 3, "main writes to the pipe");
-    ok(wait_at_least(&f.got, 1, 2000), "the IOThread's blocking poll wakes for the fd and runs the handler");
-    is_int(f.tid, w.tid, "the handler ran on the IOThread");
+    ok(wait_at_least(&f.got.done, 1, 2 * SEC), "the IOThread's blocking poll wakes for the fd and runs the handler");
+    is_int(f.got.tid, w.tid, "the handler ran on the IOThread");
     is_int(f.bytes, 3, "and read the data");
     aioctx_bh_schedule_oneshot(c, del_fd_bh, &f);
     is_int(aioctx_iothread_free(it), 0, "iothread_free");

@@ -6,43 +6,33 @@
 #define _GNU_SOURCE
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 
 static AioctxContext *ctx;
 
-/* Waits (bounded) until *flag == want; returns 1 if it happened. */
-static int wait_flag(atomic_int *flag, int want, int64_t timeout_ns)
+/* Checks a lock call's result (rc, already made), then the depth it left. */
+static void lock_step(int rc, const char *what, int depth, const char *depth_what)
 {
-    int64_t end = tap_now_ns() + timeout_ns * tap_scale();
-    while (atomic_load(flag) != want) {
-        if (tap_now_ns() > end)
-            return 0;
-        tap_sleep_ms(1);
-    }
-    return 1;
+    is_int(rc, 0, "%s", what);
+    is_int(aioctx_lock_depth(ctx), depth, "%s", depth_what);
 }
 
 static void test_recursion(void)
 {
     is_int(aioctx_lock_depth(ctx), 0, "depth 0 before acquiring");
-    is_int(aioctx_acquire(ctx), 0, "acquire");
-    is_int(aioctx_lock_depth(ctx), 1, "depth 1");
-    is_int(aioctx_acquire(ctx), 0, "acquire again (recursive)");
-    is_int(aioctx_lock_depth(ctx), 2, "depth 2");
-    is_int(aioctx_try_acquire(ctx), 0, "try_acquire by the owner succeeds");
-    is_int(aioctx_lock_depth(ctx), 3, "depth 3");
+    lock_step(aioctx_acquire(ctx), "acquire", 1, "depth 1");
+    lock_step(aioctx_acquire(ctx), "acquire again (recursive)", 2, "depth 2");
+    lock_step(aioctx_try_acquire(ctx), "try_acquire by the owner succeeds", 3, "depth 3");
+    lock_step(aioctx_release(ctx), "release", 2, "depth 2 after one release");
     is_int(aioctx_release(ctx), 0, "release");
-    is_int(aioctx_lock_depth(ctx), 2, "depth 2 after one release");
-    is_int(aioctx_release(ctx), 0, "release");
-    is_int(aioctx_release(ctx), 0, "release");
-    is_int(aioctx_lock_depth(ctx), 0, "depth 0 after releasing every level");
+    lock_step(aioctx_release(ctx), "release", 0, "depth 0 after releasing every level");
     is_int(aioctx_release(ctx), -EPERM, "release when not held -> -EPERM");
     like(aioctx_last_error(), "lock-test", "the -EPERM message names the context");
     is_int(aioctx_lock_depth(ctx), 0, "depth still 0 after the failed release");
-    is_int(aioctx_try_acquire(ctx), 0, "try_acquire of a free context succeeds");
-    is_int(aioctx_lock_depth(ctx), 1, "depth 1 after try_acquire");
+    lock_step(aioctx_try_acquire(ctx), "try_acquire of a free context succeeds", 1, "depth 1 after try_acquire");
     is_int(aioctx_release(ctx), 0, "release");
 }
 
@@ -96,7 +86,7 @@ static void *waiter_thread(void *arg)
     int rc = aioctx_acquire(ctx);
     waiter_depth = aioctx_lock_depth(ctx);
     atomic_store(&waiter_acquired, rc == 0 ? 1 : -1);
-    wait_flag(&waiter_may_release, 1, 5000000000LL);
+    wait_at_least(&waiter_may_release, 1, 5 * SEC);
     aioctx_release(ctx);
     return NULL;
 }
@@ -108,7 +98,7 @@ static void test_blocked_acquire_handoff(void)
     aioctx_acquire(ctx);
     aioctx_acquire(ctx);
     pthread_create(&th, NULL, waiter_thread, NULL);
-    wait_flag(&waiter_started, 1, 2000000000LL);
+    wait_at_least(&waiter_started, 1, 2 * SEC);
     tap_sleep_ms(50);
     is_int(atomic_load(&waiter_acquired), 0, "a second thread blocks in acquire while main holds depth 2");
     aioctx_release(ctx);
@@ -116,7 +106,7 @@ static void test_blocked_acquire_handoff(void)
     is_int(atomic_load(&waiter_acquired), 0, "still blocked while main holds depth 1");
     int64_t t0 = tap_now_ns();
     aioctx_release(ctx);
-    int got = wait_flag(&waiter_acquired, 1, 1000000000LL);
+    int got = wait_at_least(&waiter_acquired, 1, 1 * SEC);
     int64_t dt = tap_now_ns() - t0;
     ok(got, "the blocked thread acquires once main's depth reaches 0");
     diag("hand-off latency: %lld us", (long long)(dt / 1000));

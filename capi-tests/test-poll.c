@@ -7,13 +7,12 @@
 #define _GNU_SOURCE
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
-
-#define MS 1000000LL
 
 /* ---- home thread ---------------------------------------------------------- */
 
@@ -41,11 +40,6 @@ struct outsider {
     char err[256];
 };
 
-static void count_cb(void *opaque)
-{
-    atomic_fetch_add((atomic_int *)opaque, 1);
-}
-
 static atomic_int outsider_bh_runs;
 
 static void *outsider_thread(void *arg)
@@ -55,7 +49,7 @@ static void *outsider_thread(void *arg)
     snprintf(o->err, sizeof o->err, "%s", aioctx_last_error());
     o->poll_rc = aioctx_poll(o->ctx, false);
     o->notify_rc = aioctx_notify(o->ctx);
-    o->sched_rc = aioctx_bh_schedule_oneshot(o->ctx, count_cb, &outsider_bh_runs);
+    o->sched_rc = aioctx_bh_schedule_oneshot(o->ctx, inc_cb, &outsider_bh_runs);
     return NULL;
 }
 
@@ -181,7 +175,7 @@ static void *remote_sched_thread(void *arg)
 {
     struct remote_sched *r = arg;
     for (int i = 0; i < r->n; i++) {
-        aioctx_bh_schedule_oneshot(r->ctx, count_cb, r->counter);
+        aioctx_bh_schedule_oneshot(r->ctx, inc_cb, r->counter);
         if (i % 5 == 0)
             tap_sleep_ms(1);
     }
@@ -212,21 +206,6 @@ static void timer_cb(void *opaque)
     (*(int *)opaque)++;
 }
 
-struct remote_arm {
-    AioctxTimer *t;
-    int64_t expire;
-    int rc;
-};
-
-static void *remote_arm_thread(void *arg)
-{
-    struct remote_arm *r = arg;
-    tap_sleep_ms(20);
-    r->expire = aioctx_clock_ns() + 15 * MS;
-    r->rc = aioctx_timer_mod(r->t, r->expire);
-    return NULL;
-}
-
 static void test_embedding(void)
 {
     AioctxContext *e = aioctx_context_new("poll-embed");
@@ -241,7 +220,7 @@ static void test_embedding(void)
     ok(!fd_readable(fd, 0), "an idle context's fd is not readable");
 
     /* BH from the home thread. */
-    aioctx_bh_schedule_oneshot(e, count_cb, &runs);
+    aioctx_bh_schedule_oneshot(e, inc_cb, &runs);
     ok(fd_readable(fd, 0), "readable once a BH is pending (scheduled by the home thread)");
     is_int(aioctx_poll(e, false), 1, "a non-blocking aioctx_poll runs it");
     ok(!fd_readable(fd, 0), "not readable after the poll consumed the work");
@@ -281,7 +260,7 @@ static void test_embedding(void)
 
     /* Another thread arming a nearer timer must wake a foreign loop blocked in poll(2),
      * or it would sleep through the new deadline. */
-    struct remote_arm ra = { t, 0, -99 };
+    struct remote_arm ra = { t, 15 * MS, 0, -99 };
     pthread_create(&th, NULL, remote_arm_thread, &ra);
     int64_t t0 = aioctx_clock_ns();
     int woke = fd_readable(fd, 2000);
@@ -343,7 +322,7 @@ int main(void)
 
     /* A blocking poll with a pending BH returns 1 at once. */
     atomic_int runs = 0;
-    aioctx_bh_schedule_oneshot(ctx, count_cb, &runs);
+    aioctx_bh_schedule_oneshot(ctx, inc_cb, &runs);
     is_int(aioctx_poll(ctx, true), 1, "blocking poll with a pending BH returns 1");
     is_int(atomic_load(&runs), 1, "the BH ran");
     aioctx_context_unref(ctx);

@@ -7,13 +7,12 @@
 #define _GNU_SOURCE
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 
 static AioctxContext *ctx;
 static pthread_t main_thread;
-
-#define MS 1000000LL
 
 struct tinfo {
     AioctxTimer *t;
@@ -180,27 +179,12 @@ static void test_expiry(void)
     aioctx_timer_free(a.t);
 }
 
-struct remote_arm {
-    AioctxTimer *t;
-    int64_t expire;
-    int rc;
-};
-
-static void *remote_arm_thread(void *arg)
-{
-    struct remote_arm *r = arg;
-    tap_sleep_ms(20);
-    r->expire = aioctx_clock_ns() + 10 * MS;
-    r->rc = aioctx_timer_mod(r->t, r->expire);
-    return NULL;
-}
-
 static void test_remote_arm(void)
 {
     /* A blocking poll with no deadline at all must notice a timer armed by
      * another thread and recompute its timeout. */
     struct tinfo a = { 0 };
-    struct remote_arm r = { NULL, 0, -99 };
+    struct remote_arm r = { NULL, 10 * MS, 0, -99 };
     pthread_t th;
     struct tinfo guard = { 0 };
     a.t = aioctx_timer_new(ctx, timer_cb, &a);

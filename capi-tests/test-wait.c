@@ -7,26 +7,21 @@
  * aioctx_wait_kick and no lost wake-ups.
  */
 #define _GNU_SOURCE
+/* long_timeout() bounds every wait that must succeed, so that a lost wake-up
+ * makes a wait slow (see wait_prompt) instead of hanging the program until the
+ * watchdog. */
+#define TEST_LONG_TIMEOUT_S 3
 #include "tap.h"
 #include "aioctx.h"
+#include "test-util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
-
-#define MS 1000000LL
-#define SEC 1000000000LL
 
 static AioctxContext *main_ctx;
 static AioctxIoThread *iot;
 static AioctxContext *iot_ctx;
 static pthread_t main_thread;
-
-/* Bounds every wait that must succeed, so that a lost wake-up makes a wait
- * slow (see wait_prompt) instead of hanging the program until the watchdog. */
-static int64_t long_timeout(void)
-{
-    return 3 * SEC * tap_scale();
-}
 
 /* A wait that must succeed, and promptly: with a lost wake-up, poll_while only
  * notices the condition at its timeout, and still returns 0. Waits slower than
@@ -59,12 +54,6 @@ static bool flag_unset(void *opaque)
 }
 
 static bool flag_unset_done(void *opaque);
-
-static bool always(void *opaque)
-{
-    (void)opaque;
-    return true;
-}
 
 static void set_flag_cb(void *opaque)
 {

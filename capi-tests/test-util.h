@@ -1,0 +1,192 @@
+/*
+ * test-util.h - helpers shared by the aioctx C API tests, on top of tap.h:
+ * scaled timeouts, waits for a counter (polling a context or sleeping),
+ * trivial BH callbacks and conditions, a thread that arms a timer, a thread
+ * that ends requests, and temporary directories and image files.
+ *
+ * Usage (after tap.h's _GNU_SOURCE):
+ *
+ *     #define _GNU_SOURCE
+ *     #define TEST_LONG_TIMEOUT_S 10     // optional: long_timeout() (default 5 s)
+ *     #include "tap.h"
+ *     #include "aioctx.h"
+ *     #include "test-util.h"
+ *
+ * Everything is static inline, so a program uses what it needs.
+ */
+#ifndef AIOCTX_TEST_UTIL_H
+#define AIOCTX_TEST_UTIL_H
+
+#include "tap.h"
+#include "aioctx.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#define MS 1000000LL
+#define SEC 1000000000LL
+
+/* ---- timeouts ------------------------------------------------------------------- */
+
+#ifndef TEST_LONG_TIMEOUT_S
+#define TEST_LONG_TIMEOUT_S 5
+#endif
+
+/* Bounds every wait that must succeed: TEST_LONG_TIMEOUT_S seconds, scaled by
+ * AIOCTX_TEST_TIMEOUT_SCALE (see tap_scale()). */
+static inline int64_t long_timeout(void)
+{
+    return TEST_LONG_TIMEOUT_S * SEC * tap_scale();
+}
+
+/* ---- waiting for a counter -------------------------------------------------------- */
+
+struct count_wait {
+    atomic_int *counter;
+    int target;
+};
+
+static inline bool below_target(void *opaque)
+{
+    struct count_wait *w = opaque;
+    return atomic_load(w->counter) < w->target;
+}
+
+/* Waits (polling ctx as aioctx_poll_while does) until *counter >= target;
+ * returns aioctx_poll_while's result (0, or -ETIMEDOUT after long_timeout()). */
+static inline int wait_count(AioctxContext *ctx, atomic_int *counter, int target)
+{
+    struct count_wait w = { counter, target };
+    return aioctx_poll_while(ctx, below_target, &w, long_timeout(), 0);
+}
+
+/* Without polling anything: sleeps 1 ms at a time until *counter >= target,
+ * for at most timeout_ns (scaled). Returns 1 if it got there, 0 on timeout. */
+static inline int wait_at_least(atomic_int *counter, int target, int64_t timeout_ns)
+{
+    int64_t end = tap_now_ns() + timeout_ns * tap_scale();
+    while (atomic_load(counter) < target) {
+        if (tap_now_ns() > end)
+            return 0;
+        tap_sleep_ms(1);
+    }
+    return 1;
+}
+
+/* ---- trivial callbacks and conditions ----------------------------------------------- */
+
+/* BH: stores the running thread in *(pthread_t *)opaque. */
+static inline void save_thread_cb(void *opaque)
+{
+    *(pthread_t *)opaque = pthread_self();
+}
+
+/* BH: increments the atomic_int at opaque. */
+static inline void inc_cb(void *opaque)
+{
+    atomic_fetch_add((atomic_int *)opaque, 1);
+}
+
+/* AioctxCond that never lets a wait finish (it ends by timeout or error). */
+static inline bool always(void *opaque)
+{
+    (void)opaque;
+    return true;
+}
+
+/* Stores in *thread the thread that runs ctx's BHs (an IOThread's pthread_t);
+ * returns wait_count's result (0 once it is known). */
+static inline int learn_thread(AioctxContext *ctx, pthread_t *thread)
+{
+    atomic_int ran = 0;
+    aioctx_bh_schedule_oneshot(ctx, save_thread_cb, thread);
+    aioctx_bh_schedule_oneshot(ctx, inc_cb, &ran);
+    return wait_count(ctx, &ran, 1);
+}
+
+/* ---- helper threads --------------------------------------------------------------- */
+
+/* Thread: 20 ms after it starts, arms t for `after` ns from then (expire). */
+struct remote_arm {
+    AioctxTimer *t;
+    int64_t after;
+    int64_t expire;
+    int rc;
+};
+
+static inline void *remote_arm_thread(void *arg)
+{
+    struct remote_arm *r = arg;
+    tap_sleep_ms(20);
+    r->expire = aioctx_clock_ns() + r->after;
+    r->rc = aioctx_timer_mod(r->t, r->expire);
+    return NULL;
+}
+
+/* Thread: ends one request on each of nodes[0..n-1] (a node may repeat),
+ * sleeping delay_ms before each; last_end_ns is when it ended the last one. */
+struct ender {
+    AioctxNode *nodes[4];
+    int n;
+    int delay_ms;
+    int64_t last_end_ns;
+};
+
+static inline void *ender_thread(void *arg)
+{
+    struct ender *e = arg;
+    for (int i = 0; i < e->n; i++) {
+        tap_sleep_ms(e->delay_ms);
+        e->last_end_ns = tap_now_ns();
+        aioctx_node_end_request(e->nodes[i]);
+    }
+    return NULL;
+}
+
+/* ---- temporary directories and image files ------------------------------------------ */
+
+/* Creates a fresh directory /tmp/aioctx-<tag>-XXXXXX, its name in dir; returns
+ * dir, or NULL (mkdtemp failed). */
+static inline char *make_temp_dir(char *dir, size_t len, const char *tag)
+{
+    snprintf(dir, len, "/tmp/aioctx-%s-XXXXXX", tag);
+    return mkdtemp(dir);
+}
+
+/* Creates (or truncates) path as a sparse file of size bytes with the
+ * permissions mode (set with chmod, whatever the umask). 0, or -1. */
+static inline int make_image(const char *path, off_t size, mode_t mode)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -1;
+    int rc = ftruncate(fd, size);
+    close(fd);
+    if (rc == 0 && chmod(path, mode) != 0)
+        rc = -1;
+    return rc;
+}
+
+/* Reads len bytes at off back from path with plain pread(2): 1 if they are
+ * want (all zero bytes when want is NULL), 0 if not or the read fell short. */
+static inline int file_has(const char *path, uint64_t off, const void *want, size_t len)
+{
+    unsigned char *got = malloc(len);
+    int fd = got ? open(path, O_RDONLY) : -1;
+    ssize_t r = fd >= 0 ? pread(fd, got, len, (off_t)off) : -1;
+    int same = r == (ssize_t)len;
+    if (same && want)
+        same = memcmp(got, want, len) == 0;
+    for (size_t i = 0; same && !want && i < len; i++)
+        same = got[i] == 0;
+    if (fd >= 0)
+        close(fd);
+    free(got);
+    return same;
+}
+
+#endif /* AIOCTX_TEST_UTIL_H */
