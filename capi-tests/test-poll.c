@@ -38,6 +38,7 @@ struct outsider {
     AioctxContext *ctx;
     int claim_rc, poll_rc, notify_rc, sched_rc;
     char err[256];
+    pthread_t self;
 };
 
 static atomic_int outsider_bh_runs;
@@ -45,6 +46,7 @@ static atomic_int outsider_bh_runs;
 static void *outsider_thread(void *arg)
 {
     struct outsider *o = arg;
+    o->self = pthread_self();
     o->claim_rc = aioctx_context_claim(o->ctx);
     snprintf(o->err, sizeof o->err, "%s", aioctx_last_error());
     o->poll_rc = aioctx_poll(o->ctx, false);
@@ -70,13 +72,24 @@ static void test_home(void)
     atomic_store(&h.phase, 2);
     pthread_join(th, NULL);
     is_int(h.claim_again_rc, 0, "claim by the home again returns 0");
+
+    /* T has exited. A thread created now (glibc usually hands it T's pthread_t)
+     * is still not the home: the context does not pass to whoever comes next. */
+    struct outsider late = { a, -99, -99, -99, -99, "", th };
+    pthread_t th2;
+    pthread_create(&th2, NULL, outsider_thread, &late);
+    pthread_join(th2, NULL);
+    diag("the later thread %s the exited home thread's pthread_t",
+         pthread_equal(late.self, th) ? "reuses" : "does not reuse");
+    is_int(late.claim_rc, -EPERM, "claim from a thread started after the home thread exited -> -EPERM");
+    is_int(late.poll_rc, -EPERM, "poll from that thread -> -EPERM");
     aioctx_context_unref(a);
 
     /* Explicit claim. */
     AioctxContext *b = aioctx_context_new("poll-home-b");
     is_int(aioctx_context_claim(b), 0, "main claims an unhomed context");
     is_int(aioctx_context_claim(b), 0, "claiming again is 0");
-    struct outsider o = { b, -99, -99, -99, -99, "" };
+    struct outsider o = { b, -99, -99, -99, -99, "", th };
     pthread_create(&th, NULL, outsider_thread, &o);
     pthread_join(th, NULL);
     is_int(o.claim_rc, -EPERM, "claim from another thread -> -EPERM");

@@ -45,7 +45,7 @@ impl IoThread {
             .name(name.to_string())
             .spawn(move || {
                 // Claimed before new() returns, so no other thread can poll it.
-                let claimed = c.claim().map(|()| crate::thread::current());
+                let claimed = c.claim().map(|()| crate::thread::unique());
                 let ok = claimed.is_ok();
                 *st.outcome.lock() = Some(claimed);
                 st.ready.notify_one();
@@ -85,7 +85,7 @@ impl IoThread {
         if self.thread.is_none() {
             return Ok(());
         }
-        if self.token == crate::thread::current() {
+        if self.token == crate::thread::unique() {
             return Err(Error::new(
                 libc::EDEADLK,
                 format!(

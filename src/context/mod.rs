@@ -103,7 +103,8 @@ pub struct Context {
     /// The name again, NUL-terminated, for C callers.
     c_name: CString,
     lock: ContextLock,
-    /// Token of the only thread allowed to poll (0: not yet claimed).
+    /// Never-reused token ([`thread::unique`]) of the only thread allowed to
+    /// poll (0: not yet claimed, or disowned).
     home: AtomicU64,
     bhs: BhQueue,
     timers: TimerList,
@@ -280,10 +281,9 @@ impl Context {
 
     /// Makes the calling thread the home thread (the only one that polls).
     pub fn claim(self: &Arc<Self>) -> Result<()> {
-        let me = thread::current();
+        let me = thread::unique();
         match self.home.compare_exchange(0, me, AcqRel, Acquire) {
             Ok(_) => {
-                thread::register_name();
                 CURRENT.with(|c| {
                     let mut c = c.borrow_mut();
                     if c.strong_count() == 0 {
@@ -310,7 +310,7 @@ impl Context {
 
     /// Whether the calling thread is the home thread.
     pub fn is_home(&self) -> bool {
-        self.home.load(Relaxed) == thread::current()
+        self.home.load(Relaxed) == thread::unique()
     }
 
     /// Whether some thread is the home thread.
