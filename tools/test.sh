@@ -64,6 +64,14 @@ count "$p" "$f"
 stage "header drift: include/aioctx.h vs generated"
 if bash tools/check-header.sh; then count 1 0; else count 0 1; fi
 
+# The embedding examples need GLib's and libuv's development files; without
+# them meson skips those examples.
+if ! pkg-config --exists glib-2.0 libuv 2>/dev/null && [ "$(id -u)" = 0 ]; then
+    stage "apt-get install libglib2.0-dev libuv1-dev"
+    { apt-get update -qq && apt-get install -y -qq pkg-config libglib2.0-dev libuv1-dev >/dev/null; } ||
+        echo "-- could not install them: the embedding examples are not built"
+fi
+
 stage "meson build (build/)"
 if meson_build; then
     stage "C tests: meson test"
