@@ -100,6 +100,15 @@ typedef struct AioctxSet AioctxSet;
 typedef struct AioctxTimer AioctxTimer;
 
 /**
+ * A wait in progress, for conditions the caller evaluates itself (an
+ * expression, as in QEMU's AIO_WAIT_WHILE): `aioctx_wait_begin`, then
+ * `while (cond) aioctx_wait_poll(w);`, then `aioctx_wait_end`. The wait is
+ * registered before the condition is first evaluated, so no wake-up is
+ * lost. Only the thread that began it may use it.
+ */
+typedef struct AioctxWait AioctxWait;
+
+/**
  * `void (*)(void *opaque)`: bottom halves, timers and fd handlers. Runs in
  * the home thread of its context, with the context held.
  */
@@ -264,6 +273,18 @@ uint64_t aioctx_context_id(const struct AioctxContext *ctx);
  * thread is, -EINVAL if `ctx` is NULL.
  */
 int aioctx_context_claim(struct AioctxContext *ctx);
+
+/**
+ * Whether the calling thread is `ctx`'s home thread (false for NULL).
+ */
+bool aioctx_context_is_home(const struct AioctxContext *ctx);
+
+/**
+ * The calling thread's current context: the first context it claimed (or
+ * homed by polling), borrowed; NULL if it has none. Unlike
+ * `aioctx_poll_while`, it does not adopt the main context.
+ */
+struct AioctxContext *aioctx_current_context(void);
 
 /**
  * Blocks until the calling thread owns `ctx`. Recursive: each call must be
@@ -665,6 +686,29 @@ void aioctx_timer_free(struct AioctxTimer *t);
  * flags). The caller's lock depth on `ctx` is the same on return as on entry.
  */
 int aioctx_poll_while(struct AioctxContext *ctx, AioctxCond cond, void *opaque, int64_t timeout_ns, unsigned int flags);
+
+/**
+ * Begins a wait for work of `ctx`, with the checks of `aioctx_poll_while`
+ * (NULL with errno EDEADLK when the caller holds `ctx` more than once, EPERM
+ * when it has no loop to poll, EINVAL for NULL or unknown flags) and its
+ * `timeout_ns` (< 0: none; counted from now) and `flags`. End it with
+ * `aioctx_wait_end`.
+ */
+struct AioctxWait *aioctx_wait_begin(struct AioctxContext *ctx, int64_t timeout_ns, unsigned int flags);
+
+/**
+ * One step of the wait: releases the context as `aioctx_poll_while` does,
+ * polls once (returning when a callback ran, the wait was kicked, or the
+ * deadline came), and re-acquires it. Call it while your condition holds.
+ * Returns 0; -ETIMEDOUT once the timeout passed (with a dump in
+ * `aioctx_last_error()`); -EPERM from another thread; -EINVAL if `w` is NULL.
+ */
+int aioctx_wait_poll(struct AioctxWait *w);
+
+/**
+ * Ends the wait and frees `w`. NULL is a no-op.
+ */
+void aioctx_wait_end(struct AioctxWait *w);
 
 /**
  * Makes every thread waiting in `aioctx_poll_while` re-check its condition.

@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 
 use crate::context::{Context, Wait};
 use crate::diag::{self, Level};
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, not_permitted, Error, Result};
 use crate::set::ContextSet;
-use crate::sys;
+use crate::{sys, thread};
 
 static WAITERS: Mutex<Vec<Arc<Context>>> = Mutex::new(Vec::new());
 static NUM_WAITERS: AtomicUsize = AtomicUsize::new(0);
@@ -101,6 +101,11 @@ pub struct Waiter {
     set: Vec<Arc<Context>>,
     deadline: Option<i64>,
     timeout_ns: i64,
+    started: i64,
+    /// When to log that the wait is slow (once), per `AIOCTX_WAIT_WARN_MS`.
+    warn_at: Option<i64>,
+    /// The thread that waits: the depths it releases and restores are its own.
+    thread: u64,
     _registered: Registration,
 }
 
@@ -108,9 +113,10 @@ impl Waiter {
     /// Checks that the calling thread can wait for `ctx` (`EDEADLK`, `EPERM`,
     /// `EINVAL` otherwise) and registers it for kicks.
     pub fn new(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
+        let started = sys::clock_ns();
         let deadline = match opts.timeout_ns {
             Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),
-            Some(t) => Some(sys::clock_ns().saturating_add(t)),
+            Some(t) => Some(started.saturating_add(t)),
             None => None,
         };
         let (poll_ctx, release) = if ctx.is_home() || !ctx.has_home() {
@@ -130,6 +136,9 @@ impl Waiter {
             set: Vec::new(),
             deadline,
             timeout_ns: opts.timeout_ns.unwrap_or(0),
+            started,
+            warn_at: diag::wait_warning_ns().map(|ns| started.saturating_add(ns)),
+            thread: thread::current(),
         })
     }
 
@@ -153,37 +162,47 @@ impl Waiter {
 
     /// Polls until `cond` returns false, or the deadline passes (`ETIMEDOUT`).
     /// The caller's depth on the context is the same on return as on entry.
-    pub fn wait_while(self, cond: &mut dyn FnMut() -> bool) -> Result<()> {
-        let started = sys::clock_ns();
-        let mut warn_at = diag::wait_warning_ns().map(|ns| started.saturating_add(ns));
-        loop {
-            if !cond() {
-                return Ok(());
-            }
-            let now = sys::clock_ns();
-            if self.deadline.is_some_and(|d| now >= d) {
-                return Err(timed_out(&self.ctx, self.timeout_ns));
-            }
-            if warn_at.is_some_and(|w| now >= w) {
-                warn_at = None;
-                diag::log(Level::Warning, &self.still_waiting(now - started));
-            }
-            let wait = match [self.deadline, warn_at].into_iter().flatten().min() {
-                Some(t) => Wait::Until(t),
-                None => Wait::Forever,
-            };
-            let held = if self.release {
-                self.ctx.lock().release_all()
-            } else {
-                0
-            };
-            // Descending, then ascending: the global order of sets.
-            self.set.iter().rev().for_each(|c| drop(c.release()));
-            let polled = self.poll_ctx.poll_wait(wait);
-            self.set.iter().for_each(|c| drop(c.acquire()));
-            self.ctx.lock().restore(held);
-            polled?;
+    pub fn wait_while(mut self, cond: &mut dyn FnMut() -> bool) -> Result<()> {
+        while cond() {
+            self.poll_once()?;
         }
+        Ok(())
+    }
+
+    /// One step of a wait whose condition the caller checks itself (a
+    /// condition that is an expression, as in QEMU's AIO_WAIT_WHILE): gives
+    /// the context(s) back, polls once (blocking until something runs, a
+    /// kick, or the deadline), and takes them back. `ETIMEDOUT` once the
+    /// deadline passed; `EPERM` from a thread other than the waiter's.
+    pub fn poll_once(&mut self) -> Result<()> {
+        if thread::current() != self.thread {
+            return Err(not_permitted(
+                "a wait is polled only by the thread that began it",
+            ));
+        }
+        let now = sys::clock_ns();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Err(timed_out(&self.ctx, self.timeout_ns));
+        }
+        if self.warn_at.is_some_and(|w| now >= w) {
+            self.warn_at = None;
+            diag::log(Level::Warning, &self.still_waiting(now - self.started));
+        }
+        let wait = match [self.deadline, self.warn_at].into_iter().flatten().min() {
+            Some(t) => Wait::Until(t),
+            None => Wait::Forever,
+        };
+        let held = if self.release {
+            self.ctx.lock().release_all()
+        } else {
+            0
+        };
+        // Descending, then ascending: the global order of sets.
+        self.set.iter().rev().for_each(|c| drop(c.release()));
+        let polled = self.poll_ctx.poll_wait(wait);
+        self.set.iter().for_each(|c| drop(c.acquire()));
+        self.ctx.lock().restore(held);
+        polled.map(drop)
     }
 
     fn still_waiting(&self, waited_ns: i64) -> String {

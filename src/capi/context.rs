@@ -92,6 +92,26 @@ pub extern "C" fn aioctx_context_claim(ctx: *mut AioctxContext) -> c_int {
     })
 }
 
+/// Whether the calling thread is `ctx`'s home thread (false for NULL).
+#[no_mangle]
+pub extern "C" fn aioctx_context_is_home(ctx: *const AioctxContext) -> bool {
+    ffi("aioctx_context_is_home", || Ok(borrow(ctx)?.is_home()))
+}
+
+/// The calling thread's current context: the first context it claimed (or
+/// homed by polling), borrowed; NULL if it has none. Unlike
+/// `aioctx_poll_while`, it does not adopt the main context.
+#[no_mangle]
+pub extern "C" fn aioctx_current_context() -> *mut AioctxContext {
+    ffi("aioctx_current_context", || {
+        Context::current_if_any()
+            .map(|c| borrowed_arc_ptr(&c))
+            .ok_or_else(|| {
+                crate::Error::new(libc::ENOENT, "the calling thread has no current context")
+            })
+    })
+}
+
 /// Blocks until the calling thread owns `ctx`. Recursive: each call must be
 /// matched by `aioctx_release`. Prefer an `AioctxSet` when acquiring the
 /// contexts of several objects, so that each is acquired once.

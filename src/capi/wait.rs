@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
-use super::boundary::{borrow_arc, ffi, CFn};
+use super::boundary::{borrow_arc, borrow_mut, ffi, into_box_ptr, take_box, CFn, Opaque};
 use super::context::AioctxContext;
 use crate::error::invalid;
 use crate::wait::{self, WaitOptions};
@@ -50,19 +50,79 @@ pub extern "C" fn aioctx_poll_while(
             f: cond.ok_or_else(|| invalid("cond is NULL: pass a function"))?,
             opaque,
         };
-        if flags & !AIOCTX_WAIT_RELEASE_ALL != 0 {
-            return Err(invalid(format!(
-                "unknown flags {flags:#x}: only AIOCTX_WAIT_RELEASE_ALL is defined"
-            )));
-        }
-        let opts = WaitOptions {
-            timeout_ns: (timeout_ns >= 0).then_some(timeout_ns),
-            release_all: flags & AIOCTX_WAIT_RELEASE_ALL != 0,
-        };
+        let opts = options(timeout_ns, flags)?;
         // SAFETY: the caller passed `cond` for `opaque` and waits for the call.
         let mut still_waiting = || unsafe { (cond.f)(cond.opaque) };
         wait::poll_while(&ctx, &mut still_waiting, opts)?;
         Ok(0)
+    })
+}
+
+fn options(timeout_ns: i64, flags: c_uint) -> crate::Result<WaitOptions> {
+    if flags & !AIOCTX_WAIT_RELEASE_ALL != 0 {
+        return Err(invalid(format!(
+            "unknown flags {flags:#x}: only AIOCTX_WAIT_RELEASE_ALL is defined"
+        )));
+    }
+    Ok(WaitOptions {
+        timeout_ns: (timeout_ns >= 0).then_some(timeout_ns),
+        release_all: flags & AIOCTX_WAIT_RELEASE_ALL != 0,
+    })
+}
+
+/// A wait in progress, for conditions the caller evaluates itself (an
+/// expression, as in QEMU's AIO_WAIT_WHILE): `aioctx_wait_begin`, then
+/// `while (cond) aioctx_wait_poll(w);`, then `aioctx_wait_end`. The wait is
+/// registered before the condition is first evaluated, so no wake-up is
+/// lost. Only the thread that began it may use it.
+pub struct AioctxWait {
+    _private: [u8; 0],
+}
+
+impl Opaque for AioctxWait {
+    type Rust = wait::Waiter;
+    const WHAT: &'static str = "wait";
+}
+
+/// Begins a wait for work of `ctx`, with the checks of `aioctx_poll_while`
+/// (NULL with errno EDEADLK when the caller holds `ctx` more than once, EPERM
+/// when it has no loop to poll, EINVAL for NULL or unknown flags) and its
+/// `timeout_ns` (< 0: none; counted from now) and `flags`. End it with
+/// `aioctx_wait_end`.
+#[no_mangle]
+pub extern "C" fn aioctx_wait_begin(
+    ctx: *mut AioctxContext,
+    timeout_ns: i64,
+    flags: c_uint,
+) -> *mut AioctxWait {
+    ffi("aioctx_wait_begin", || {
+        let ctx = borrow_arc(ctx)?;
+        Ok(into_box_ptr(wait::Waiter::new(
+            &ctx,
+            options(timeout_ns, flags)?,
+        )?))
+    })
+}
+
+/// One step of the wait: releases the context as `aioctx_poll_while` does,
+/// polls once (returning when a callback ran, the wait was kicked, or the
+/// deadline came), and re-acquires it. Call it while your condition holds.
+/// Returns 0; -ETIMEDOUT once the timeout passed (with a dump in
+/// `aioctx_last_error()`); -EPERM from another thread; -EINVAL if `w` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_wait_poll(w: *mut AioctxWait) -> c_int {
+    ffi("aioctx_wait_poll", || {
+        borrow_mut(w)?.poll_once()?;
+        Ok(0)
+    })
+}
+
+/// Ends the wait and frees `w`. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn aioctx_wait_end(w: *mut AioctxWait) {
+    ffi("aioctx_wait_end", || {
+        drop(take_box(w));
+        Ok(())
     })
 }
 

@@ -180,10 +180,15 @@ impl Context {
         MAIN.get().is_some_and(|m| std::ptr::eq(&**m, ctx))
     }
 
+    /// The calling thread's current context, if it has one (no adoption).
+    pub fn current_if_any() -> Option<Arc<Context>> {
+        CURRENT.with(|c| c.borrow().upgrade())
+    }
+
     /// The calling thread's current context: the one it is home of. A thread
     /// that is home of none adopts the main context if that has no home yet.
     pub fn current() -> Result<Arc<Context>> {
-        if let Some(ctx) = CURRENT.with(|c| c.borrow().upgrade()) {
+        if let Some(ctx) = Context::current_if_any() {
             return Ok(ctx);
         }
         let main = Context::main()?;
