@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "aioctx.h"
+#include "bench-common.h"
 
 enum { BLOCK = 4096 };
 
@@ -55,6 +56,8 @@ int main(int argc, char **argv)
     if (nodes < 1 || contexts < 1 || writes < 0 || rounds < 1 || !base)
         return 2;
 
+    /* An image fd per node, an epoll fd and an eventfd per context. */
+    bench_raise_nofile();
     static char block[BLOCK];
     memset(block, 0xab, sizeof(block));
     aioctx_context_claim(aioctx_main_context());

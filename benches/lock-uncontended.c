@@ -2,7 +2,9 @@
  * Interleaved rounds, median of each, ratio reported (the machine is shared).
  *
  * A second, idle thread runs throughout: glibc takes a non-atomic fast path
- * while a process is single-threaded, and a VMM with IOThreads never is. */
+ * while a process is single-threaded, and a VMM with IOThreads never is.
+ * Both sides check every return value (a failure exits with status 1), and
+ * the context must be free again at the end. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
@@ -52,17 +54,25 @@ int main(int argc, char **argv)
     for (int r = 0; r < ROUNDS; r++) {
         int64_t t0 = now_ns();
         for (long i = 0; i < iters; i++) {
-            aioctx_acquire(ctx);
-            aioctx_release(ctx);
+            if (aioctx_acquire(ctx) != 0 || aioctx_release(ctx) != 0) {
+                fprintf(stderr, "lock-uncontended: FAILED: %s\n", aioctx_last_error());
+                return 1;
+            }
         }
         int64_t t1 = now_ns();
         for (long i = 0; i < iters; i++) {
-            pthread_mutex_lock(&mutex);
-            pthread_mutex_unlock(&mutex);
+            if (pthread_mutex_lock(&mutex) != 0 || pthread_mutex_unlock(&mutex) != 0) {
+                fprintf(stderr, "lock-uncontended: FAILED: pthread mutex\n");
+                return 1;
+            }
         }
         int64_t t2 = now_ns();
         ours[r] = (double)(t1 - t0) / iters;
         base[r] = (double)(t2 - t1) / iters;
+    }
+    if (aioctx_lock_depth(ctx) != 0 || aioctx_try_acquire(ctx) != 0 || aioctx_release(ctx) != 0) {
+        fprintf(stderr, "lock-uncontended: FAILED: context not free after the loop\n");
+        return 1;
     }
     qsort(ours, ROUNDS, sizeof(double), cmp);
     qsort(base, ROUNDS, sizeof(double), cmp);
