@@ -313,9 +313,43 @@ static void test_stress(void)
         aioctx_context_unref(sctx[i]);
 }
 
+/* aioctx_set_add_many: the contexts of many drives in one call. */
+static void test_add_many(void)
+{
+    enum { NC = 40, NDRIVES = 400 };
+    AioctxContext *ctxs[NC], *drives[NDRIVES];
+    for (int i = 0; i < NC; i++)
+        ctxs[i] = aioctx_context_new("set-many");
+    for (int d = 0; d < NDRIVES; d++)
+        drives[d] = ctxs[(d * 13) % NC];
+    AioctxSet *s = aioctx_set_new();
+    is_int(aioctx_set_add(s, ctxs[0]), 1, "one context added the usual way");
+    is_int(aioctx_set_add_many(s, drives, NDRIVES), NC - 1, "add_many counts only the new contexts");
+    is_int((int)aioctx_set_len(s), NC, "the set has each context once");
+    is_int(aioctx_set_add_many(s, drives, NDRIVES), 0, "adding them all again adds nothing");
+    is_int(aioctx_set_add_many(s, NULL, 0), 0, "n = 0 with NULL is fine");
+    is_int(aioctx_set_add_many(s, NULL, 3), -EINVAL, "NULL array with n > 0 -> -EINVAL");
+    AioctxContext *fresh = aioctx_context_new("set-many-fresh");
+    AioctxContext *with_null[3] = { fresh, NULL, ctxs[1] };
+    is_int(aioctx_set_add_many(s, with_null, 3), -EINVAL, "a NULL entry -> -EINVAL");
+    is_int((int)aioctx_set_len(s), NC, "... and nothing was added");
+    is_int(aioctx_set_acquire(s), 0, "acquire");
+    int once = 1;
+    for (int i = 0; i < NC; i++)
+        once &= aioctx_lock_depth(ctxs[i]) == 1;
+    ok(once, "every context held exactly once");
+    is_int(aioctx_set_add_many(s, drives, 1), -EBUSY, "add_many to a held set -> -EBUSY");
+    is_int(aioctx_set_release(s), 0, "release");
+    aioctx_set_free(s);
+    aioctx_context_unref(fresh);
+    for (int i = 0; i < NC; i++)
+        aioctx_context_unref(ctxs[i]);
+}
+
 int main(void)
 {
     tap_watchdog(30);
+    test_add_many();
     test_basic();
     test_foreign_thread();
     test_free_held();

@@ -609,6 +609,14 @@ struct AioctxSet *aioctx_set_new(void);
 int aioctx_set_add(struct AioctxSet *set, struct AioctxContext *ctx);
 
 /**
+ * Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
+ * from your drives), as `aioctx_set_add` would one by one but without a call
+ * per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
+ * with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (held).
+ */
+int aioctx_set_add_many(struct AioctxSet *set, struct AioctxContext *const *ctxs, size_t n);
+
+/**
  * The number of distinct contexts in the set (0 if `set` is NULL).
  */
 size_t aioctx_set_len(const struct AioctxSet *set);

@@ -6,53 +6,111 @@
 //! means two threads acquiring overlapping sets can never deadlock ABBA-style.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::context::Context;
 use crate::error::{busy, not_permitted, Result};
 use crate::thread;
 
-/// A deduplicated collection of contexts, ordered by id.
+/// A deduplicated collection of contexts, acquired in ascending id order.
+///
+/// Membership is an open-addressing hash on the contexts' addresses, so an
+/// add never reads the context itself (a cache miss per node with thousands
+/// of contexts); members are sorted by id once, when the set is acquired.
 #[derive(Default)]
 pub struct ContextSet {
-    members: BTreeMap<u64, Arc<Context>>,
-    /// Id of the last context added or found: collecting the contexts of many
-    /// nodes mostly sees the same one again (one IOThread, many drives).
-    last: u64,
+    members: Vec<Arc<Context>>,
+    /// Linear-probing table of `members` indices + 1 (0: empty), keyed by
+    /// address; its length is a power of two, at least twice `members`.
+    slots: Vec<u32>,
+    /// Whether `members` is in ascending id order.
+    sorted: bool,
+    /// Address of the last context added or found: collecting the contexts
+    /// of many nodes mostly sees the same one again (one IOThread, many drives).
+    last: usize,
     /// Token of the thread that holds the set (0: not held).
     holder: u64,
 }
 
 impl ContextSet {
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `ctx`; returns false if it was already a member. O(log n).
-    pub fn add(&mut self, ctx: &Arc<Context>) -> Result<bool> {
-        self.add_ref(ctx).map(|added| {
-            if added {
-                self.members.insert(ctx.id(), ctx.clone());
-            }
-            added
-        })
-    }
-
-    /// The checks of `add`, and whether `ctx` is new (cheap for a repeat).
-    fn add_ref(&mut self, ctx: &Context) -> Result<bool> {
-        if self.holder != 0 {
-            return Err(busy(format!(
-                "cannot add context '{}' to a set that is held: release the set first",
-                ctx.name()
-            )));
+        ContextSet {
+            sorted: true,
+            ..Self::default()
         }
-        let id = ctx.id();
-        if id == self.last {
+    }
+
+    /// Adds `ctx`; returns false if it was already a member. O(1) expected.
+    #[inline]
+    pub fn add(&mut self, ctx: &Arc<Context>) -> Result<bool> {
+        if self.holder != 0 {
+            return Err(self.held_error(ctx));
+        }
+        let key = Arc::as_ptr(ctx) as usize;
+        if key == self.last {
             return Ok(false);
         }
-        self.last = id;
-        Ok(!self.members.contains_key(&id))
+        self.last = key;
+        Ok(self.insert(key, ctx))
+    }
+
+    /// Adds every context of `ctxs`; returns how many were new.
+    pub fn add_all<'a>(
+        &mut self,
+        ctxs: impl IntoIterator<Item = &'a Arc<Context>>,
+    ) -> Result<usize> {
+        let mut added = 0;
+        for ctx in ctxs {
+            added += self.add(ctx)? as usize;
+        }
+        Ok(added)
+    }
+
+    #[cold]
+    fn held_error(&self, ctx: &Context) -> crate::Error {
+        busy(format!(
+            "cannot add context '{}' to a set that is held: release the set first",
+            ctx.name()
+        ))
+    }
+
+    fn insert(&mut self, key: usize, ctx: &Arc<Context>) -> bool {
+        if (self.members.len() + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash(key) & mask;
+        loop {
+            match self.slots[i] {
+                0 => break,
+                m if Arc::as_ptr(&self.members[m as usize - 1]) as usize == key => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+        self.members.push(ctx.clone());
+        self.slots[i] = self.members.len() as u32;
+        self.sorted = false;
+        true
+    }
+
+    /// Doubles the table (16 slots at first) and re-inserts every member.
+    #[cold]
+    fn grow(&mut self) {
+        let len = (self.slots.len() * 2).max(16);
+        self.slots = vec![0; len];
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        self.slots.iter_mut().for_each(|s| *s = 0);
+        let mask = self.slots.len() - 1;
+        for (m, ctx) in self.members.iter().enumerate() {
+            let mut i = hash(Arc::as_ptr(ctx) as usize) & mask;
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = m as u32 + 1;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -63,7 +121,6 @@ impl ContextSet {
         self.members.is_empty()
     }
 
-    /// Whether the calling thread holds the set.
     pub fn is_held(&self) -> bool {
         self.holder != 0 && self.holder == thread::current()
     }
@@ -76,10 +133,15 @@ impl ContextSet {
                 thread::describe(self.holder)
             )));
         }
-        for (i, ctx) in self.members.values().enumerate() {
+        if !self.sorted {
+            self.members.sort_unstable_by_key(|c| c.id());
+            self.reindex();
+            self.sorted = true;
+        }
+        for (i, ctx) in self.members.iter().enumerate() {
             if let Err(e) = ctx.acquire() {
                 // Leave nothing held: undo the ones taken so far.
-                for taken in self.members.values().take(i).rev() {
+                for taken in self.members.iter().take(i).rev() {
                     let _ = taken.lock().release();
                 }
                 return Err(e);
@@ -104,7 +166,7 @@ impl ContextSet {
         }
         self.holder = 0;
         let mut first_error = None;
-        for ctx in self.members.values().rev() {
+        for ctx in self.members.iter().rev() {
             if let Err(e) = ctx.release() {
                 first_error.get_or_insert(not_permitted(format!(
                     "{} (it was released behind the set's back)",
@@ -121,10 +183,17 @@ impl ContextSet {
         Ok(SetGuard { set: self })
     }
 
-    /// The members in acquisition order.
+    /// The members: in acquisition order (ascending id) once the set has
+    /// been acquired, in insertion order before.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Context>> {
-        self.members.values()
+        self.members.iter()
     }
+}
+
+/// Fibonacci hashing of an address (the low bits are alignment).
+#[inline]
+fn hash(key: usize) -> usize {
+    ((key as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize
 }
 
 /// Holds a [`ContextSet`] until dropped.
@@ -151,15 +220,50 @@ mod tests {
         assert!(set.add(&a).unwrap());
         assert!(!set.add(&b).unwrap());
         assert_eq!(set.len(), 2);
-        let ids: Vec<_> = set.iter().map(|c| c.id()).collect();
-        assert!(ids[0] < ids[1]);
         {
             let _g = set.guard().unwrap();
+            let ids: Vec<_> = set_ids(&a, &b);
+            assert!(ids[0] < ids[1]);
             assert_eq!(a.lock().depth(), 1);
             assert_eq!(b.lock().depth(), 1);
         }
         assert_eq!(a.lock().depth(), 0);
         assert_eq!(set.release().unwrap_err().errno(), libc::EPERM);
+    }
+
+    fn set_ids(a: &Context, b: &Context) -> Vec<u64> {
+        let mut ids = vec![a.id(), b.id()];
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn many_contexts_dedup_and_ascend() {
+        let ctxs: Vec<_> = (0..300)
+            .map(|i| Context::new(&format!("m{i}")).unwrap())
+            .collect();
+        let mut set = ContextSet::new();
+        // Every context three times, in a scrambled order.
+        let order: Vec<usize> = (0..900).map(|i| (i * 7919) % 300).collect();
+        let added = set.add_all(order.iter().map(|&i| &ctxs[i])).unwrap();
+        assert_eq!(added, 300);
+        assert_eq!(set.len(), 300);
+        set.acquire().unwrap();
+        let ids: Vec<_> = set.iter().map(|c| c.id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "acquired in ascending id order"
+        );
+        assert!(
+            ctxs.iter().all(|c| c.lock().depth() == 1),
+            "each exactly once"
+        );
+        set.release().unwrap();
+        assert!(
+            !set.add(&ctxs[5]).unwrap(),
+            "still deduplicated after sorting"
+        );
+        assert!(ctxs.iter().all(|c| c.lock().depth() == 0));
     }
 
     #[test]

@@ -20,6 +20,10 @@
  *    caller holds more than once (QEMU's live-migration hang with two drives
  *    on one IOThread): it aborts with aioctx's -EDEADLK message. Use
  *    aio_wait_while_fn() to get -EDEADLK back as a value.
+ *  - AIO_WAIT_WHILE is exact: it registers its waiter (aioctx_wait_begin)
+ *    before it first evaluates the condition, so an aio_wait_kick() right
+ *    after a change always wakes it. aio_wait_kick() kicks the waiters
+ *    only, without QEMU's empty BH on the main context.
  *  - bdrv_inactivate_all() returns -EDEADLK when the caller already holds a
  *    node's context, instead of hanging.
  *
@@ -515,54 +519,89 @@ static inline AioContext *aioctx_compat_wait_ctx(AioContext *ctx)
     return ctx ? ctx : qemu_get_aio_context();
 }
 
-static inline bool aioctx_compat_once(void *opaque)
+/* Registers the calling thread as a waiter for ctx (aioctx_wait_begin, no
+ * timeout), before AIO_WAIT_WHILE first evaluates its condition. NULL when
+ * aioctx refuses the wait (-EDEADLK, -EPERM...): that is reported only if
+ * the condition is true, i.e. if the macro would really wait, so errno is
+ * left as it was. */
+static inline AioctxWait *aioctx_compat_wait_begin(AioContext *ctx)
 {
-    bool *first = opaque;
-    bool ret = *first;
-    *first = false;
-    return ret;
+    int saved_errno = errno;
+    AioctxWait *w = aioctx_wait_begin(ctx, -1, 0);
+    if (w == NULL)
+        errno = saved_errno;
+    return w;
 }
 
-/* One wait step of AIO_WAIT_WHILE: releases ctx if the caller holds it once,
- * polls (blocking) the caller's loop once, re-acquires. Aborts on -EDEADLK
- * (ctx held more than once) and on any other refusal. */
-static inline void aioctx_compat_wait_step(AioContext *ctx, const char *what)
+/* One wait step of AIO_WAIT_WHILE, called while its condition is true:
+ * aioctx_wait_poll() releases ctx if the caller holds it once, polls the
+ * caller's loop once (returning when a callback ran or the wait was kicked),
+ * re-acquires ctx. Returns true if it polled. If aioctx_compat_wait_begin() was refused,
+ * begins again for a current error message and aborts with it (-EDEADLK:
+ * ctx held more than once); should that begin succeed after all, returns
+ * false so the condition is evaluated again, now with the waiter registered.
+ * Aborts on any other refusal. */
+static inline bool aioctx_compat_wait_step(AioctxWait **w, AioContext *ctx, const char *what)
 {
-    bool first = true;
-    int ret = aioctx_poll_while(ctx, aioctx_compat_once, &first, -1, 0);
+    int ret;
+    if (*w == NULL) {
+        *w = aioctx_wait_begin(ctx, -1, 0);
+        if (*w == NULL)
+            aioctx_compat_fatal(what, aioctx_compat_last_errno());
+        return false;
+    }
+    ret = aioctx_wait_poll(*w);
     if (ret < 0)
         aioctx_compat_fatal(what, ret);
+    return true;
 }
 
 /*
- * aioctx extension, the exact C11 form of AIO_WAIT_WHILE: polls until
+ * aioctx extension, the C11 function form of AIO_WAIT_WHILE: polls until
  * cond(opaque) is false (aioctx_poll_while with no timeout; ctx NULL: the
- * main context). cond is evaluated after the waiter registered for kicks,
- * so no wake-up is ever lost. Returns 0, or -EDEADLK when the caller holds
- * ctx more than once, or another negative errno (see aioctx_poll_while).
+ * main context). Returns 0, or -EDEADLK when the caller holds ctx more than
+ * once, or another negative errno (see aioctx_poll_while), instead of
+ * aborting. Exact, like AIO_WAIT_WHILE.
  */
 static inline int aio_wait_while_fn(AioContext *ctx, AioctxCond cond, void *opaque)
 {
     return aioctx_poll_while(aioctx_compat_wait_ctx(ctx), cond, opaque, -1, 0);
 }
 
-static inline void aioctx_compat_nop(void *opaque)
-{
-    (void)opaque;
-}
-
-/* Wakes threads waiting in AIO_WAIT_WHILE so they re-evaluate their
- * condition. Call it after changing what a condition reads, as in QEMU.
- * Like QEMU's, it also schedules an empty BH on the main context, so a
- * main-loop waiter that evaluated its condition just before the change
- * still wakes up. */
+/* Wakes threads waiting in AIO_WAIT_WHILE so they evaluate their condition
+ * again. Call it after changing what a condition reads, as in QEMU (state
+ * changed by an aioctx callback needs none: every poll that runs a callback
+ * kicks). A waiter is registered before it first evaluates its condition,
+ * so a kick right after it began is not lost. Any thread. */
 static inline void aio_wait_kick(void)
 {
-    AioContext *main_ctx = qemu_get_aio_context();
     aioctx_wait_kick();
-    if (main_ctx)
-        (void)aioctx_bh_schedule_oneshot(main_ctx, aioctx_compat_nop, NULL);
 }
+
+/* The body of AIO_WAIT_WHILE and the macros over it; `what` names the
+ * caller's macro call in the abort message. */
+#if AIOCTX_COMPAT_GNUC
+#define AIOCTX_COMPAT_WAIT_WHILE(ctx, cond, what) __extension__({                      \
+        bool aioctx_compat_waited_ = false;                                            \
+        AioContext *aioctx_compat_ctx_ = aioctx_compat_wait_ctx(ctx);                  \
+        AioctxWait *aioctx_compat_w_ = aioctx_compat_wait_begin(aioctx_compat_ctx_);   \
+        while ((cond)) {                                                               \
+            if (aioctx_compat_wait_step(&aioctx_compat_w_, aioctx_compat_ctx_, what))  \
+                aioctx_compat_waited_ = true;                                          \
+        }                                                                              \
+        aioctx_wait_end(aioctx_compat_w_);                                             \
+        aioctx_compat_waited_;                                                         \
+    })
+#else
+#define AIOCTX_COMPAT_WAIT_WHILE(ctx, cond, what)                                      \
+    do {                                                                               \
+        AioContext *aioctx_compat_ctx_ = aioctx_compat_wait_ctx(ctx);                  \
+        AioctxWait *aioctx_compat_w_ = aioctx_compat_wait_begin(aioctx_compat_ctx_);   \
+        while ((cond))                                                                 \
+            (void)aioctx_compat_wait_step(&aioctx_compat_w_, aioctx_compat_ctx_, what);\
+        aioctx_wait_end(aioctx_compat_w_);                                             \
+    } while (0)
+#endif
 
 /*
  * AIO_WAIT_WHILE(ctx, cond): wait while the expression cond is true.
@@ -571,37 +610,47 @@ static inline void aio_wait_kick(void)
  * re-acquires ctx before each evaluation of cond. ctx NULL: the main
  * context, nothing released. Evaluates to true if it waited (GNU C form).
  *
- * Stricter than QEMU: holding ctx more than once aborts with aioctx's
- * -EDEADLK message naming the context and the fix, instead of hanging.
+ * Exact: the waiter is registered (aioctx_wait_begin) before cond is first
+ * evaluated, so a change followed by aio_wait_kick() wakes it whenever it
+ * happens. As in QEMU, whatever changes what cond reads must call
+ * aio_wait_kick() afterwards, unless it is an aioctx callback (a BH, timer
+ * or fd handler of any context: the poll that runs it kicks).
  *
- * cond is evaluated by the macro, so, as in QEMU, whatever changes it must
- * call aio_wait_kick() afterwards (or be a callback of ctx, which runs with
- * ctx held while the waiter holds it). Waits for a condition changed by
- * other means should use aio_wait_while_fn().
+ * Stricter than QEMU: holding ctx more than once aborts with aioctx's
+ * -EDEADLK message naming the context and the fix, instead of hanging
+ * (only when cond is true: a wait that does not wait is not refused).
+ * aio_wait_while_fn() returns the error instead.
  */
-#if AIOCTX_COMPAT_GNUC
-#define AIO_WAIT_WHILE(ctx, cond) __extension__({                                     \
-        bool aioctx_compat_waited_ = false;                                            \
-        AioContext *aioctx_compat_ctx_ = aioctx_compat_wait_ctx(ctx);                  \
-        while ((cond)) {                                                               \
-            aioctx_compat_wait_step(aioctx_compat_ctx_,                                \
-                                    "AIO_WAIT_WHILE(" #ctx ", " #cond ")");            \
-            aioctx_compat_waited_ = true;                                              \
-        }                                                                              \
-        aioctx_compat_waited_;                                                         \
-    })
-#else
 #define AIO_WAIT_WHILE(ctx, cond)                                                      \
-    do {                                                                               \
-        AioContext *aioctx_compat_ctx_ = aioctx_compat_wait_ctx(ctx);                  \
-        while ((cond))                                                                 \
-            aioctx_compat_wait_step(aioctx_compat_ctx_,                                \
-                                    "AIO_WAIT_WHILE(" #ctx ", " #cond ")");            \
-    } while (0)
-#endif
+    AIOCTX_COMPAT_WAIT_WHILE(ctx, cond, "AIO_WAIT_WHILE(" #ctx ", " #cond ")")
 
-/* The caller does not hold ctx: nothing to release, so the same wait. */
-#define AIO_WAIT_WHILE_UNLOCKED(ctx, cond) AIO_WAIT_WHILE(ctx, cond)
+/* The caller does not hold ctx: nothing to release, otherwise the same
+ * wait (holding it once still works; twice aborts). */
+#define AIO_WAIT_WHILE_UNLOCKED(ctx, cond)                                             \
+    AIOCTX_COMPAT_WAIT_WHILE(ctx, cond, "AIO_WAIT_WHILE_UNLOCKED(" #ctx ", " #cond ")")
+
+/* ---- threads and their contexts ---------------------------------------------- */
+
+/* Whether the calling thread is ctx's home thread: the one that polls it
+ * and runs its callbacks (an IOThread for its context; for the main context,
+ * the thread that called qemu_init_main_loop() or polled it first). False
+ * for NULL. Unlike QEMU, holding the main context from another thread does
+ * not count (aioctx has no BQL). */
+static inline bool in_aio_context_home_thread(AioContext *ctx)
+{
+    return ctx != NULL && aioctx_context_is_home(ctx);
+}
+
+/* The calling thread's context: in an IOThread its context, in the main
+ * loop thread qemu_get_aio_context(); NULL in a thread that is the home of
+ * no context (QEMU: a thread without the BQL). errno is left as it was. */
+static inline AioContext *qemu_get_current_aio_context(void)
+{
+    int saved_errno = errno;
+    AioContext *ctx = aioctx_current_context();
+    errno = saved_errno;
+    return ctx;
+}
 
 struct aioctx_compat_bh_wait {
     QEMUBHFunc *cb;
@@ -708,7 +757,10 @@ static inline int bdrv_flush(BlockDriverState *bs)
     return aioctx_node_flush(bs);
 }
 
-#define BDRV_POLL_WHILE(bs, cond) AIO_WAIT_WHILE(bdrv_get_aio_context(bs), cond)
+/* AIO_WAIT_WHILE on bs's context. */
+#define BDRV_POLL_WHILE(bs, cond)                                                      \
+    AIOCTX_COMPAT_WAIT_WHILE(bdrv_get_aio_context(bs), cond,                           \
+                             "BDRV_POLL_WHILE(" #bs ", " #cond ")")
 
 /* Hands every node over (migration source): 0 or a negative errno, with
  * the reason in aioctx_last_error(). -EDEADLK, nothing changed, when the

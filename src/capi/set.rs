@@ -4,6 +4,7 @@ use std::ffi::c_int;
 
 use super::boundary::{borrow, borrow_arc, borrow_mut, ffi, into_box_ptr, take_box, Opaque};
 use super::context::AioctxContext;
+use crate::error::invalid;
 use crate::set::ContextSet;
 
 /// A set of contexts, acquired each exactly once in ascending id order: the
@@ -34,6 +35,40 @@ pub extern "C" fn aioctx_set_add(set: *mut AioctxSet, ctx: *mut AioctxContext) -
     ffi("aioctx_set_add", || {
         let ctx = borrow_arc(ctx)?;
         Ok(borrow_mut(set)?.add(&ctx)? as c_int)
+    })
+}
+
+/// Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
+/// from your drives), as `aioctx_set_add` would one by one but without a call
+/// per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
+/// with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (held).
+#[no_mangle]
+pub extern "C" fn aioctx_set_add_many(
+    set: *mut AioctxSet,
+    ctxs: *const *mut AioctxContext,
+    n: usize,
+) -> c_int {
+    ffi("aioctx_set_add_many", || {
+        let set = borrow_mut(set)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        if ctxs.is_null() {
+            return Err(invalid("ctxs is NULL: pass an array of n contexts"));
+        }
+        // SAFETY: the caller lends an array of `n` context pointers for the call.
+        let ctxs = unsafe { std::slice::from_raw_parts(ctxs, n) };
+        if let Some(i) = ctxs.iter().position(|c| c.is_null()) {
+            return Err(invalid(format!(
+                "ctxs[{i}] is NULL: every entry must be a context"
+            )));
+        }
+        let mut added = 0usize;
+        for &ctx in ctxs {
+            // Only the first add can fail (the set is held): nothing added then.
+            added += set.add(&*borrow_arc(ctx)?)? as usize;
+        }
+        Ok(added.min(c_int::MAX as usize) as c_int)
     })
 }
 
