@@ -90,10 +90,23 @@ pub struct ContextStats {
 
 /// Whether explicit acquire/release pairs are timed (two clock reads per
 /// pair, so off unless `AIOCTX_LOCK_TIMING=1`).
+/// A plain flag (one relaxed load on the lock's fast path), set from the
+/// environment when the first context is created: no lock exists before.
+#[inline]
 fn lock_timing() -> bool {
-    static ON: once_cell::sync::Lazy<bool> =
-        once_cell::sync::Lazy::new(|| std::env::var("AIOCTX_LOCK_TIMING").is_ok_and(|v| v == "1"));
-    *ON
+    LOCK_TIMING.load(Relaxed)
+}
+
+static LOCK_TIMING: AtomicBool = AtomicBool::new(false);
+
+fn read_lock_timing_setting() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        LOCK_TIMING.store(
+            std::env::var("AIOCTX_LOCK_TIMING").is_ok_and(|v| v == "1"),
+            Relaxed,
+        )
+    });
 }
 
 /// An event loop with its recursive lock.
@@ -129,6 +142,7 @@ impl Context {
         if name.is_empty() {
             return Err(invalid("context name is empty: give the context a name"));
         }
+        read_lock_timing_setting();
         let c_name = CString::new(name)
             .map_err(|_| invalid("context name contains a NUL byte: pass a plain C string"))?;
         let what = format!("context '{name}'");
