@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::node::RequestKind;
 use super::{pool, Driver, IoDone, Node, OpDone};
 use crate::error::{Error, Result};
-use crate::sys::file::{pread_full, pwrite_full, set_write_lock, IoBuf};
+use crate::sys::file::{pread_cached, pread_full, pwrite_full, set_write_lock, IoBuf};
 
 /// How to open an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -104,14 +104,8 @@ impl FileDriver {
             drop(file);
             let ctx = node.context().clone();
             drop(node);
-            let finish = Mutex::new(Some(move || finish(result)));
-            let bh = Arc::new(move || {
-                if let Some(f) = finish.lock().take() {
-                    f()
-                }
-            });
             // Fails only if the context is gone; its nodes went with it.
-            let _ = ctx.schedule_oneshot(bh);
+            let _ = ctx.schedule_once(move || finish(result));
         });
     }
 }
@@ -138,6 +132,14 @@ impl Driver for FileDriver {
         offset: u64,
         done: IoDone,
     ) -> Result<()> {
+        // Page-cache hits need no worker: read now, complete as a BH (the
+        // completion contract is unchanged). Misses go to the pool.
+        if kind == RequestKind::Read {
+            if let Some(n) = pread_cached(self.file.as_fd(), &mut buf, offset) {
+                node.context().schedule_once(move || done(Ok(n), buf))?;
+                return Ok(());
+            }
+        }
         let path = self.path.clone();
         self.offload(
             node,

@@ -223,20 +223,14 @@ impl Node {
     ) -> Result<()> {
         let waiter = self.waiter(held)?;
         let outcome: Arc<Mutex<Option<Result<()>>>> = Arc::default();
-        let op = Mutex::new(Some(op));
         let (node, slot) = (self.clone(), outcome.clone());
-        self.ctx.schedule_oneshot(Arc::new(move || {
-            let slot = slot.clone();
-            if let Some(op) = op.lock().take() {
-                op(
-                    &node,
-                    Box::new(move |result| {
-                        *slot.lock() = Some(result);
-                        wait::kick();
-                    }),
-                );
-            }
-        }))?;
+        self.ctx.schedule_once(move || {
+            let done: OpDone = Box::new(move |result| {
+                *slot.lock() = Some(result);
+                wait::kick();
+            });
+            op(&node, done)
+        })?;
         waiter.wait_while(&mut || outcome.lock().is_none())?;
         let result = outcome.lock().take();
         result.unwrap_or_else(|| Err(Error::new(libc::EIO, "driver operation lost its result")))

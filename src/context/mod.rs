@@ -481,6 +481,17 @@ impl Context {
         Bh::new(self, callback).schedule()
     }
 
+    /// Schedules `f` to run once, as a one-shot BH (for work that consumes
+    /// what it captures, which a BH's `Fn` callback cannot).
+    pub fn schedule_once(self: &Arc<Self>, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        let f = Mutex::new(Some(f));
+        self.schedule_oneshot(Arc::new(move || {
+            if let Some(f) = f.lock().take() {
+                f()
+            }
+        }))
+    }
+
     /// One line describing the context's state, for hang diagnostics.
     pub fn describe(&self) -> String {
         let owner = self.lock.owner();

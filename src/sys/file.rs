@@ -58,6 +58,18 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> io::Resul
     })
 }
 
+/// Reads all of `buf` at `offset` only if the data is in the page cache
+/// (`preadv2` with `RWF_NOWAIT`): never blocks on the device. `None` when
+/// it would block, or cannot say at once (then use [`pread_full`]).
+pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> Option<usize> {
+    let iov = buf.as_iovec(0);
+    let off = libc::off_t::try_from(offset).ok()?;
+    // SAFETY: `iov` describes live memory of the buffer (see IoBuf).
+    let n = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+    // A short read may be end of file or a page not cached: let the pool decide.
+    (n >= 0 && n as usize == buf.len()).then_some(n as usize)
+}
+
 /// Writes all of `buf` at `offset`, retrying short writes. Returns the bytes written.
 pub fn pwrite_full(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> io::Result<usize> {
     transfer(buf, offset, |iov, off| {
