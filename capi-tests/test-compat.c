@@ -347,6 +347,21 @@ static void test_iothread_waits(IOThread *it)
            "held once: the same wait completes (the work was delayed, not lost)");
     aio_context_release(io);
 
+    /* A double hold is refused only if the macro would wait. */
+    aio_context_acquire(io);
+    aio_context_acquire(io);
+    errno = EINTR;
+#if AIOCTX_COMPAT_GNUC
+    waited = AIO_WAIT_WHILE(io, false);
+    ok(!waited, "AIO_WAIT_WHILE(ctx held twice, false) returns false, no abort");
+#else
+    AIO_WAIT_WHILE(io, false);
+    ok(1, "AIO_WAIT_WHILE(ctx held twice, false) returns, no abort");
+#endif
+    is_int(errno, EINTR, "and leaves errno alone");
+    aio_context_release(io);
+    aio_context_release(io);
+
     /* Unlocked waits race with the IOThread: no lost wake-up. */
     for (int i = 0; i < 200; i++) {
         atomic_store(&w.done, false);
@@ -370,6 +385,240 @@ static void test_iothread_waits(IOThread *it)
     aio_context_release(io);
     ok(atomic_load(&w.done) && atomic_load(&w.on_iothread) == 403,
        "aio_wait_bh_oneshot ran the BH in the IOThread before returning");
+    drain_main();
+}
+
+/* ---- which thread runs which context ---------------------------------------- */
+
+struct where {
+    AioContext *io, *main_ctx;
+    AioContext *current;
+    bool home_io, home_main, home_null;
+    int errno_after;
+    atomic_bool done;
+};
+
+static void ask_where(struct where *w)
+{
+    errno = EINTR;
+    w->current = qemu_get_current_aio_context();
+    w->errno_after = errno;
+    w->home_io = in_aio_context_home_thread(w->io);
+    w->home_main = in_aio_context_home_thread(w->main_ctx);
+    w->home_null = in_aio_context_home_thread(NULL);
+}
+
+static void where_bh(void *opaque)
+{
+    struct where *w = opaque;
+    ask_where(w);
+    atomic_store(&w->done, true);
+    aio_wait_kick();
+}
+
+static void *where_thread(void *opaque)
+{
+    ask_where(opaque);
+    return NULL;
+}
+
+static void test_current_context(IOThread *it)
+{
+    struct where w = {0};
+    pthread_t th;
+
+    w.io = iothread_get_aio_context(it);
+    w.main_ctx = qemu_get_aio_context();
+
+    ask_where(&w);
+    ok(w.current == w.main_ctx,
+       "main loop thread: qemu_get_current_aio_context() is the main context");
+    ok(w.home_main && !w.home_io && !w.home_null,
+       "main loop thread: in_aio_context_home_thread() of main only");
+
+    atomic_init(&w.done, false);
+    aio_bh_schedule_oneshot(w.io, where_bh, &w);
+    AIO_WAIT_WHILE_UNLOCKED(w.io, !atomic_load(&w.done));
+    ok(w.current == w.io, "IOThread: qemu_get_current_aio_context() is its context");
+    ok(w.home_io && !w.home_main && !w.home_null,
+       "IOThread: in_aio_context_home_thread() of its context only");
+
+    pthread_create(&th, NULL, where_thread, &w);
+    pthread_join(th, NULL);
+    ok(w.current == NULL, "a thread running no loop: qemu_get_current_aio_context() is NULL");
+    is_int(w.errno_after, EINTR, "and errno is left alone");
+    ok(!w.home_io && !w.home_main && !w.home_null, "it is the home of no context");
+}
+
+/* ---- AIO_WAIT_WHILE loses no wake-up ------------------------------------------
+ *
+ * The race QEMU's AIO_WAIT_WHILE has to survive: the waiter evaluates its
+ * condition (true), then, before it sleeps, another thread changes the state
+ * and calls aio_wait_kick(). Here it is forced: the condition's first
+ * evaluation reads the flag and, before returning that (now stale) value,
+ * has a kicker thread set the flag and kick. The wait must end at the next
+ * poll. A timer on the polled context is the safety net: if the kick was
+ * lost, the timer's callback ends the wait instead, and the test fails
+ * rather than hangs.
+ */
+
+struct kicker {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    atomic_bool *flag; /* set and kick this; NULL: idle */
+    bool stop;
+};
+
+static struct kicker kicker = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+                               NULL, false};
+static pthread_t kicker_thread;
+
+static void *kicker_main(void *opaque)
+{
+    (void)opaque;
+    pthread_mutex_lock(&kicker.lock);
+    for (;;) {
+        while (kicker.flag == NULL && !kicker.stop)
+            pthread_cond_wait(&kicker.cond, &kicker.lock);
+        if (kicker.flag == NULL)
+            break;
+        atomic_store(kicker.flag, true);
+        aio_wait_kick();
+        kicker.flag = NULL;
+        pthread_cond_broadcast(&kicker.cond);
+    }
+    pthread_mutex_unlock(&kicker.lock);
+    return NULL;
+}
+
+static void kicker_start(void)
+{
+    pthread_create(&kicker_thread, NULL, kicker_main, NULL);
+}
+
+static void kicker_stop(void)
+{
+    pthread_mutex_lock(&kicker.lock);
+    kicker.stop = true;
+    pthread_cond_broadcast(&kicker.cond);
+    pthread_mutex_unlock(&kicker.lock);
+    pthread_join(kicker_thread, NULL);
+}
+
+/* The kicker sets *flag and calls aio_wait_kick(); returns when it has. */
+static void kick_from_other_thread(atomic_bool *flag)
+{
+    pthread_mutex_lock(&kicker.lock);
+    kicker.flag = flag;
+    pthread_cond_broadcast(&kicker.cond);
+    while (kicker.flag != NULL)
+        pthread_cond_wait(&kicker.cond, &kicker.lock);
+    pthread_mutex_unlock(&kicker.lock);
+}
+
+struct probe {
+    atomic_bool flag;
+    int evals;
+    int rescued;
+    QEMUTimer *rescue;
+};
+
+/* The condition: "the flag is not set yet". Its first evaluation returns
+ * true although the flag is set and kicked by the time it returns. */
+static bool probe_unset(struct probe *p)
+{
+    bool unset = !atomic_load(&p->flag);
+    if (p->evals++ == 0)
+        kick_from_other_thread(&p->flag);
+    return unset;
+}
+
+static void probe_rescue(void *opaque)
+{
+    ((struct probe *)opaque)->rescued++;
+}
+
+/* Arms the safety net on ctx (the context the waiter polls, in its home
+ * thread). Polls ctx first, so that no wake-up left over from an earlier
+ * wait (its callbacks kick) can end this one in place of the kick. */
+static void probe_init(struct probe *p, AioContext *ctx)
+{
+    while (aio_poll(ctx, false)) {
+    }
+    atomic_init(&p->flag, false);
+    p->evals = 0;
+    p->rescued = 0;
+    p->rescue = aio_timer_new(ctx, QEMU_CLOCK_REALTIME, SCALE_MS, probe_rescue, p);
+    timer_mod(p->rescue, qemu_clock_get_ms(QEMU_CLOCK_REALTIME) + 1000 * tap_scale());
+}
+
+static void probe_check(struct probe *p, const char *what)
+{
+    timer_free(p->rescue);
+    ok(p->evals == 2 && p->rescued == 0,
+       "%s: a kick right after the first check of the condition ends the wait at once", what);
+    if (p->rescued)
+        diag("the kick was lost: the safety timer ended the wait (%d evaluations)", p->evals);
+}
+
+struct io_probe {
+    struct probe p;
+    int evals, rescued;
+    atomic_bool done;
+};
+
+/* In the IOThread: AIO_WAIT_WHILE on its own context (the home-thread path). */
+static void io_probe_bh(void *opaque)
+{
+    struct io_probe *ip = opaque;
+    AioContext *ctx = qemu_get_current_aio_context();
+    probe_init(&ip->p, ctx);
+    AIO_WAIT_WHILE(ctx, probe_unset(&ip->p));
+    timer_free(ip->p.rescue);
+    ip->evals = ip->p.evals;
+    ip->rescued = ip->p.rescued;
+    atomic_store(&ip->done, true);
+    aio_wait_kick();
+}
+
+static void test_no_lost_wakeup(IOThread *it)
+{
+    AioContext *io = iothread_get_aio_context(it);
+    AioContext *main_ctx = qemu_get_aio_context();
+    struct probe p;
+    struct io_probe ip;
+    bool waited = false;
+
+    drain_main();
+    probe_init(&p, main_ctx);
+#if AIOCTX_COMPAT_GNUC
+    waited = AIO_WAIT_WHILE(NULL, probe_unset(&p));
+#else
+    AIO_WAIT_WHILE(NULL, probe_unset(&p));
+    waited = true;
+#endif
+    ok(waited, "AIO_WAIT_WHILE(NULL): it waited");
+    probe_check(&p, "AIO_WAIT_WHILE(NULL, cond) in the main loop");
+
+    probe_init(&p, main_ctx);
+    aio_context_acquire(io);
+    AIO_WAIT_WHILE(io, probe_unset(&p));
+    aio_context_release(io);
+    probe_check(&p, "AIO_WAIT_WHILE(io, cond) holding io once");
+
+    probe_init(&p, main_ctx);
+    AIO_WAIT_WHILE_UNLOCKED(io, probe_unset(&p));
+    probe_check(&p, "AIO_WAIT_WHILE_UNLOCKED(io, cond)");
+
+    /* In the IOThread, waiting on its own context. */
+    ip.evals = ip.rescued = -1;
+    atomic_init(&ip.done, false);
+    aio_bh_schedule_oneshot(io, io_probe_bh, &ip);
+    AIO_WAIT_WHILE_UNLOCKED(io, !atomic_load(&ip.done));
+    ok(ip.evals == 2 && ip.rescued == 0,
+       "AIO_WAIT_WHILE(ctx, cond) in ctx's own IOThread: the kick ends the wait at once");
+    if (ip.rescued > 0)
+        diag("the kick was lost: the safety timer ended the wait");
     drain_main();
 }
 
@@ -449,6 +698,7 @@ static void test_block(IOThread *it)
     BlockDriverState *d0, *d1;
     Error *err = NULL;
     atomic_bool flag;
+    struct probe probe;
 
     bdrv_init();
     ok(aioctx_compat_block_graph != NULL, "bdrv_init creates the block graph");
@@ -476,6 +726,12 @@ static void test_block(IOThread *it)
     BDRV_POLL_WHILE(d0, !atomic_load(&flag));
     aio_context_release(io);
     ok(!flag_unset(&flag), "BDRV_POLL_WHILE(bs, cond)");
+
+    probe_init(&probe, qemu_get_aio_context());
+    aio_context_acquire(io);
+    BDRV_POLL_WHILE(d0, probe_unset(&probe));
+    aio_context_release(io);
+    probe_check(&probe, "BDRV_POLL_WHILE(bs, cond) holding bs's context once");
 
     /* The hang: each drive's code acquired "its" context. */
     aio_context_acquire(bdrv_get_aio_context(d0));
@@ -540,8 +796,12 @@ int main(void)
     test_errors();
 
     it = iothread_create("compat-io", &error_abort);
+    kicker_start();
+    test_current_context(it);
     test_iothread_waits(it);
+    test_no_lost_wakeup(it);
     test_block(it);
+    kicker_stop();
     iothread_destroy(it);
     drain_main();
     ok(pthread_equal(main_thread, pthread_self()), "still the main thread");

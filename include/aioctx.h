@@ -377,9 +377,9 @@ int aioctx_set_fd_handler(struct AioctxContext *ctx, int fd, AioctxCallback io_r
  * Sends the library's log messages to `handler(opaque, level, message)`;
  * NULL restores the default, which writes them to stderr. Any thread.
  *
- * The library logs when a `aioctx_poll_while` (or a drain, flush, or
- * handover waiting inside the library) is still waiting after the number of
- * milliseconds in the environment variable `AIOCTX_WAIT_WARN_MS` (read once;
+ * The library logs when a `aioctx_poll_while`, an `aioctx_wait_begin` wait,
+ * or a drain, flush or handover waiting inside the library is still waiting
+ * after the number of milliseconds in the environment variable `AIOCTX_WAIT_WARN_MS` (read once;
  * unset: never): one warning per wait, with the `aioctx_debug_dump` text.
  */
 void aioctx_set_log_handler(AioctxLogHandler handler, void *opaque);

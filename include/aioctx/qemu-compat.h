@@ -535,12 +535,13 @@ static inline AioctxWait *aioctx_compat_wait_begin(AioContext *ctx)
 
 /* One wait step of AIO_WAIT_WHILE, called while its condition is true:
  * aioctx_wait_poll() releases ctx if the caller holds it once, polls the
- * caller's loop once (returning when a callback ran or the wait was kicked),
- * re-acquires ctx. Returns true if it polled. If aioctx_compat_wait_begin() was refused,
- * begins again for a current error message and aborts with it (-EDEADLK:
- * ctx held more than once); should that begin succeed after all, returns
- * false so the condition is evaluated again, now with the waiter registered.
- * Aborts on any other refusal. */
+ * caller's loop once (returning when a callback ran or the wait was
+ * kicked), re-acquires ctx. Returns true if it polled. If
+ * aioctx_compat_wait_begin() was refused, begins again for a current error
+ * message and aborts with it (-EDEADLK: ctx held more than once); should
+ * that begin succeed after all, returns false so that the condition is
+ * evaluated again, now with the waiter registered. Aborts on any other
+ * refusal. */
 static inline bool aioctx_compat_wait_step(AioctxWait **w, AioContext *ctx, const char *what)
 {
     int ret;
@@ -641,9 +642,11 @@ static inline bool in_aio_context_home_thread(AioContext *ctx)
     return ctx != NULL && aioctx_context_is_home(ctx);
 }
 
-/* The calling thread's context: in an IOThread its context, in the main
- * loop thread qemu_get_aio_context(); NULL in a thread that is the home of
- * no context (QEMU: a thread without the BQL). errno is left as it was. */
+/* The calling thread's context: the first context it became the home of
+ * (aioctx_current_context()). In an IOThread its context; in the thread
+ * that called qemu_init_main_loop() (before polling any other context),
+ * qemu_get_aio_context(). NULL in a thread that is the home of no context
+ * (QEMU: a thread without the BQL). errno is left as it was. */
 static inline AioContext *qemu_get_current_aio_context(void)
 {
     int saved_errno = errno;

@@ -104,11 +104,8 @@ pub extern "C" fn aioctx_context_is_home(ctx: *const AioctxContext) -> bool {
 #[no_mangle]
 pub extern "C" fn aioctx_current_context() -> *mut AioctxContext {
     ffi("aioctx_current_context", || {
-        Context::current_if_any()
-            .map(|c| borrowed_arc_ptr(&c))
-            .ok_or_else(|| {
-                crate::Error::new(libc::ENOENT, "the calling thread has no current context")
-            })
+        // No current context is an answer, not a failure: errno is untouched.
+        Ok(Context::current_if_any().map_or(std::ptr::null_mut(), |c| borrowed_arc_ptr(&c)))
     })
 }
 

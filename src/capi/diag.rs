@@ -26,9 +26,9 @@ pub const AIOCTX_LOG_WARNING: c_int = 1;
 /// Sends the library's log messages to `handler(opaque, level, message)`;
 /// NULL restores the default, which writes them to stderr. Any thread.
 ///
-/// The library logs when a `aioctx_poll_while` (or a drain, flush, or
-/// handover waiting inside the library) is still waiting after the number of
-/// milliseconds in the environment variable `AIOCTX_WAIT_WARN_MS` (read once;
+/// The library logs when a `aioctx_poll_while`, an `aioctx_wait_begin` wait,
+/// or a drain, flush or handover waiting inside the library is still waiting
+/// after the number of milliseconds in the environment variable `AIOCTX_WAIT_WARN_MS` (read once;
 /// unset: never): one warning per wait, with the `aioctx_debug_dump` text.
 #[no_mangle]
 pub extern "C" fn aioctx_set_log_handler(handler: AioctxLogHandler, opaque: *mut c_void) {
