@@ -148,9 +148,21 @@ impl Waiter {
     /// took the released context and now waits for one of them, while that
     /// thread blocks the work being waited for: a deadlock. `EDEADLK` if the
     /// caller holds a member more than once (other than its own loop's).
+    /// `EPERM` if the caller does not hold the set (or a member was released
+    /// behind its back): releasing it would end the wait holding more than
+    /// it began with.
     pub fn releasing(mut self, held: &ContextSet) -> Result<Waiter> {
+        if !held.is_held() {
+            return Err(not_permitted("waiting with a set the caller does not hold"));
+        }
         for ctx in held.iter() {
             let depth = ctx.lock().depth();
+            if depth == 0 {
+                return Err(not_permitted(format!(
+                    "context '{}' of the held set was released behind the set's back",
+                    ctx.name()
+                )));
+            }
             if depth > 1 && !Arc::ptr_eq(ctx, &self.poll_ctx) {
                 return Err(recursive_hold(ctx, depth));
             }

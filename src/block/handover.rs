@@ -78,12 +78,27 @@ fn inactivate_quiesced(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
     // consistent state and activate_all brings them back.
     for (done, node) in order.iter().enumerate() {
         if let Err(e) = hand_over(node, held) {
-            order[..done].iter().try_for_each(|n| mark_inactive(n))?;
+            // The handover error comes first; a permission error is secondary.
+            let _ = mark_all_inactive(&order[..done]);
             return Err(e);
         }
     }
     // Pass 2: every node inactive, write permission dropped.
-    order.iter().try_for_each(|n| mark_inactive(n))
+    mark_all_inactive(order)
+}
+
+/// Marks every node of `nodes` inactive and drops its write permission,
+/// even after one drop fails: every node was handed over to its driver, so
+/// each must be marked, or activate_all would skip it. Returns the first
+/// failure (that node keeps its lock until activate_all takes it again).
+fn mark_all_inactive(nodes: &[Arc<Node>]) -> Result<()> {
+    let mut first_error = None;
+    for node in nodes {
+        if let Err(e) = mark_inactive(node) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 fn hand_over(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
