@@ -754,13 +754,9 @@ static void test_graph(void)
         snprintf(msg, sizeof msg, "%s", aioctx_last_error());
         like(msg, "'misuse-iot'", "  the message names the held context");
         int names_culprit = strstr(msg, "'c_io'") || strstr(msg, "'raw_rw'");
-        if (!todo_ok(names_culprit,
-                     "names the first node drained ('c_main', on the main context), not one on the held context",
-                     "  the -EDEADLK message names a node whose context the caller holds"))
+        if (!ok(names_culprit, "  the -EDEADLK message names a node whose context the caller holds"))
             diag("%s", msg);
-        todo_ok(strstr(msg, "holds it 2 times") == NULL,
-                "counts the library's own acquire: 'holds it 2 times' for a single hold, and advises an AioctxSet",
-                "  the -EDEADLK message gives the caller's real depth (1)");
+        ok(strstr(msg, "holds it 2 times") == NULL, "  the -EDEADLK message gives the caller's real depth (1)");
     }
     is_int(aioctx_release(iot_ctx), 0, "release it");
 
@@ -916,21 +912,14 @@ static void test_reentrancy(void)
     aioctx_node_attach_child(ra, rb);
     is_int(aioctx_graph_inactivate_all(gr), 0, "the outer inactivate_all (re-a's flush re-enters it)");
     atomic_fetch_add(&cases, 2);
-    if (!todo_ok(re_nested.g.rc == -EBUSY,
-                 "a nested inactivate_all from a driver callback is accepted (returns 0) and runs a whole second handover",
-                 "inactivate_all re-entered from a driver's flush -> -EBUSY (a handover is in progress)"))
+    if (!ok(re_nested.g.rc == -EBUSY, "inactivate_all re-entered from a driver's flush -> -EBUSY (a handover is in progress)"))
         diag("got %lld: %s", re_nested.g.rc, re_nested.g.msg);
-    if (!todo_ok(re_request.g.rc == -EBUSY,
-                 "the nested call un-quiesces every node, so the outer handover accepts new requests",
-                 "a request started during the outer handover, after the nested call -> -EBUSY"))
+    if (!ok(re_request.g.rc == -EBUSY, "a request started during the outer handover, after the nested call -> -EBUSY"))
         diag("got %lld", re_request.g.rc);
     int64_t left = aioctx_node_in_flight(rb);
-    if (!todo_ok(left == 0, "the request accepted mid-handover is still in flight after inactivate_all returned 0",
-                 "nothing is in flight on an inactivated node when inactivate_all returns 0"))
+    if (!ok(left == 0, "nothing is in flight on an inactivated node when inactivate_all returns 0"))
         diag("re-b has %lld request(s) in flight", (long long)left);
-    if (!todo_ok(re_inactivates[0] == 1 && re_inactivates[1] == 1,
-                 "the driver's inactivate ran twice per node in one handover",
-                 "each node's driver inactivate ran once"))
+    if (!ok(re_inactivates[0] == 1 && re_inactivates[1] == 1, "each node's driver inactivate ran once"))
         diag("inactivate calls: re-a %d, re-b %d", re_inactivates[0], re_inactivates[1]);
     while (aioctx_node_in_flight(rb) > 0)
         aioctx_node_end_request(rb);
@@ -1266,8 +1255,7 @@ static void test_children_fifo(struct child c)
     FD_SET(c.rd, &set);
     int ready = select(c.rd + 1, &set, NULL, NULL, &tv);
     if (ready <= 0) {
-        todo_ok(0, "aioctx_node_open_file blocks forever in open(2) on a FIFO without a writer",
-                "aioctx_node_open_file on a FIFO returns (an error) instead of blocking forever");
+        ok(0, "aioctx_node_open_file on a FIFO returns (an error) instead of blocking forever");
         kill(c.pid, SIGKILL);
         waitpid(c.pid, &status, 0);
         close(c.rd);
@@ -1311,8 +1299,7 @@ static void test_children_hangs(struct child home, struct child abba)
     diag("a context whose home thread (a plain thread, not an IOThread) exited");
     atomic_fetch_add(&cases, 2);
     int got = child_result_or_hang(&home, &r);
-    if (!todo_ok(got, "the flush waits forever for a BH that no thread will ever run (no error, no timeout)",
-                 "aioctx_node_flush on a node whose context's home thread exited returns (an error)"))
+    if (!ok(got, "aioctx_node_flush on a node whose context's home thread exited returns (an error)"))
         diag("child: node_flush did not return within the time limit");
     else
         diag("child: %s -> %d (%s)", r.what, r.null, r.msg);
@@ -1340,9 +1327,7 @@ static void test_child_free_during_drain(struct child c)
     diag("an IOThread freed while the main thread drains one of its nodes (64 MiB of writes in flight)");
     atomic_fetch_add(&cases, 1);
     int got = child_result_or_hang(&c, &r);
-    if (!todo_ok(got, "a drain that started before aioctx_iothread_free keeps polling its own loop: completions "
-                      "queued on the now homeless context never run, the drain waits forever",
-                 name))
+    if (!ok(got, "%s", name))
         diag("child: node_drain did not return within the time limit");
     else
         diag("child: %s -> %d (%s)", r.what, r.null, r.msg);

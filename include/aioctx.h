@@ -270,7 +270,11 @@ uint64_t aioctx_context_id(const struct AioctxContext *ctx);
  * may poll it, and where its callbacks run. The first context a thread
  * claims becomes that thread's current context (see `aioctx_poll_while`).
  * Returns 0 (also if the caller already is the home), -EPERM if another
- * thread is, -EINVAL if `ctx` is NULL.
+ * thread is, -EINVAL if `ctx` is NULL. When the home thread exits (or its
+ * IOThread is freed) the context has no home again: the next thread that
+ * claims or polls it — a wait on its work, for instance — becomes its home.
+ * (A home thread that exits while holding the context's lock leaves it
+ * held: release before exiting.)
  */
 int aioctx_context_claim(struct AioctxContext *ctx);
 

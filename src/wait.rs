@@ -106,7 +106,7 @@ pub struct Waiter {
     warn_at: Option<i64>,
     /// The thread that waits: the depths it releases and restores are its own.
     thread: u64,
-    _registered: Registration,
+    registered: Registration,
 }
 
 impl Waiter {
@@ -130,7 +130,7 @@ impl Waiter {
         };
         Ok(Waiter {
             ctx: ctx.clone(),
-            _registered: Registration::new(&poll_ctx),
+            registered: Registration::new(&poll_ctx),
             poll_ctx,
             release,
             set: Vec::new(),
@@ -204,6 +204,7 @@ impl Waiter {
             Some(t) => Wait::Until(t),
             None => Wait::Forever,
         };
+        self.adopt_if_orphaned();
         let held = if self.release {
             self.ctx.lock().release_all()
         } else {
@@ -215,6 +216,16 @@ impl Waiter {
         self.set.iter().for_each(|c| drop(c.acquire()));
         self.ctx.lock().restore(held);
         polled.map(drop)
+    }
+
+    /// If the context's home thread went away while we wait (an IOThread
+    /// freed, a thread exited), nobody else will run its work: poll it here.
+    fn adopt_if_orphaned(&mut self) {
+        if !Arc::ptr_eq(&self.poll_ctx, &self.ctx) && !self.ctx.has_home() {
+            self.poll_ctx = self.ctx.clone();
+            self.release = false;
+            self.registered = Registration::new(&self.ctx);
+        }
     }
 
     fn still_waiting(&self, waited_ns: i64) -> String {

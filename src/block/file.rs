@@ -5,6 +5,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -29,15 +31,22 @@ pub struct FileDriver {
     path: String,
     /// Whether this open file holds the image write lock.
     locked: Mutex<bool>,
+    /// The errno of a failed fdatasync (0: none). Sticky: the kernel reports
+    /// a writeback error to fdatasync once, so a retry would "succeed" with
+    /// acknowledged writes lost. Every later flush fails with it.
+    flush_error: Arc<AtomicI32>,
 }
 
 impl FileDriver {
     /// Opens `path`; with `rdwr` and not `inactive`, takes the write lock
     /// (`EAGAIN` if another process holds it).
     pub fn open(path: &str, flags: OpenFlags) -> Result<FileDriver> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer. It does not
+        // change I/O on regular files or block devices, the only kinds accepted.
         let file = OpenOptions::new()
             .read(true)
             .write(flags.rdwr)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| Error::from_io(&format!("cannot open image '{path}'"), e))?;
         let meta = file
@@ -49,10 +58,17 @@ impl FileDriver {
                 format!("image '{path}' is a directory: pass a file"),
             ));
         }
+        if !meta.is_file() && !meta.file_type().is_block_device() {
+            return Err(Error::new(
+                libc::ENXIO,
+                format!("image '{path}' is not a regular file or a block device"),
+            ));
+        }
         let driver = FileDriver {
             file: Arc::new(file),
             path: path.to_string(),
             locked: Mutex::new(false),
+            flush_error: Arc::default(),
         };
         if flags.rdwr && !flags.inactive {
             driver.set_lock(true)?;
@@ -112,11 +128,28 @@ impl FileDriver {
 
 impl Driver for FileDriver {
     fn flush(&self, node: &Arc<Node>, done: OpDone) {
-        let path = self.path.clone();
+        let earlier = self.flush_error.load(Relaxed);
+        if earlier != 0 {
+            return done(Err(Error::new(
+                earlier,
+                format!(
+                    "fdatasync '{}' failed earlier ({}): written data may not be on disk, \
+                     so the image stays failed until it is reopened",
+                    self.path,
+                    std::io::Error::from_raw_os_error(earlier)
+                ),
+            )));
+        }
+        let (path, sticky) = (self.path.clone(), self.flush_error.clone());
         self.offload(
             node,
             |file| file.sync_data(),
-            move |r| done(r.map_err(|e| Error::from_io(&format!("fdatasync '{path}'"), e))),
+            move |r| {
+                if let Err(e) = &r {
+                    sticky.store(e.raw_os_error().unwrap_or(libc::EIO), Relaxed);
+                }
+                done(r.map_err(|e| Error::from_io(&format!("fdatasync '{path}'"), e)))
+            },
         );
     }
 

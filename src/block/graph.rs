@@ -17,6 +17,8 @@ pub(super) struct GraphShared {
     main: Arc<Context>,
     /// Serialises edge changes, so a cycle check and its insert agree.
     edges: Mutex<()>,
+    /// An inactivate_all or activate_all is running (refuses re-entry).
+    pub(super) handover: std::sync::atomic::AtomicBool,
 }
 
 impl GraphShared {
@@ -47,9 +49,14 @@ impl Graph {
             shared: Arc::new(GraphShared {
                 main,
                 edges: Mutex::new(()),
+                handover: Default::default(),
             }),
             nodes: Mutex::default(),
         }
+    }
+
+    pub(super) fn shared(&self) -> &GraphShared {
+        &self.shared
     }
 
     pub fn main_context(&self) -> &Arc<Context> {

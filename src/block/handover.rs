@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use super::{Graph, Node};
-use crate::error::Result;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+use crate::error::{busy, Error, Result};
 use crate::set::ContextSet;
 
 impl Graph {
@@ -20,12 +22,13 @@ impl Graph {
     /// permission (the raw-file driver drops its image lock). Nodes already
     /// inactive are skipped, so a second call is a no-op.
     pub fn inactivate_all(&self) -> Result<()> {
-        self.main_context().claim()?;
+        let _running = self.begin_handover("inactivate_all")?;
         let order: Vec<_> = self
             .top_down()
             .into_iter()
             .filter(|n| !n.is_inactive())
             .collect();
+        refuse_held_contexts(&order, "inactivate_all")?;
         let mut set = self.context_set(&order)?;
         set.acquire()?;
         let result = inactivate(&order, &set);
@@ -39,18 +42,33 @@ impl Graph {
     /// Nodes already active are skipped; nodes not reached after an error stay
     /// inactive, so a later call finishes the job.
     pub fn activate_all(&self) -> Result<()> {
-        self.main_context().claim()?;
+        let _running = self.begin_handover("activate_all")?;
         let mut order: Vec<_> = self
             .top_down()
             .into_iter()
             .filter(|n| n.is_inactive())
             .collect();
         order.reverse();
+        refuse_held_contexts(&order, "activate_all")?;
         let mut set = self.context_set(&order)?;
         set.acquire()?;
         let result = order.iter().try_for_each(|n| activate(n, &set));
         set.release()?;
         result
+    }
+
+    /// The common entry of both handover calls: from the main context's home
+    /// thread, and not re-entered (a driver callback calling it).
+    fn begin_handover(&self, what: &str) -> Result<HandoverRunning<'_>> {
+        self.main_context().claim()?;
+        let flag = &self.shared().handover;
+        if flag.swap(true, SeqCst) {
+            return Err(busy(format!(
+                "{what}: a handover of this graph is already running (called from a driver callback?)"
+            )));
+        }
+        let running = HandoverRunning(flag);
+        Ok(running)
     }
 
     fn context_set(&self, nodes: &[Arc<Node>]) -> Result<ContextSet> {
@@ -59,6 +77,40 @@ impl Graph {
             set.add(node.context())?;
         }
         Ok(set)
+    }
+}
+
+/// `EDEADLK`, before anything changes, when the caller already holds the
+/// context of a node it would wait for while another thread runs that
+/// context: the handover acquires each node context once itself, and its
+/// waits would release one level of two and hang. A context nobody runs is
+/// polled by the caller itself, and its own context is fine.
+fn refuse_held_contexts(nodes: &[Arc<Node>], what: &str) -> Result<()> {
+    for node in nodes {
+        let ctx = node.context();
+        let depth = ctx.lock().depth();
+        if depth > 0 && ctx.has_home() && !ctx.is_home() {
+            return Err(Error::new(
+                libc::EDEADLK,
+                format!(
+                    "{what}: the caller already holds context '{}' of node '{}' ({depth} time(s)); \
+                     the handover acquires each node context once itself, and waiting with it \
+                     held twice would hang: release it before the call",
+                    ctx.name(),
+                    node.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Clears the graph's handover flag when the call ends, however it ends.
+struct HandoverRunning<'a>(&'a AtomicBool);
+
+impl Drop for HandoverRunning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, SeqCst);
     }
 }
 

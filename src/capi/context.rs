@@ -83,7 +83,11 @@ pub extern "C" fn aioctx_context_id(ctx: *const AioctxContext) -> u64 {
 /// may poll it, and where its callbacks run. The first context a thread
 /// claims becomes that thread's current context (see `aioctx_poll_while`).
 /// Returns 0 (also if the caller already is the home), -EPERM if another
-/// thread is, -EINVAL if `ctx` is NULL.
+/// thread is, -EINVAL if `ctx` is NULL. When the home thread exits (or its
+/// IOThread is freed) the context has no home again: the next thread that
+/// claims or polls it — a wait on its work, for instance — becomes its home.
+/// (A home thread that exits while holding the context's lock leaves it
+/// held: release before exiting.)
 #[no_mangle]
 pub extern "C" fn aioctx_context_claim(ctx: *mut AioctxContext) -> c_int {
     ffi("aioctx_context_claim", || {

@@ -50,6 +50,29 @@ static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 thread_local! {
     /// The context this thread is home of (the first one it claimed).
     static CURRENT: RefCell<Weak<Context>> = const { RefCell::new(Weak::new()) };
+    /// Every context this thread claimed: disowned when the thread exits.
+    static HOMES: Homes = const { Homes(RefCell::new((0, Vec::new()))) };
+}
+
+/// The calling thread's home token and the contexts it claimed.
+struct Homes(RefCell<(u64, Vec<Weak<Context>>)>);
+
+impl Drop for Homes {
+    /// A thread that exits leaves its contexts without a home, so the next
+    /// thread that polls one (a wait on its work, say) runs it, instead of
+    /// every wait on it hanging.
+    fn drop(&mut self) {
+        let (token, homes) = &*self.0.borrow();
+        for ctx in homes.iter().filter_map(Weak::upgrade) {
+            if ctx
+                .home
+                .compare_exchange(*token, 0, AcqRel, Relaxed)
+                .is_ok()
+            {
+                wait::kick();
+            }
+        }
+    }
 }
 
 /// How long a poll may block.
@@ -303,6 +326,12 @@ impl Context {
         let me = thread::unique();
         match self.home.compare_exchange(0, me, AcqRel, Acquire) {
             Ok(_) => {
+                HOMES.with(|h| {
+                    let mut h = h.0.borrow_mut();
+                    h.0 = me;
+                    h.1.retain(|w| w.strong_count() > 0);
+                    h.1.push(Arc::downgrade(self));
+                });
                 CURRENT.with(|c| {
                     let mut c = c.borrow_mut();
                     if c.strong_count() == 0 {
@@ -325,6 +354,8 @@ impl Context {
     /// work still queued on it, or waited for, runs instead of hanging.
     pub(crate) fn disown(&self) {
         self.home.store(0, Release);
+        // A waiter polling its own loop for this context's work must notice.
+        wait::kick();
     }
 
     /// Whether the calling thread is the home thread.
