@@ -25,6 +25,13 @@ pub type AioctxCond = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
 ///   `ctx` once, it releases it around each blocking poll, so that `ctx`'s
 ///   home thread can run the work, and re-acquires it before calling `cond`.
 ///
+/// Do not hold any other context across the wait (only `ctx`, once, and
+/// your own loop's): a thread that takes `ctx` while it is released and then
+/// blocks on one you hold would make the re-acquire hang (ABBA), and no
+/// timeout can end that. To wait while holding several, hold them through an
+/// `AioctxSet` and let the graph-wide calls do the waiting (they give the
+/// whole set back around each poll).
+///
 /// `cond` is called in the calling thread with the caller's locks as they
 /// were. Completions wake the waiter without lost wake-ups: every callback a
 /// poll runs, and `aioctx_wait_kick()`, re-checks all waiters' conditions.
