@@ -267,7 +267,8 @@ static void test_embedding(void)
     /* Timers are reported through the deadline, not the fd. */
     int fired = 0;
     AioctxTimer *t = aioctx_timer_new(e, timer_cb, &fired);
-    int64_t expire = aioctx_clock_ns() + 20 * MS;
+    /* Scaled: under valgrind a fixed 20 ms can pass before the next check. */
+    int64_t expire = aioctx_clock_ns() + 20 * MS * tap_scale();
     aioctx_timer_mod(t, expire);
     is_int(aioctx_context_deadline_ns(e), expire, "deadline_ns reports the armed timer");
     ok(!fd_readable(fd, 0), "arming a (future) timer in the home thread does not make the fd readable");
@@ -276,7 +277,7 @@ static void test_embedding(void)
 
     /* Another thread arming a nearer timer must wake a foreign loop blocked in poll(2),
      * or it would sleep through the new deadline. */
-    struct remote_arm ra = { t, 15 * MS, 0, -99 };
+    struct remote_arm ra = { t, 15 * MS * tap_scale(), 0, -99 };
     pthread_create(&th, NULL, remote_arm_thread, &ra);
     int64_t t0 = aioctx_clock_ns();
     int woke = fd_readable(fd, 2000);
