@@ -19,9 +19,6 @@
  *   4. the caller holds every involved context exactly as deep as before.
  * Calls documented as no-ops (NULL to *_free, ...) must not record a failure.
  * At the end, every function declared in aioctx.h must have been exercised.
- *
- * Known library bugs are reported as TAP "# TODO" tests (expected failures:
- * the suite stays green, and a fix shows up as an unexpected pass).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -54,16 +51,6 @@ static void skip(const char *name, const char *why)
     fflush(stdout);
 }
 
-/* An assertion about a known library bug: "not ok ... # TODO" is an expected
- * failure; "ok ... # TODO" (the bug got fixed) is an unexpected pass. */
-static int todo_ok(int cond, const char *why, const char *name)
-{
-    tap_init_output();
-    tap_st.run++;
-    printf("%sok %d - %s # TODO %s\n", cond ? "" : "not ", tap_st.run, name, why);
-    fflush(stdout);
-    return cond;
-}
 
 /* ---- the functions of aioctx.h, and which ones were exercised -------------------------- */
 
@@ -1308,8 +1295,7 @@ static void test_children_hangs(struct child home, struct child abba)
     diag("poll_while while holding a set {X, Y}, another thread acquiring {X, Y}");
     atomic_fetch_add(&cases, 1);
     got = child_result_or_hang(&abba, &r);
-    if (!todo_ok(got, "poll_while re-acquires X while still holding Y: ABBA against the set order; a hang despite the 200 ms timeout",
-                 "poll_while(X, 200 ms timeout) by a thread that also holds Y returns (-ETIMEDOUT or -EDEADLK)"))
+    if (!ok(got, "poll_while(X, 200 ms timeout) by a thread that also holds Y returns (-ETIMEDOUT or -EDEADLK)"))
         diag("child: poll_while did not return within the time limit (deadlock)");
     else
         diag("child: %s -> %d (%s)", r.what, r.null, r.msg);

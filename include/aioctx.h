@@ -685,12 +685,12 @@ void aioctx_timer_free(struct AioctxTimer *t);
  *   `ctx` once, it releases it around each blocking poll, so that `ctx`'s
  *   home thread can run the work, and re-acquires it before calling `cond`.
  *
- * Do not hold any other context across the wait (only `ctx`, once, and
- * your own loop's): a thread that takes `ctx` while it is released and then
- * blocks on one you hold would make the re-acquire hang (ABBA), and no
- * timeout can end that. To wait while holding several, hold them through an
- * `AioctxSet` and let the graph-wide calls do the waiting (they give the
- * whole set back around each poll).
+ * A wait that releases `ctx` refuses with -EDEADLK while the caller also
+ * holds another context (its own loop's aside): a thread that takes `ctx`
+ * while it is released and then blocks on the other would make the
+ * re-acquire hang (ABBA), and no timeout could end that. To wait while
+ * holding several, hold them through an `AioctxSet` and let the graph-wide
+ * calls do the waiting (they give the whole set back around each poll).
  *
  * `cond` is called in the calling thread with the caller's locks as they
  * were. Completions wake the waiter without lost wake-ups: every callback a
@@ -699,7 +699,7 @@ void aioctx_timer_free(struct AioctxTimer *t);
  * Returns 0 once `cond` is false;
  * -EDEADLK at once if the caller holds `ctx` more than once (releasing once
  * could never let its home thread run; acquire through an `AioctxSet`, or
- * pass `AIOCTX_WAIT_RELEASE_ALL`); -ETIMEDOUT when `timeout_ns` (>= 0) passed,
+ * pass `AIOCTX_WAIT_RELEASE_ALL`), or holds it and another context (above); -ETIMEDOUT when `timeout_ns` (>= 0) passed,
  * with a dump of every context's holder in `aioctx_last_error()`; -EPERM if
  * the caller has no loop to poll; -EINVAL (NULL `ctx`/`cond`, unknown
  * flags). The caller's lock depth on `ctx` is the same on return as on entry.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::context::{Context, Wait};
+use crate::context::{held_by_caller, Context, Wait};
 use crate::diag::{self, Level};
 use crate::error::{invalid, not_permitted, Error, Result};
 use crate::set::ContextSet;
@@ -113,6 +113,49 @@ impl Waiter {
     /// Checks that the calling thread can wait for `ctx` (`EDEADLK`, `EPERM`,
     /// `EINVAL` otherwise) and registers it for kicks.
     pub fn new(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
+        let waiter = Waiter::prepare(ctx, opts)?;
+        // Only a wait that gives the context back re-acquires it later.
+        if waiter.release {
+            waiter.refuse_other_holds()?;
+        }
+        Ok(waiter)
+    }
+
+    /// A waiter for a caller that holds the set `held` (which includes
+    /// `ctx`): see [`releasing`](Self::releasing).
+    pub fn with_set(ctx: &Arc<Context>, opts: WaitOptions, held: &ContextSet) -> Result<Waiter> {
+        Waiter::prepare(ctx, opts)?.releasing(held)
+    }
+
+    /// `EDEADLK` if a wait that gives `ctx` back finds the caller holding
+    /// another context (its own loop's aside): a thread that takes `ctx` and
+    /// then blocks on that one would make the re-acquire after the poll hang
+    /// (ABBA), and no timeout could end it. (Set waits give the whole set
+    /// back instead; see [`releasing`](Self::releasing).)
+    fn refuse_other_holds(&self) -> Result<()> {
+        let other = held_by_caller()
+            .into_iter()
+            .find(|c| !Arc::ptr_eq(c, &self.ctx) && !Arc::ptr_eq(c, &self.poll_ctx));
+        match other {
+            None => Ok(()),
+            Some(c) => Err(Error::new(
+                libc::EDEADLK,
+                format!(
+                    "waiting for context '{}' (id {}) while also holding context '{}' (id {}): a \
+                     thread that takes the first and then waits for the second would deadlock \
+                     with this wait. Release '{}' first, or hold both through an AioctxSet that the \
+                     wait gives back (the block layer's graph-wide calls do).",
+                    self.ctx.name(),
+                    self.ctx.id(),
+                    c.name(),
+                    c.id(),
+                    c.name()
+                ),
+            )),
+        }
+    }
+
+    fn prepare(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
         let started = sys::clock_ns();
         let deadline = match opts.timeout_ns {
             Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),

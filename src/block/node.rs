@@ -191,10 +191,9 @@ impl Node {
     }
 
     fn waiter(&self, held: Option<&ContextSet>) -> Result<Waiter> {
-        let waiter = Waiter::new(&self.ctx, WaitOptions::default())?;
         match held {
-            Some(set) => waiter.releasing(set),
-            None => Ok(waiter),
+            Some(set) => Waiter::with_set(&self.ctx, WaitOptions::default(), set),
+            None => Waiter::new(&self.ctx, WaitOptions::default()),
         }
     }
 

@@ -569,6 +569,16 @@ impl Context {
     }
 }
 
+/// Every live context the calling thread holds (owns the lock of).
+pub(crate) fn held_by_caller() -> Vec<Arc<Context>> {
+    let me = thread::current();
+    ALL.lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|c| c.lock.owner() == me)
+        .collect()
+}
+
 /// Every live context, one line each.
 pub fn describe_all() -> String {
     let all: Vec<_> = ALL.lock().iter().filter_map(Weak::upgrade).collect();

@@ -960,8 +960,36 @@ impl<'a> Run<'a> {
 
     /// The `Waiter::new(ctx).releasing(held)` checks: EDEADLK or fine.
     fn waiter_check(&self, c: usize, held: Option<&[usize]>, release_all: bool) -> Result<(), i32> {
+        self.waiter_check_inner(c, held, release_all, held.is_none())
+    }
+
+    /// `Waiter::with_set`: the set is given back whole, so no ABBA refusal.
+    fn waiter_check_for_set(&self, c: usize) -> Result<(), i32> {
+        self.waiter_check_inner(c, None, false, false)
+    }
+
+    fn waiter_check_inner(
+        &self,
+        c: usize,
+        held: Option<&[usize]>,
+        release_all: bool,
+        abba: bool,
+    ) -> Result<(), i32> {
         let io = self.ctxs[c].io_running;
         if io && self.ctxs[c].depth > 1 && !release_all {
+            return Err(libc::EDEADLK);
+        }
+        // A wait that gives `c` back (an IOThread runs it, this thread holds
+        // it) refuses while this thread holds any other context (ABBA).
+        if abba
+            && io
+            && self.ctxs[c].depth > 0
+            && self
+                .ctxs
+                .iter()
+                .enumerate()
+                .any(|(m, x)| m != c && x.alive && x.depth > 0)
+        {
             return Err(libc::EDEADLK);
         }
         if let Some(members) = held {
@@ -1939,7 +1967,7 @@ impl<'a> Run<'a> {
                     .collect();
                 // Waiter::new's checks, then releasing's: the set must be
                 // held, each member at depth 1 (the poll context may be deeper).
-                let want = self.waiter_check(c, None, false).and_then(|()| {
+                let want = self.waiter_check_for_set(c).and_then(|()| {
                     if !self.sets[s].held {
                         return Err(libc::EPERM);
                     }
@@ -1954,8 +1982,11 @@ impl<'a> Run<'a> {
                     }
                     Ok(())
                 });
-                let waiter = Waiter::new(&ctx, WaitOptions::default())
-                    .and_then(|w| w.releasing(self.sets[s].handle.as_ref().unwrap()));
+                let waiter = Waiter::with_set(
+                    &ctx,
+                    WaitOptions::default(),
+                    self.sets[s].handle.as_ref().unwrap(),
+                );
                 let Some(waiter) = self.expect("Waiter::new(..).releasing(set)", waiter, want)
                 else {
                     return;
