@@ -6,7 +6,8 @@
  * errno on failure; constructors return NULL on failure. Every failure sets
  * errno, aioctx_last_errno() and a message for the calling thread, read with
  * aioctx_last_error(). NULL or
- * invalid arguments give -EINVAL, never a crash. The object comes first;
+ * invalid arguments give -EINVAL, never a crash; strings (names, paths) are
+ * NUL-terminated UTF-8, and others are refused with -EINVAL. The object comes first;
  * const pointers are not modified; *_free, *_unref and *_delete accept NULL.
  * Callbacks run in their context's home thread with the context held.
  *
@@ -461,9 +462,12 @@ struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
  * Returns 0; the first error stops it (the message names the node and the
  * step): every context is still released once, nodes already handed over are
  * inactive and the rest active, and `aioctx_graph_activate_all` recovers.
- * -EDEADLK when the caller already holds a node's context (another acquire
- * would make the waits hang): nothing is changed and the caller's lock
- * depths are as before. -EPERM from a thread other than the main context's home.
+ * -EDEADLK when the caller already holds the context of a node that another
+ * thread (an IOThread) runs: another acquire would make the waits hang, so
+ * nothing is changed and the caller's lock depths are as before (holding the
+ * main context, or a context nobody runs, is fine). -EBUSY when called again
+ * from inside a handover (a driver callback). -EPERM from a thread other
+ * than the main context's home.
  */
 int aioctx_graph_inactivate_all(struct AioctxGraph *g);
 
@@ -475,8 +479,9 @@ int aioctx_graph_inactivate_all(struct AioctxGraph *g);
  * driver's `activate` in the node's home thread, clear the inactive flag.
  * Returns 0; -EAGAIN with "locked by another process" when an image is still
  * written by another process (the nodes not reached stay inactive: call it
- * again later); the driver's error naming the node; -EPERM from a thread
- * other than the main context's home.
+ * again later); the driver's error naming the node; -EDEADLK and -EBUSY as
+ * for `aioctx_graph_inactivate_all`; -EPERM from a thread other than the main
+ * context's home.
  */
 int aioctx_graph_activate_all(struct AioctxGraph *g);
 
@@ -579,7 +584,9 @@ int aioctx_node_drain(struct AioctxNode *n);
 /**
  * Flushes `n` through its driver (raw file: `fdatasync` on a worker
  * thread), run in the node's home thread while the caller waits as in
- * `aioctx_node_drain`. Returns 0 or the driver's negative errno.
+ * `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw file: a
+ * failed fdatasync, which stays failed for this open image, since the kernel
+ * reports a lost write only once); -EDEADLK and -EPERM as `aioctx_node_drain`.
  */
 int aioctx_node_flush(struct AioctxNode *n);
 
@@ -588,8 +595,9 @@ int aioctx_node_flush(struct AioctxNode *n);
  * Returns 0 once submitted; then the read runs on a worker thread and
  * `cb(opaque, ret)` runs in the node's home thread with its context held
  * (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
- * valid until then. Errors (no callback then): -EINVAL, -EBUSY (handover in
- * progress), -ENOTSUP (not a raw-file node).
+ * valid until then; `cb` may be NULL (fire and forget). Errors (no callback
+ * then): -EINVAL, -EBUSY (handover in progress), -ENOTSUP (not a raw-file
+ * node). An offset beyond the file size limit completes with -EINVAL.
  */
 int aioctx_node_pread(struct AioctxNode *n, void *buf, size_t len, uint64_t offset, AioctxIoDone cb, void *opaque);
 

@@ -79,9 +79,12 @@ pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) ->
 /// Returns 0; the first error stops it (the message names the node and the
 /// step): every context is still released once, nodes already handed over are
 /// inactive and the rest active, and `aioctx_graph_activate_all` recovers.
-/// -EDEADLK when the caller already holds a node's context (another acquire
-/// would make the waits hang): nothing is changed and the caller's lock
-/// depths are as before. -EPERM from a thread other than the main context's home.
+/// -EDEADLK when the caller already holds the context of a node that another
+/// thread (an IOThread) runs: another acquire would make the waits hang, so
+/// nothing is changed and the caller's lock depths are as before (holding the
+/// main context, or a context nobody runs, is fine). -EBUSY when called again
+/// from inside a handover (a driver callback). -EPERM from a thread other
+/// than the main context's home.
 #[no_mangle]
 pub extern "C" fn aioctx_graph_inactivate_all(g: *mut AioctxGraph) -> c_int {
     ffi("aioctx_graph_inactivate_all", || {
@@ -97,8 +100,9 @@ pub extern "C" fn aioctx_graph_inactivate_all(g: *mut AioctxGraph) -> c_int {
 /// driver's `activate` in the node's home thread, clear the inactive flag.
 /// Returns 0; -EAGAIN with "locked by another process" when an image is still
 /// written by another process (the nodes not reached stay inactive: call it
-/// again later); the driver's error naming the node; -EPERM from a thread
-/// other than the main context's home.
+/// again later); the driver's error naming the node; -EDEADLK and -EBUSY as
+/// for `aioctx_graph_inactivate_all`; -EPERM from a thread other than the main
+/// context's home.
 #[no_mangle]
 pub extern "C" fn aioctx_graph_activate_all(g: *mut AioctxGraph) -> c_int {
     ffi("aioctx_graph_activate_all", || {

@@ -243,7 +243,9 @@ pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
 
 /// Flushes `n` through its driver (raw file: `fdatasync` on a worker
 /// thread), run in the node's home thread while the caller waits as in
-/// `aioctx_node_drain`. Returns 0 or the driver's negative errno.
+/// `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw file: a
+/// failed fdatasync, which stays failed for this open image, since the kernel
+/// reports a lost write only once); -EDEADLK and -EPERM as `aioctx_node_drain`.
 #[no_mangle]
 pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_flush", || {
@@ -257,8 +259,9 @@ pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
 /// Returns 0 once submitted; then the read runs on a worker thread and
 /// `cb(opaque, ret)` runs in the node's home thread with its context held
 /// (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
-/// valid until then. Errors (no callback then): -EINVAL, -EBUSY (handover in
-/// progress), -ENOTSUP (not a raw-file node).
+/// valid until then; `cb` may be NULL (fire and forget). Errors (no callback
+/// then): -EINVAL, -EBUSY (handover in progress), -ENOTSUP (not a raw-file
+/// node). An offset beyond the file size limit completes with -EINVAL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_pread(
     n: *mut AioctxNode,
