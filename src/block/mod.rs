@@ -126,7 +126,7 @@ mod tests {
         let io = IoThread::new("graph-io").unwrap();
         let graph = Graph::new(main.clone());
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut add = |name: &str, ctx: &Arc<Context>| {
+        let add = |name: &str, ctx: &Arc<Context>| {
             graph
                 .add_node(
                     name,
