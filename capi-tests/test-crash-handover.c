@@ -152,21 +152,6 @@ static void *guest(void *arg)
     return NULL;
 }
 
-static void send_byte(int fd, char c)
-{
-    ssize_t r = write(fd, &c, 1);
-    (void)r;
-}
-
-static char recv_byte(int fd)
-{
-    char c;
-    ssize_t r;
-    do
-        r = read(fd, &c, 1);
-    while (r < 0 && errno == EINTR);
-    return r == 1 ? c : 0;
-}
 
 static bool forever(void *opaque)
 {
@@ -184,7 +169,7 @@ static int source(int round, int cmd, int res)
 {
     signal(SIGALRM, SIG_DFL);
     alarm(60 * (unsigned)tap_scale());
-    if (recv_byte(cmd) != 'G')
+    if (pipe_recv(cmd) != 'G')
         return 0;
     src.round = round;
     src.sh = &shm[round];
@@ -201,15 +186,15 @@ static int source(int round, int cmd, int res)
         if (!src.node[d])
             return 3;
     }
-    send_byte(res, 'O');
+    pipe_send(res, 'O');
     pthread_t th;
     pthread_create(&th, NULL, guest, NULL);
-    send_byte(res, 'W');
+    pipe_send(res, 'W');
     /* The main loop runs (disk2 completes here) while the guest writes. */
     aioctx_poll_while(main_ctx, forever, NULL, (50 + 10 * (round % 5)) * MS * tap_scale(), 0);
-    send_byte(res, 'S');
+    pipe_send(res, 'S');
     int rc = aioctx_graph_inactivate_all(g);
-    send_byte(res, 'I');
+    pipe_send(res, 'I');
     atomic_store(&src.sh->inactivate_rc, rc);
     for (;;) {   /* a source that goes on living until SIGKILL */
         unsigned char late[BLK] = { 0 };
@@ -221,34 +206,18 @@ static int source(int round, int cmd, int res)
 
 /* ---- the destination --------------------------------------------------------------------------- */
 
-struct io {
-    atomic_int done;
-    atomic_llong ret;
-};
-
-static void io_cb(void *opaque, int64_t ret)
-{
-    struct io *io = opaque;
-    atomic_store(&io->ret, ret);
-    atomic_store(&io->done, 1);
-}
-
-static bool io_pending(void *opaque)
-{
-    return !atomic_load(&((struct io *)opaque)->done);
-}
 
 static AioctxContext *main_ctx;
 
 static int64_t io_wait(AioctxNode *n, int write, void *buf, size_t len, uint64_t off)
 {
-    struct io io;
+    struct io_wait io;
     atomic_store(&io.done, 0);
     atomic_store(&io.ret, 0);
-    int rc = write ? aioctx_node_pwrite(n, buf, len, off, io_cb, &io) : aioctx_node_pread(n, buf, len, off, io_cb, &io);
+    int rc = write ? aioctx_node_pwrite(n, buf, len, off, io_wait_cb, &io) : aioctx_node_pread(n, buf, len, off, io_wait_cb, &io);
     if (rc)
         return rc;
-    if (aioctx_poll_while(main_ctx, io_pending, &io, long_timeout(), 0))
+    if (aioctx_poll_while(main_ctx, io_wait_pending, &io, long_timeout(), 0))
         return INT64_MIN;
     return atomic_load(&io.ret);
 }
@@ -297,8 +266,8 @@ static void run_round(int r, AioctxIoThread *iot)
     }
     ok(node[0] && node[1] && node[2], "%s: the destination opens the 3 images RDWR|INACTIVE", what);
 
-    send_byte(c->cmd, 'G');
-    char ev = recv_byte(c->res);
+    pipe_send(c->cmd, 'G');
+    char ev = pipe_recv(c->res);
     if (!is_int(ev, 'O', "%s: the source opened its images", what)) {
         kill(c->pid, SIGKILL);
         waitpid(c->pid, NULL, 0);
@@ -306,7 +275,7 @@ static void run_round(int r, AioctxIoThread *iot)
         return;
     }
     is_int(aioctx_graph_activate_all(g), -EAGAIN, "%s: activate_all while the source lives -> -EAGAIN", what);
-    is_int(recv_byte(c->res), 'W', "%s: the guest writes", what);
+    is_int(pipe_recv(c->res), 'W', "%s: the guest writes", what);
 
     int64_t t_sent = 0;
     if (m == WRITES) {
@@ -317,11 +286,11 @@ static void run_round(int r, AioctxIoThread *iot)
             tap_sleep_ns(200000);
         tap_sleep_ms((1 + 5 * (r % 3)) * tap_scale());
     } else {
-        is_int(recv_byte(c->res), 'S', "%s: the source starts inactivate_all", what);
+        is_int(pipe_recv(c->res), 'S', "%s: the source starts inactivate_all", what);
         if (m == DURING)
             tap_sleep_ns(100000 * (r % 4 + 1));
         else
-            is_int(recv_byte(c->res), 'I', "%s: ... and it returned", what);
+            is_int(pipe_recv(c->res), 'I', "%s: ... and it returned", what);
         t_sent = tap_now_ns();
     }
     kill(c->pid, SIGKILL);

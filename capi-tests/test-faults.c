@@ -654,32 +654,16 @@ static void part1(void)
 static int have_mntns;
 static int part2_faults;
 
-struct io {
-    atomic_int done;
-    atomic_llong ret;
-};
-
-static void io_cb(void *opaque, int64_t ret)
-{
-    struct io *io = opaque;
-    atomic_store(&io->ret, ret);
-    atomic_store(&io->done, 1);
-}
-
-static bool io_pending(void *opaque)
-{
-    return !atomic_load(&((struct io *)opaque)->done);
-}
 
 static int64_t write_wait(AioctxNode *n, const void *buf, size_t len, uint64_t off)
 {
-    struct io io;
+    struct io_wait io;
     atomic_store(&io.done, 0);
     atomic_store(&io.ret, 0);
-    int rc = aioctx_node_pwrite(n, buf, len, off, io_cb, &io);
+    int rc = aioctx_node_pwrite(n, buf, len, off, io_wait_cb, &io);
     if (rc)
         return rc;
-    if (aioctx_poll_while(main_ctx, io_pending, &io, long_timeout(), 0))
+    if (aioctx_poll_while(main_ctx, io_wait_pending, &io, long_timeout(), 0))
         return INT64_MIN;
     return atomic_load(&io.ret);
 }

@@ -56,21 +56,6 @@ static int recv_int(int fd)
     return v;
 }
 
-static void send_cmd(int fd, char c)
-{
-    ssize_t r = write(fd, &c, 1);
-    (void)r;
-}
-
-static char recv_cmd(int fd)
-{
-    char c;
-    ssize_t r;
-    do
-        r = read(fd, &c, 1);
-    while (r < 0 && errno == EINTR);
-    return r == 1 ? c : 0;
-}
 
 static void fill(unsigned char *buf, unsigned seed)
 {
@@ -80,33 +65,17 @@ static void fill(unsigned char *buf, unsigned seed)
 
 /* ---- completions ------------------------------------------------------------------------------ */
 
-struct io {
-    atomic_int done;
-    atomic_llong ret;
-};
-
-static void io_cb(void *opaque, int64_t ret)
-{
-    struct io *io = opaque;
-    atomic_store(&io->ret, ret);
-    atomic_store(&io->done, 1);
-}
-
-static bool io_pending(void *opaque)
-{
-    return !atomic_load(&((struct io *)opaque)->done);
-}
 
 /* Submits a write and waits for it; returns the callback's ret or the submit error. */
 static int64_t write_block(AioctxNode *n, const unsigned char *buf, uint64_t off)
 {
-    struct io io;
+    struct io_wait io;
     atomic_store(&io.done, 0);
     atomic_store(&io.ret, 0);
-    int rc = aioctx_node_pwrite(n, buf, BLK, off, io_cb, &io);
+    int rc = aioctx_node_pwrite(n, buf, BLK, off, io_wait_cb, &io);
     if (rc)
         return rc;
-    if (aioctx_poll_while(aioctx_node_context(n), io_pending, &io, long_timeout(), 0))
+    if (aioctx_poll_while(aioctx_node_context(n), io_wait_pending, &io, long_timeout(), 0))
         return INT_MIN;
     return atomic_load(&io.ret);
 }
@@ -133,7 +102,7 @@ static int child_source(int cmd, int res)
     fill(buf, 1);
     send_int(res, n ? (int)write_block(n, buf, 0) : -1);
     for (;;) {
-        char c = recv_cmd(cmd);
+        char c = pipe_recv(cmd);
         if (c == 'I') {
             send_int(res, aioctx_graph_inactivate_all(g));
         } else if (c == 'A') {
@@ -157,13 +126,13 @@ static int child_crasher(int cmd, int res)
 {
     signal(SIGALRM, SIG_DFL);
     alarm(60 * (unsigned)tap_scale());
-    if (recv_cmd(cmd) != 'S')
+    if (pipe_recv(cmd) != 'S')
         return 0;
     aioctx_context_claim(aioctx_main_context());
     AioctxGraph *g = aioctx_graph_new(NULL);
     AioctxNode *n = aioctx_node_open_file(g, "crasher", aioctx_main_context(), img, AIOCTX_OPEN_RDWR);
     send_int(res, n != NULL);
-    recv_cmd(cmd);      /* killed while waiting here */
+    pipe_recv(cmd);      /* killed while waiting here */
     aioctx_graph_free(g);
     return 0;
 }
@@ -231,15 +200,15 @@ int main(void)
 
     AioctxNode *ro = aioctx_node_open_file(g, "dst-ro", iot_ctx, img, 0);
     ok(ro != NULL, "a read-only open of the locked image works");
-    struct io io = { 0, 0 };
-    is_int(aioctx_node_pread(ro, rbuf, BLK, 0, io_cb, &io), 0, "  pread");
-    aioctx_poll_while(iot_ctx, io_pending, &io, long_timeout(), 0);
+    struct io_wait io = { 0, 0 };
+    is_int(aioctx_node_pread(ro, rbuf, BLK, 0, io_wait_cb, &io), 0, "  pread");
+    aioctx_poll_while(iot_ctx, io_wait_pending, &io, long_timeout(), 0);
     ok(atomic_load(&io.ret) == BLK && memcmp(rbuf, b0, BLK) == 0, "  reads the source's block 0");
 
     n = aioctx_node_open_file(g, "dst", iot_ctx, img, AIOCTX_OPEN_RDWR | AIOCTX_OPEN_INACTIVE);
     ok(n != NULL, "RDWR|INACTIVE open (incoming migration) works: %s", n ? "ok" : aioctx_last_error());
     if (!n) {
-        send_cmd(src_cmd, 'Q');
+        pipe_send(src_cmd, 'Q');
         kill(crasher, SIGKILL);
         return done_testing();
     }
@@ -253,7 +222,7 @@ int main(void)
     is_int(aioctx_graph_activate_all(g), -EAGAIN, "  a retry -> -EAGAIN again");
 
     /* The source hands over. */
-    send_cmd(src_cmd, 'I');
+    pipe_send(src_cmd, 'I');
     is_int(recv_int(src_res), 0, "the source's inactivate_all -> 0");
     is_int(aioctx_graph_activate_all(g), 0, "now the destination's activate_all -> 0");
     ok(!aioctx_node_is_inactive(n), "  the node is active");
@@ -262,28 +231,28 @@ int main(void)
     ok(file_has(img, 0, b0, BLK), "  the source's block 0 is intact");
 
     /* Now the source cannot take it back. */
-    send_cmd(src_cmd, 'A');
+    pipe_send(src_cmd, 'A');
     is_int(recv_int(src_res), -EAGAIN, "the source's activate_all while the destination runs -> -EAGAIN");
     is_int(recv_int(src_res), 1, "  with \"locked by another process\"");
     is_int(recv_int(src_res), 1, "  the source's node stays inactive");
 
     /* And back: the destination inactivates, the source activates. */
     is_int(aioctx_graph_inactivate_all(g), 0, "the destination's inactivate_all (migration back)");
-    send_cmd(src_cmd, 'A');
+    pipe_send(src_cmd, 'A');
     is_int(recv_int(src_res), 0, "the source's activate_all -> 0");
     recv_int(src_res);
     is_int(recv_int(src_res), 0, "  the source's node is active");
     is_int(aioctx_graph_activate_all(g), -EAGAIN, "the destination's activate_all -> -EAGAIN again");
-    send_cmd(src_cmd, 'I');
+    pipe_send(src_cmd, 'I');
     is_int(recv_int(src_res), 0, "the source inactivates again");
 
-    send_cmd(src_cmd, 'Q');
+    pipe_send(src_cmd, 'Q');
     int status = 0;
     is_int(waitpid(src, &status, 0), src, "waitpid(source)");
     ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the source exited with 0 (status %#x)", status);
 
     /* A source that dies holding the lock: the kernel drops the OFD lock with it. */
-    send_cmd(crash_cmd, 'S');
+    pipe_send(crash_cmd, 'S');
     is_int(recv_int(crash_res), 1, "the crasher opened the image RDWR (active)");
     is_int(aioctx_graph_activate_all(g), -EAGAIN, "the destination's activate_all -> -EAGAIN");
     kill(crasher, SIGKILL);

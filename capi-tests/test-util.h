@@ -20,12 +20,14 @@
 #include "tap.h"
 #include "aioctx.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #define MS 1000000LL
 #define SEC 1000000000LL
@@ -187,6 +189,46 @@ static inline int file_has(const char *path, uint64_t off, const void *want, siz
         close(fd);
     free(got);
     return same;
+}
+
+/* ---- an I/O completion waited for with poll_while --------------------------------------------- */
+
+struct io_wait {
+    atomic_int done;
+    atomic_llong ret;
+};
+
+/* AioctxIoDone for a struct io_wait. */
+static inline void io_wait_cb(void *opaque, int64_t ret)
+{
+    struct io_wait *io = opaque;
+    atomic_store(&io->ret, ret);
+    atomic_store(&io->done, 1);
+}
+
+/* AioctxCond: the completion has not run yet. */
+static inline bool io_wait_pending(void *opaque)
+{
+    return !atomic_load(&((struct io_wait *)opaque)->done);
+}
+
+/* ---- one-byte commands between processes over a pipe ------------------------------------------ */
+
+static inline void pipe_send(int fd, char c)
+{
+    ssize_t r = write(fd, &c, 1);
+    (void)r;
+}
+
+/* The next byte, or 0 at end of file. */
+static inline char pipe_recv(int fd)
+{
+    char c;
+    ssize_t r;
+    do
+        r = read(fd, &c, 1);
+    while (r < 0 && errno == EINTR);
+    return r == 1 ? c : 0;
 }
 
 #endif /* AIOCTX_TEST_UTIL_H */
