@@ -12,9 +12,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::node::RequestKind;
+use super::writer::WriteQueue;
 use super::{pool, Driver, IoDone, Node, OpDone};
 use crate::error::{Error, Result};
-use crate::sys::file::{pread_cached, pread_full, pwrite_full, set_write_lock, IoBuf};
+use crate::sys::file::{pread_cached, pread_full, set_write_lock, IoBuf};
 
 /// How to open an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,13 +29,14 @@ pub struct OpenFlags {
 /// A raw image file.
 pub struct FileDriver {
     file: Arc<File>,
-    path: String,
+    path: Arc<str>,
     /// Whether this open file holds the image write lock.
     locked: Mutex<bool>,
     /// The errno of a failed fdatasync (0: none). Sticky: the kernel reports
     /// a writeback error to fdatasync once, so a retry would "succeed" with
     /// acknowledged writes lost. Every later flush fails with it.
     flush_error: Arc<AtomicI32>,
+    writes: Arc<WriteQueue>,
 }
 
 impl FileDriver {
@@ -66,9 +68,10 @@ impl FileDriver {
         }
         let driver = FileDriver {
             file: Arc::new(file),
-            path: path.to_string(),
+            path: path.into(),
             locked: Mutex::new(false),
             flush_error: Arc::default(),
+            writes: Arc::default(),
         };
         if flags.rdwr && !flags.inactive {
             driver.set_lock(true)?;
@@ -165,24 +168,22 @@ impl Driver for FileDriver {
         offset: u64,
         done: IoDone,
     ) -> Result<()> {
+        if kind == RequestKind::Write {
+            self.writes
+                .push(&self.file, node, &self.path, (buf, offset, done));
+            return Ok(());
+        }
         // Page-cache hits need no worker: read now, complete as a BH (the
-        // completion contract is unchanged). Misses go to the pool.
-        if kind == RequestKind::Read {
-            if let Some(n) = pread_cached(self.file.as_fd(), &mut buf, offset) {
-                node.context().schedule_once(move || done(Ok(n), buf))?;
-                return Ok(());
-            }
+        // completion contract is unchanged). Misses go to the pool, where
+        // reads of one image run in parallel.
+        if let Some(n) = pread_cached(self.file.as_fd(), &mut buf, offset) {
+            node.context().schedule_once(move || done(Ok(n), buf))?;
+            return Ok(());
         }
         let path = self.path.clone();
         self.offload(
             node,
-            move |file| {
-                let r = match kind {
-                    RequestKind::Read => pread_full(file.as_fd(), &mut buf, offset),
-                    RequestKind::Write => pwrite_full(file.as_fd(), &mut buf, offset),
-                };
-                (r, buf)
-            },
+            move |file| (pread_full(file.as_fd(), &mut buf, offset), buf),
             move |(r, buf)| {
                 done(
                     r.map_err(|e| Error::from_io(&format!("I/O on '{path}'"), e)),

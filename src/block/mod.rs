@@ -13,6 +13,7 @@ mod graph;
 mod handover;
 mod node;
 mod pool;
+mod writer;
 
 pub use file::{FileDriver, OpenFlags};
 pub use graph::{attach, Graph};
@@ -229,6 +230,61 @@ mod tests {
         assert!(graph.nodes().iter().all(|n| !n.is_inactive()));
         io.context().release().unwrap();
         graph.inactivate_all().unwrap();
+    }
+
+    #[test]
+    fn raw_file_writes_in_flight_beyond_a_batch() {
+        // More writes in flight than one writer batch, from two nodes: every
+        // one completes once, with all its bytes, and lands where it should.
+        const WRITES: usize = 200;
+        let dir = std::env::temp_dir().join(format!("aioctx-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = Context::new("batch-main").unwrap();
+        main.claim().unwrap();
+        let graph = Graph::new(main.clone());
+        let rw = OpenFlags {
+            rdwr: true,
+            inactive: false,
+        };
+        let io = IoThread::new("batch-io").unwrap();
+        let mut nodes = Vec::new();
+        for (i, ctx) in [&main, io.context()].into_iter().enumerate() {
+            let path = dir.join(format!("disk{i}.img"));
+            std::fs::write(&path, vec![0u8; WRITES * 512]).unwrap();
+            nodes.push((
+                graph
+                    .open_file(&format!("disk{i}"), ctx, path.to_str().unwrap(), rw)
+                    .unwrap(),
+                path,
+            ));
+        }
+        let completed = Arc::new(Mutex::new(vec![0usize; 2 * WRITES]));
+        for (n, (node, _)) in nodes.iter().enumerate() {
+            for w in 0..WRITES {
+                let c = completed.clone();
+                let done = Box::new(move |r: Result<usize>, _| {
+                    // No assert here: a panic would take the IOThread down.
+                    c.lock()[n * WRITES + w] += usize::from(matches!(r, Ok(512)));
+                });
+                let block = IoBuf::Owned(vec![w as u8 ^ n as u8; 512]);
+                node.submit(RequestKind::Write, block, (w * 512) as u64, done)
+                    .unwrap();
+            }
+        }
+        for (node, _) in &nodes {
+            node.drain().unwrap();
+        }
+        assert!(completed.lock().iter().all(|&c| c == 1));
+        for (n, (_, path)) in nodes.iter().enumerate() {
+            let data = std::fs::read(path).unwrap();
+            for w in 0..WRITES {
+                assert!(data[w * 512..(w + 1) * 512]
+                    .iter()
+                    .all(|&b| b == w as u8 ^ n as u8));
+            }
+        }
+        drop(graph);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
