@@ -333,6 +333,28 @@ static void test_add_many(void)
     AioctxContext *with_null[3] = { fresh, NULL, ctxs[1] };
     is_int(aioctx_set_add_many(s, with_null, 3), -EINVAL, "a NULL entry -> -EINVAL");
     is_int((int)aioctx_set_len(s), NC, "... and nothing was added");
+
+    /* Long runs of one context (skipped eight at a time), a NULL deep inside
+     * one, and a short tail: the same answers as one add at a time. */
+    enum { RUN = 101 };
+    AioctxContext *runs[RUN];
+    for (int i = 0; i < RUN; i++)
+        runs[i] = i < 60 ? fresh : ctxs[2];
+    runs[37] = NULL;
+    is_int(aioctx_set_add_many(s, runs, RUN), -EINVAL, "a NULL inside a run of repeats -> -EINVAL");
+    like(aioctx_last_error(), "ctxs[37] is NULL", "... naming the entry");
+    is_int((int)aioctx_set_len(s), NC, "... and the contexts before it were taken back out");
+    runs[37] = fresh;
+    runs[RUN - 1] = NULL;
+    is_int(aioctx_set_add_many(s, runs, RUN), -EINVAL, "a NULL in the tail after the last full chunk -> -EINVAL");
+    like(aioctx_last_error(), "ctxs[100] is NULL", "... naming the entry");
+    runs[0] = NULL;
+    is_int(aioctx_set_add_many(s, runs, 1), -EINVAL, "a NULL first entry -> -EINVAL");
+    is_int((int)aioctx_set_len(s), NC, "the set is unchanged by the failed calls");
+    runs[0] = runs[RUN - 1] = fresh;
+    is_int(aioctx_set_add_many(s, runs, RUN), 1, "runs of two contexts, one new -> 1");
+    is_int(aioctx_set_add_many(s, runs, RUN), 0, "again -> 0");
+    is_int((int)aioctx_set_len(s), NC + 1, "the set has each once");
     is_int(aioctx_set_acquire(s), 0, "acquire");
     int once = 1;
     for (int i = 0; i < NC; i++)

@@ -616,7 +616,7 @@ struct AioctxSet *aioctx_set_new(void);
 /**
  * Adds `ctx` (taking a reference). Returns 1 if added, 0 if already a member;
  * -EINVAL (NULL argument); -EBUSY (the set is held: release it first).
- * O(log n).
+ * O(1) expected.
  */
 int aioctx_set_add(struct AioctxSet *set, struct AioctxContext *ctx);
 

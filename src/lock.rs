@@ -3,7 +3,7 @@
 //! One atomic word holds the owner's thread token (0: free) and a "parked"
 //! bit meaning "a thread may be sleeping in `acquire`". The owner alone
 //! touches `depth`, so the uncontended path is a single compare-and-swap to
-//! take the lock and a single swap to give it back, with no system call.
+//! take the lock and another to give it back, with no system call.
 //! Contended acquirers sleep on a condition variable; `release` wakes one of
 //! them only when the parked bit says someone may be there.
 //!
@@ -74,7 +74,9 @@ type Result<T> = std::result::Result<T, LockError>;
 pub struct ContextLock {
     /// Owner token, plus `PARKED` when a sleeper may need waking.
     state: AtomicU64,
-    /// Recursion depth. Written only by the owner; read by others only for
+    /// Recursion depth while owned; the last release leaves it at 1 and
+    /// the next owner sets it again. Written only by the owner; others read
+    /// it only before an ownership check that fails for them, or for
     /// diagnostics, hence relaxed.
     depth: AtomicU32,
     /// Number of threads sleeping in `acquire`, and their wake-up signal.
@@ -131,14 +133,39 @@ impl ContextLock {
     #[inline]
     pub fn release(&self) -> Result<()> {
         let me = thread::current();
+        // The last level: one compare-and-swap both checks that the caller
+        // owns the lock and frees it. `depth` may be another owner's when
+        // read by a non-owner, but then the state is not `me` and the swap
+        // fails. `depth` is left at 1: the next owner writes it before use.
+        let depth = self.depth.load(Ordering::Relaxed);
+        if depth == 1 {
+            if self
+                .state
+                .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        } else if depth > 1 && self.owner() == me {
+            self.depth.store(depth - 1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.release_slow(me)
+    }
+
+    /// `release` off its fast paths: a sleeper may need waking, or the
+    /// caller is not the owner.
+    #[cold]
+    fn release_slow(&self, me: u64) -> Result<()> {
         if self.owner() != me {
             return Err(LockError::NotOwner {
                 owner: self.owner(),
             });
         }
         let depth = self.depth.load(Ordering::Relaxed) - 1;
-        self.depth.store(depth, Ordering::Relaxed);
-        if depth == 0 && self.state.swap(0, Ordering::Release) & PARKED != 0 {
+        if depth > 0 {
+            self.depth.store(depth, Ordering::Relaxed);
+        } else if self.state.swap(0, Ordering::Release) & PARKED != 0 {
             self.wake_one();
         }
         Ok(())

@@ -17,11 +17,14 @@ use crate::thread;
 /// Membership is an open-addressing hash on the contexts' addresses, so an
 /// add never reads the context itself (a cache miss per node with thousands
 /// of contexts); members are sorted by id once, when the set is acquired.
+/// Up to [`SMALL`] members need no table: a scan of them is as quick, and
+/// the common set (a few IOThreads) then costs one allocation.
 #[derive(Default)]
 pub struct ContextSet {
     members: Vec<Arc<Context>>,
     /// Linear-probing table of `members` indices + 1 (0: empty), keyed by
     /// address; its length is a power of two, at least twice `members`.
+    /// Empty while the set has no more than `SMALL` members.
     slots: Vec<u32>,
     /// Whether `members` is in ascending id order.
     sorted: bool,
@@ -30,6 +33,16 @@ pub struct ContextSet {
     last: usize,
     /// Token of the thread that holds the set (0: not held).
     holder: u64,
+}
+
+/// The most members a set holds without a hash table.
+const SMALL: usize = 8;
+
+/// A set's size and order at some point, to undo what was added since.
+#[derive(Clone, Copy)]
+pub struct Checkpoint {
+    len: usize,
+    sorted: bool,
 }
 
 impl ContextSet {
@@ -75,6 +88,14 @@ impl ContextSet {
     }
 
     fn insert(&mut self, key: usize, ctx: &Arc<Context>) -> bool {
+        if self.slots.is_empty() && self.members.len() < SMALL {
+            if self.members.iter().any(|m| Arc::as_ptr(m) as usize == key) {
+                return false;
+            }
+            self.members.push(ctx.clone());
+            self.sorted = false;
+            return true;
+        }
         if (self.members.len() + 1) * 2 > self.slots.len() {
             self.grow();
         }
@@ -93,15 +114,18 @@ impl ContextSet {
         true
     }
 
-    /// Doubles the table (16 slots at first) and re-inserts every member.
+    /// Doubles the table (32 slots at first) and re-inserts every member.
     #[cold]
     fn grow(&mut self) {
-        let len = (self.slots.len() * 2).max(16);
+        let len = (self.slots.len() * 2).max(4 * SMALL);
         self.slots = vec![0; len];
         self.reindex();
     }
 
     fn reindex(&mut self) {
+        if self.slots.is_empty() {
+            return;
+        }
         self.slots.iter_mut().for_each(|s| *s = 0);
         let mask = self.slots.len() - 1;
         for (m, ctx) in self.members.iter().enumerate() {
@@ -111,6 +135,26 @@ impl ContextSet {
             }
             self.slots[i] = m as u32 + 1;
         }
+    }
+
+    /// Where the set stands now, for [`ContextSet::rollback`].
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            len: self.members.len(),
+            sorted: self.sorted,
+        }
+    }
+
+    /// Drops every member added since `checkpoint`: a batch add that fails
+    /// half-way leaves the set as it was.
+    pub fn rollback(&mut self, checkpoint: Checkpoint) {
+        if checkpoint.len >= self.members.len() {
+            return;
+        }
+        self.members.truncate(checkpoint.len);
+        self.sorted = checkpoint.sorted;
+        self.last = 0;
+        self.reindex();
     }
 
     pub fn len(&self) -> usize {
@@ -264,6 +308,38 @@ mod tests {
             "still deduplicated after sorting"
         );
         assert!(ctxs.iter().all(|c| c.lock().depth() == 0));
+    }
+
+    #[test]
+    fn small_sets_grow_a_table_and_roll_back() {
+        // Across the switch from a scan of the members to the hash table, and
+        // after a rollback (which rebuilds the table): no duplicates, nothing lost.
+        let ctxs: Vec<_> = (0..3 * SMALL)
+            .map(|i| Context::new(&format!("s{i}")).unwrap())
+            .collect();
+        let mut set = ContextSet::new();
+        for ctx in ctxs.iter().take(SMALL) {
+            assert!(set.add(ctx).unwrap());
+        }
+        let checkpoint = set.checkpoint();
+        assert_eq!(set.add_all(ctxs.iter().rev()).unwrap(), 2 * SMALL);
+        assert_eq!(set.add_all(&ctxs).unwrap(), 0);
+        set.rollback(checkpoint);
+        assert_eq!(set.len(), SMALL);
+        assert!(
+            (0..SMALL).all(|i| !set.add(&ctxs[i]).unwrap()),
+            "the members before the checkpoint stay"
+        );
+        assert_eq!(
+            Arc::strong_count(&ctxs[SMALL]),
+            1,
+            "a rolled-back member is let go"
+        );
+        assert!(set.add(&ctxs[SMALL]).unwrap(), "and can be added again");
+        set.acquire().unwrap();
+        let held = ctxs.iter().filter(|c| c.lock().depth() == 1).count();
+        assert_eq!(held, SMALL + 1);
+        set.release().unwrap();
     }
 
     #[test]
