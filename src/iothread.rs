@@ -107,8 +107,7 @@ impl IoThread {
         }
         let s = self.stopping.clone();
         // FIFO order: every BH scheduled before this one runs first.
-        self.ctx
-            .schedule_oneshot(Arc::new(move || s.store(true, Release)))?;
+        self.ctx.schedule_once(move || s.store(true, Release));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -135,12 +134,10 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         for _ in 0..100 {
             let r = ran.clone();
-            it.context()
-                .schedule_oneshot(Arc::new(move || {
-                    assert_eq!(std::thread::current().name(), Some("io-test"));
-                    r.fetch_add(1, SeqCst);
-                }))
-                .unwrap();
+            it.context().schedule_once(move || {
+                assert_eq!(std::thread::current().name(), Some("io-test"));
+                r.fetch_add(1, SeqCst);
+            });
         }
         it.stop().unwrap();
         assert_eq!(ran.load(SeqCst), 100);
@@ -163,10 +160,9 @@ mod tests {
         let ctx = it.context().clone();
         let done = Arc::new(AtomicBool::new(false));
         let d = done.clone();
-        let work: crate::context::Callback = Arc::new(move || d.store(true, SeqCst));
         ctx.lock().acquire().unwrap();
         ctx.lock().acquire().unwrap();
-        ctx.schedule_oneshot(work).unwrap();
+        ctx.schedule_once(move || d.store(true, SeqCst));
         let err = poll_while(&ctx, &mut || !done.load(SeqCst), WaitOptions::default()).unwrap_err();
         assert_eq!(err.errno(), libc::EDEADLK);
         assert_eq!(ctx.lock().depth(), 2);

@@ -123,8 +123,7 @@ impl FileDriver {
             drop(file);
             let ctx = node.context().clone();
             drop(node);
-            // Fails only if the context is gone; its nodes went with it.
-            let _ = ctx.schedule_once(move || finish(result));
+            ctx.schedule_once(move || finish(result));
         });
     }
 }
@@ -177,7 +176,7 @@ impl Driver for FileDriver {
         // completion contract is unchanged). Misses go to the pool, where
         // reads of one image run in parallel.
         if let Some(n) = pread_cached(self.file.as_fd(), &mut buf, offset) {
-            node.context().schedule_once(move || done(Ok(n), buf))?;
+            node.context().schedule_once(move || done(Ok(n), buf));
             return Ok(());
         }
         let path = self.path.clone();

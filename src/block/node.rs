@@ -229,7 +229,7 @@ impl Node {
                 wait::kick();
             });
             op(&node, done)
-        })?;
+        });
         waiter.wait_while(&mut || outcome.lock().is_none())?;
         let result = outcome.lock().take();
         result.unwrap_or_else(|| Err(Error::new(libc::EIO, "driver operation lost its result")))

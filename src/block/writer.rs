@@ -108,8 +108,7 @@ impl WriteQueue {
 }
 
 fn complete(ctx: &Arc<crate::Context>, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
-    // Fails only if the context is gone; its nodes went with it.
-    let _ = ctx.schedule_once(move || {
+    ctx.schedule_once(move || {
         for (r, buf, done) in results {
             done(r, buf)
         }

@@ -84,7 +84,7 @@ pub extern "C" fn aioctx_bh_schedule_oneshot(
 ) -> c_int {
     ffi("aioctx_bh_schedule_oneshot", || {
         let cb = required_callback(cb, opaque, "cb")?;
-        borrow_arc(ctx)?.schedule_oneshot(cb)?;
+        borrow_arc(ctx)?.schedule_oneshot(cb);
         Ok(0)
     })
 }

@@ -1,5 +1,7 @@
 //! Bottom halves: callbacks scheduled from any thread to run once in the
-//! context's home thread, in the order they were scheduled.
+//! context's home thread, in the order they were scheduled. One queue holds
+//! both BHs (reusable, cancellable) and one-shot jobs (a boxed `FnOnce`, the
+//! cheap way to post a completion: one allocation, no handle to cancel).
 //!
 //! Invariants, all kept under the queue lock:
 //! * a BH is pending iff its `ticket` is non-zero, and then exactly one
@@ -28,18 +30,42 @@ pub struct Bh {
     deleted: AtomicBool,
 }
 
+/// A one-shot job: runs once, cannot be cancelled.
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
+enum Entry {
+    /// A scheduled BH and the ticket it had then.
+    Bh(u64, Arc<Bh>),
+    Once(Job),
+}
+
 #[derive(Default)]
 struct Queue {
     next_ticket: u64,
-    entries: VecDeque<(u64, Arc<Bh>)>,
+    entries: VecDeque<Entry>,
 }
 
-/// A context's pending bottom halves.
+/// A context's pending bottom halves and one-shot jobs.
 #[derive(Default)]
 pub(crate) struct BhQueue(Mutex<Queue>);
 
-/// The pending BHs taken at the start of one dispatch.
-pub(crate) struct Batch(VecDeque<(u64, Arc<Bh>)>);
+/// The pending entries taken at the start of one dispatch.
+pub(crate) struct Batch(VecDeque<Entry>);
+
+/// Something due to run, taken from a [`Batch`].
+pub(crate) enum Runnable {
+    Bh(Callback),
+    Once(Job),
+}
+
+impl Runnable {
+    pub(crate) fn run(self) {
+        match self {
+            Runnable::Bh(callback) => callback(),
+            Runnable::Once(job) => job(),
+        }
+    }
+}
 
 impl Bh {
     /// A BH that runs `callback` in `ctx`'s home thread each time it is scheduled.
@@ -105,15 +131,21 @@ impl BhQueue {
         q.next_ticket += 1;
         let ticket = q.next_ticket;
         bh.ticket.store(ticket, Relaxed);
-        q.entries.push_back((ticket, bh.clone()));
+        q.entries.push_back(Entry::Bh(ticket, bh.clone()));
         true
+    }
+
+    /// Queues a one-shot job behind everything already pending.
+    pub(crate) fn push_once(&self, job: Job) {
+        self.0.lock().entries.push_back(Entry::Once(job));
     }
 
     fn cancel(&self, bh: &Bh) -> bool {
         let mut q = self.0.lock();
         let ticket = bh.ticket.swap(0, Relaxed);
         if ticket != 0 {
-            q.entries.retain(|(t, _)| *t != ticket);
+            q.entries
+                .retain(|e| !matches!(e, Entry::Bh(t, _) if *t == ticket));
         }
         ticket != 0
     }
@@ -132,14 +164,19 @@ impl BhQueue {
         Batch(std::mem::take(&mut self.0.lock().entries))
     }
 
-    /// Marks the next BH of `batch` as run and returns its callback, skipping
-    /// entries cancelled or deleted since the batch was taken.
-    pub(crate) fn next(&self, batch: &mut Batch) -> Option<Callback> {
-        while let Some((ticket, bh)) = batch.0.pop_front() {
-            let _q = self.0.lock();
-            if bh.ticket.load(Relaxed) == ticket {
-                bh.ticket.store(0, Relaxed);
-                return Some(bh.callback.clone());
+    /// Takes the next entry of `batch` to run (a BH is marked as run),
+    /// skipping BHs cancelled or deleted since the batch was taken.
+    pub(crate) fn next(&self, batch: &mut Batch) -> Option<Runnable> {
+        while let Some(entry) = batch.0.pop_front() {
+            match entry {
+                Entry::Once(job) => return Some(Runnable::Once(job)),
+                Entry::Bh(ticket, bh) => {
+                    let _q = self.0.lock();
+                    if bh.ticket.load(Relaxed) == ticket {
+                        bh.ticket.store(0, Relaxed);
+                        return Some(Runnable::Bh(bh.callback.clone()));
+                    }
+                }
             }
         }
         None
@@ -177,6 +214,30 @@ mod tests {
         a.delete();
         assert!(!ctx.poll(false).unwrap());
         assert_eq!(a.schedule().unwrap_err().errno(), libc::EINVAL);
+    }
+
+    #[test]
+    fn one_shot_jobs_keep_their_place_among_bhs() {
+        let ctx = Context::new("bh-once").unwrap();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let (a, c) = (
+            Bh::new(&ctx, recorder(&log, 1)),
+            Bh::new(&ctx, recorder(&log, 3)),
+        );
+        a.schedule().unwrap();
+        let l = log.clone();
+        ctx.schedule_once(move || l.lock().unwrap().push(2));
+        c.schedule().unwrap();
+        let l = log.clone();
+        ctx.schedule_once(move || l.lock().unwrap().push(4));
+        assert!(
+            c.cancel(),
+            "a BH between one-shot jobs can still be cancelled"
+        );
+        assert!(ctx.describe().contains("3 pending BHs"));
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(*log.lock().unwrap(), vec![1, 2, 4]);
+        assert!(!ctx.poll(false).unwrap(), "each ran once");
     }
 
     #[test]

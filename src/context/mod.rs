@@ -447,8 +447,8 @@ impl Context {
     fn dispatch(&self, ready: &[Ready]) -> usize {
         let mut ran = 0;
         let mut batch = self.bhs.take();
-        while let Some(cb) = self.bhs.next(&mut batch) {
-            cb();
+        while let Some(runnable) = self.bhs.next(&mut batch) {
+            runnable.run();
             ran += 1;
         }
         ran += self.handlers.dispatch(ready);
@@ -507,20 +507,16 @@ impl Context {
         self.handlers.set(&self.epoll, &self.name, fd, read, write)
     }
 
-    /// Schedules `callback` to run once; the BH frees itself afterwards.
-    pub fn schedule_oneshot(self: &Arc<Self>, callback: Callback) -> Result<()> {
-        Bh::new(self, callback).schedule()
+    /// Schedules `callback` to run once.
+    pub fn schedule_oneshot(&self, callback: Callback) {
+        self.schedule_once(move || callback())
     }
 
-    /// Schedules `f` to run once, as a one-shot BH (for work that consumes
-    /// what it captures, which a BH's `Fn` callback cannot).
-    pub fn schedule_once(self: &Arc<Self>, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        let f = Mutex::new(Some(f));
-        self.schedule_oneshot(Arc::new(move || {
-            if let Some(f) = f.lock().take() {
-                f()
-            }
-        }))
+    /// Schedules `f` to run once in the home thread, after the BHs and jobs
+    /// already pending. Callable from any thread.
+    pub fn schedule_once(&self, f: impl FnOnce() + Send + 'static) {
+        self.bhs.push_once(Box::new(f));
+        self.notify();
     }
 
     /// One line describing the context's state, for hang diagnostics.
@@ -687,7 +683,7 @@ mod tests {
         let mut out = Vec::new();
         poller.wait(0, &mut out).unwrap();
         assert!(out.is_empty());
-        ctx.schedule_oneshot(cb).unwrap();
+        ctx.schedule_oneshot(cb);
         poller.wait(1_000_000_000, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(ctx.poll(false).unwrap());

@@ -1196,7 +1196,7 @@ impl<'a> Run<'a> {
             self.nodes[n].completed.clone(),
             self.nodes[n].completion_errors.clone(),
         );
-        let r = node.context().schedule_oneshot(Arc::new(move || {
+        node.context().schedule_once(move || {
             if let Some(node) = weak.upgrade() {
                 match node.end_request() {
                     Ok(()) => {
@@ -1207,9 +1207,8 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-        }));
+        });
         drop(node);
-        self.expect("schedule a completion", r, Ok(()));
         self.nodes[n].reserved += 1;
         let c = self.nodes[n].ctx;
         self.push(c, Item::Completion(n));
@@ -1225,10 +1224,7 @@ impl<'a> Run<'a> {
     fn schedule_flag(&mut self, c: usize) -> usize {
         let flag = Arc::new(AtomicBool::new(false));
         let f = flag.clone();
-        let r = self
-            .ctx_arc(c)
-            .schedule_oneshot(Arc::new(move || f.store(true, SeqCst)));
-        self.expect("schedule a oneshot", r, Ok(()));
+        self.ctx_arc(c).schedule_once(move || f.store(true, SeqCst));
         self.flags.push(MFlag {
             ctx: c,
             flag,
