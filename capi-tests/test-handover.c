@@ -707,6 +707,22 @@ static void test_caller_holds(void)
     aioctx_release(main_ctx);
     aioctx_release(main_ctx);
 
+    /* A context nobody runs, held twice: releasing one level in the waits
+     * keeps no thread from running it, so the handover goes ahead. */
+    AioctxContext *idle = aioctx_context_new("handover-idle");
+    AioctxDriver idle_driver = { 0 };
+    AioctxNode *idle_node = aioctx_node_new(hg.g, "idle-node", idle, &idle_driver, NULL);
+    ok(idle_node != NULL, "a node on a context nobody runs");
+    is_int(aioctx_node_attach_child(hg.nodes[0].node, idle_node), 0, "  under the top node");
+    aioctx_acquire(idle);
+    aioctx_acquire(idle);
+    is_int(aioctx_graph_inactivate_all(hg.g), 0, "inactivate_all with that context held twice -> 0");
+    is_int(hg_count_inactive(&hg), hg.n, "  every node inactive");
+    is_int(aioctx_graph_activate_all(hg.g), 0, "activate_all likewise -> 0");
+    is_int(aioctx_lock_depth(idle), 2, "  its depth still 2");
+    aioctx_release(idle);
+    aioctx_release(idle);
+
     /* The caller holding both IOThread contexts, A twice. */
     aioctx_acquire(ctx_a);
     aioctx_acquire(ctx_a);
@@ -730,6 +746,7 @@ static void test_caller_holds(void)
 
     log_reset();
     aioctx_graph_free(hg.g);
+    aioctx_context_unref(idle);
 }
 
 struct other_call {

@@ -624,7 +624,8 @@ int aioctx_set_add(struct AioctxSet *set, struct AioctxContext *ctx);
  * Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
  * from your drives), as `aioctx_set_add` would one by one but without a call
  * per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
- * with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (held).
+ * with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (the set is
+ * held and `n` > 0; with `n` = 0 there is nothing to add and the call returns 0).
  */
 int aioctx_set_add_many(struct AioctxSet *set, struct AioctxContext *const *ctxs, size_t n);
 

@@ -206,7 +206,8 @@ impl Waiter {
                     ctx.name()
                 )));
             }
-            if depth > 1 && !Arc::ptr_eq(ctx, &self.poll_ctx) {
+            // Still held after the release: harmless unless another thread runs it.
+            if depth > 1 && !Arc::ptr_eq(ctx, &self.poll_ctx) && ctx.runs_elsewhere() {
                 return Err(recursive_hold(ctx, depth));
             }
         }

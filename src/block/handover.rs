@@ -89,7 +89,7 @@ fn refuse_held_contexts(nodes: &[Arc<Node>], what: &str) -> Result<()> {
     for node in nodes {
         let ctx = node.context();
         let depth = ctx.lock().depth();
-        if depth > 0 && ctx.has_home() && !ctx.is_home() {
+        if depth > 0 && ctx.runs_elsewhere() {
             return Err(Error::new(
                 libc::EDEADLK,
                 format!(

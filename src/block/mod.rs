@@ -233,6 +233,37 @@ mod tests {
     }
 
     #[test]
+    fn holding_the_callers_own_context_is_fine() {
+        // The main thread runs the main context: holding it is no reason to
+        // refuse, and waits on the IOThread's nodes must not hang on it.
+        let (graph, log, io) = diamond(None);
+        let main = graph.find("top").unwrap().context().clone();
+        main.acquire().unwrap();
+        graph.inactivate_all().unwrap();
+        assert!(graph.nodes().iter().all(|n| n.is_inactive()));
+        graph.activate_all().unwrap();
+        assert_eq!(main.lock().depth(), 1, "the caller's hold is as it was");
+        main.release().unwrap();
+        assert!(!log.lock().is_empty());
+        drop(io);
+    }
+
+    #[test]
+    fn holding_a_context_nobody_runs_is_fine() {
+        let (graph, _log, _io) = diamond(None);
+        let free = Context::new("graph-free").unwrap();
+        let extra = graph
+            .add_node("extra", &free, Box::new(NullDriver))
+            .unwrap();
+        graph.attach(&graph.find("leaf").unwrap(), &extra).unwrap();
+        free.acquire().unwrap();
+        graph.inactivate_all().unwrap();
+        graph.activate_all().unwrap();
+        assert_eq!(free.lock().depth(), 1, "the caller's hold is as it was");
+        free.release().unwrap();
+    }
+
+    #[test]
     fn raw_file_writes_in_flight_beyond_a_batch() {
         // More writes in flight than one writer batch, from two nodes: every
         // one completes once, with all its bytes, and lands where it should.

@@ -41,7 +41,8 @@ pub extern "C" fn aioctx_set_add(set: *mut AioctxSet, ctx: *mut AioctxContext) -
 /// Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
 /// from your drives), as `aioctx_set_add` would one by one but without a call
 /// per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
-/// with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (held).
+/// with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (the set is
+/// held and `n` > 0; with `n` = 0 there is nothing to add and the call returns 0).
 #[no_mangle]
 pub extern "C" fn aioctx_set_add_many(
     set: *mut AioctxSet,

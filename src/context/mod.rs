@@ -368,6 +368,12 @@ impl Context {
         self.home.load(Relaxed) != 0
     }
 
+    /// Whether a thread other than the caller runs this context: only then
+    /// can holding it while waiting keep that thread from making progress.
+    pub fn runs_elsewhere(&self) -> bool {
+        self.has_home() && !self.is_home()
+    }
+
     /// Runs one iteration of the loop; returns whether a callback ran.
     /// Only the home thread may poll; the first poll claims the context.
     pub fn poll(self: &Arc<Self>, blocking: bool) -> Result<bool> {

@@ -994,14 +994,19 @@ impl<'a> Run<'a> {
         }
         if let Some(members) = held {
             for &m in members {
-                // The poll context is `c` itself unless an IOThread runs it
-                // (then the hidden wait context, never a member).
-                if self.ctxs[m].depth > 1 && (io || m != c) {
+                if self.held_deeper_and_run_elsewhere(m) {
                     return Err(libc::EDEADLK);
                 }
             }
         }
         Ok(())
+    }
+
+    /// `releasing`'s refusal: a set member still held after the wait gives
+    /// one level back matters only if an IOThread runs it (the poll
+    /// context, the member's own unless an IOThread runs it, is this thread's).
+    fn held_deeper_and_run_elsewhere(&self, m: usize) -> bool {
+        self.ctxs[m].depth > 1 && self.ctxs[m].io_running
     }
 
     fn top_down(&self, g: usize) -> Vec<usize> {
@@ -1972,7 +1977,7 @@ impl<'a> Run<'a> {
                         if depth == 0 {
                             return Err(libc::EPERM);
                         }
-                        if depth > 1 && (io || m != c) {
+                        if self.held_deeper_and_run_elsewhere(m) {
                             return Err(libc::EDEADLK);
                         }
                     }
