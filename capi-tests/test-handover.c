@@ -643,6 +643,20 @@ static void test_activate_failure(void)
     aioctx_graph_free(hg.g);
 }
 
+/* A handover with `ctx` held twice by the caller, which must go ahead. */
+static void handover_holding_twice(struct hgraph *hg, AioctxContext *ctx, const char *what)
+{
+    aioctx_acquire(ctx);
+    aioctx_acquire(ctx);
+    log_reset();
+    is_int(aioctx_graph_inactivate_all(hg->g), 0, "inactivate_all with %s held twice -> 0", what);
+    is_int(hg_count_inactive(hg), hg->n, "  every node inactive");
+    is_int(aioctx_graph_activate_all(hg->g), 0, "  activate_all likewise -> 0");
+    is_int(aioctx_lock_depth(ctx), 2, "  its depth still 2");
+    aioctx_release(ctx);
+    aioctx_release(ctx);
+}
+
 /* The caller already holds an IOThread context: must not hang. */
 static void test_caller_holds(void)
 {
@@ -697,15 +711,7 @@ static void test_caller_holds(void)
     is_int(hg_count_inactive(&hg), 0, "every node active");
 
     /* The main context is the caller's own: holding it twice is fine. */
-    aioctx_acquire(main_ctx);
-    aioctx_acquire(main_ctx);
-    log_reset();
-    is_int(aioctx_graph_inactivate_all(hg.g), 0, "inactivate_all with the main context (the caller's own) held twice -> 0");
-    is_int(hg_count_inactive(&hg), hg.n, "  every node inactive");
-    is_int(aioctx_graph_activate_all(hg.g), 0, "activate_all likewise -> 0");
-    is_int(aioctx_lock_depth(main_ctx), 2, "  main context depth still 2");
-    aioctx_release(main_ctx);
-    aioctx_release(main_ctx);
+    handover_holding_twice(&hg, main_ctx, "the main context (the caller's own)");
 
     /* A context nobody runs, held twice: releasing one level in the waits
      * keeps no thread from running it, so the handover goes ahead. */
@@ -714,14 +720,7 @@ static void test_caller_holds(void)
     AioctxNode *idle_node = aioctx_node_new(hg.g, "idle-node", idle, &idle_driver, NULL);
     ok(idle_node != NULL, "a node on a context nobody runs");
     is_int(aioctx_node_attach_child(hg.nodes[0].node, idle_node), 0, "  under the top node");
-    aioctx_acquire(idle);
-    aioctx_acquire(idle);
-    is_int(aioctx_graph_inactivate_all(hg.g), 0, "inactivate_all with that context held twice -> 0");
-    is_int(hg_count_inactive(&hg), hg.n, "  every node inactive");
-    is_int(aioctx_graph_activate_all(hg.g), 0, "activate_all likewise -> 0");
-    is_int(aioctx_lock_depth(idle), 2, "  its depth still 2");
-    aioctx_release(idle);
-    aioctx_release(idle);
+    handover_holding_twice(&hg, idle, "a context nobody runs");
 
     /* The caller holding both IOThread contexts, A twice. */
     aioctx_acquire(ctx_a);
