@@ -11,8 +11,10 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -95,6 +97,30 @@ static inline void bench_pin_self(int cpu)
         fprintf(stderr, "cannot pin a thread to CPU %d\n", cpu);
         exit(1);
     }
+}
+
+struct bench_pin_request {
+    int cpu;
+    sem_t done;
+};
+
+static inline void bench_pin_bh(void *opaque)
+{
+    struct bench_pin_request *p = opaque;
+    bench_pin_self(p->cpu);
+    sem_post(&p->done);
+}
+
+/* Pins the IOThread whose context is ctx to cpu, from inside it. */
+static inline void bench_pin_iothread(const char *bench, AioctxContext *ctx, int cpu)
+{
+    struct bench_pin_request p = {.cpu = cpu};
+    sem_init(&p.done, 0, 0);
+    if (aioctx_bh_schedule_oneshot(ctx, bench_pin_bh, &p) != 0)
+        bench_fail(bench, 1, "aioctx_bh_schedule_oneshot");
+    while (sem_wait(&p.done) != 0 && errno == EINTR) {
+    }
+    sem_destroy(&p.done);
 }
 
 /* Parses "a,b,c" into at most max longs; returns the count (0: bad list). */

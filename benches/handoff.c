@@ -121,29 +121,6 @@ static double run_pthread(struct pt_state *s, long trips)
     return (double)(t1 - t0) / (double)trips;
 }
 
-struct pin_request {
-    int cpu;
-    sem_t done;
-};
-
-static void pin_bh(void *opaque)
-{
-    struct pin_request *p = opaque;
-    bench_pin_self(p->cpu);
-    sem_post(&p->done);
-}
-
-static void pin_iothread(AioctxContext *ctx, int cpu)
-{
-    struct pin_request p = {.cpu = cpu};
-    sem_init(&p.done, 0, 0);
-    if (aioctx_bh_schedule_oneshot(ctx, pin_bh, &p) != 0)
-        bench_fail(BENCH, 1, "aioctx_bh_schedule_oneshot");
-    while (sem_wait(&p.done) != 0 && errno == EINTR) {
-    }
-    sem_destroy(&p.done);
-}
-
 static void run_placement(const char *label, int cpu0, int cpu1, struct aio_state *as, AioctxBh *bh,
                           struct pt_state *ps, pthread_t worker, long trips, int reps)
 {
@@ -152,7 +129,7 @@ static void run_placement(const char *label, int cpu0, int cpu1, struct aio_stat
     CPU_ZERO(&set);
     CPU_SET(cpu1, &set);
     bench_pin_self(cpu0);
-    pin_iothread(as->io_ctx, cpu1);
+    bench_pin_iothread(BENCH, as->io_ctx, cpu1);
     if (pthread_setaffinity_np(worker, sizeof(set), &set) != 0)
         bench_fail(BENCH, 0, "cannot pin the worker");
 

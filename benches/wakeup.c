@@ -92,30 +92,6 @@ static void aio_pong(void *opaque)
         bench_fail(BENCH, 1, "aioctx: schedule ping");
 }
 
-struct pin_request {
-    int cpu;
-    sem_t done;
-};
-
-static void pin_bh(void *opaque)
-{
-    struct pin_request *p = opaque;
-    bench_pin_self(p->cpu);
-    sem_post(&p->done);
-}
-
-/* Pins the IOThread whose context is ctx, from inside it. */
-static void pin_iothread(AioctxContext *ctx, int cpu)
-{
-    struct pin_request p = {.cpu = cpu};
-    sem_init(&p.done, 0, 0);
-    if (aioctx_bh_schedule_oneshot(ctx, pin_bh, &p) != 0)
-        bench_fail(BENCH, 1, "aioctx_bh_schedule_oneshot");
-    while (sem_wait(&p.done) != 0 && errno == EINTR) {
-    }
-    sem_destroy(&p.done);
-}
-
 static double run_aioctx(struct aio_pp *a, long trips)
 {
     pp_reset(&a->pp, trips);
@@ -424,8 +400,8 @@ static void run_placement(const char *label, int cpu0, int cpu1, long trips, int
             pps[v]->cpu[1] = cpu1;
         }
     }
-    pin_iothread(a.ctx[0], cpu0);
-    pin_iothread(a.ctx[1], cpu1);
+    bench_pin_iothread(BENCH, a.ctx[0], cpu0);
+    bench_pin_iothread(BENCH, a.ctx[1], cpu1);
 
     /* One untimed warm-up round of each, then rotate the order per sample. */
     for (int rep = -1; rep < reps; rep++) {
