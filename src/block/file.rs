@@ -17,6 +17,11 @@ use super::{pool, Driver, IoDone, Node, OpDone};
 use crate::error::{Error, Result};
 use crate::sys::file::{pread_cached, pread_full, set_write_lock, IoBuf};
 
+/// A failed read or write of the image at `path`.
+pub(super) fn io_error(path: &str, e: std::io::Error) -> Error {
+    Error::from_io(&format!("I/O on '{path}'"), e)
+}
+
 /// How to open an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFlags {
@@ -183,12 +188,7 @@ impl Driver for FileDriver {
         self.offload(
             node,
             move |file| (pread_full(file.as_fd(), &mut buf, offset), buf),
-            move |(r, buf)| {
-                done(
-                    r.map_err(|e| Error::from_io(&format!("I/O on '{path}'"), e)),
-                    buf,
-                )
-            },
+            move |(r, buf)| done(r.map_err(|e| io_error(&path, e)), buf),
         );
         Ok(())
     }

@@ -9,14 +9,17 @@
 //! At queue depth 1 a batch is one write: the same path as a single request.
 #![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::file::io_error;
 use super::{pool, IoDone, Node};
-use crate::error::{Error, Result};
+use crate::context::Context;
+use crate::error::Result;
 use crate::sys::file::{pwrite_full, IoBuf};
 
 /// At most this many writes per batch: a guest's usual queue depth, so one
@@ -33,7 +36,7 @@ struct Write {
 
 #[derive(Default)]
 struct Queue {
-    pending: Vec<Write>,
+    pending: VecDeque<Write>,
     /// A worker is writing this image; it takes `pending` before it stops.
     writing: bool,
 }
@@ -55,7 +58,7 @@ impl WriteQueue {
         (buf, offset, done): (IoBuf, u64, IoDone),
     ) {
         let mut q = self.queue.lock();
-        q.pending.push(Write { buf, offset, done });
+        q.pending.push_back(Write { buf, offset, done });
         if q.writing {
             return;
         }
@@ -87,8 +90,8 @@ impl WriteQueue {
             .take_batch()
             .into_iter()
             .map(|mut w| {
-                let r = pwrite_full(file.as_fd(), &mut w.buf, w.offset)
-                    .map_err(|e| Error::from_io(&format!("I/O on '{path}'"), e));
+                let r =
+                    pwrite_full(file.as_fd(), &mut w.buf, w.offset).map_err(|e| io_error(&path, e));
                 (r, w.buf, w.done)
             })
             .collect();
@@ -107,7 +110,7 @@ impl WriteQueue {
     }
 }
 
-fn complete(ctx: &Arc<crate::Context>, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
+fn complete(ctx: &Context, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
     ctx.schedule_once(move || {
         for (r, buf, done) in results {
             done(r, buf)
