@@ -15,7 +15,7 @@ pub enum Level {
     Warning = 1,
 }
 
-type Handler = Arc<dyn Fn(Level, &str) + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// None: messages go to stderr.
 static HANDLER: RwLock<Option<Handler>> = RwLock::new(None);

@@ -35,7 +35,7 @@ pub extern "C" fn aioctx_set_log_handler(handler: AioctxLogHandler, opaque: *mut
     ffi("aioctx_set_log_handler", || {
         let handler = handler.map(|f| {
             let c = CFn { f, opaque };
-            let h: Arc<dyn Fn(Level, &str) + Send + Sync> = Arc::new(move |level, message| {
+            let h: crate::diag::Handler = Arc::new(move |level, message| {
                 let c = &c; // the whole pair (Send + Sync), not its raw-pointer field
                 let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
                 let level = match level {

@@ -75,6 +75,7 @@ pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) ->
 /// 4. mark every node inactive and drop write permission (the raw-file driver
 ///    releases its image write lock);
 /// 5. release every context exactly once.
+///
 /// Nodes already inactive are skipped: a second call is a no-op.
 /// Returns 0; the first error stops it (the message names the node and the
 /// step): every context is still released once, nodes already handed over are

@@ -93,17 +93,16 @@ impl Epoll {
     pub fn wait(&self, timeout_ns: i64, out: &mut Vec<Ready>) -> io::Result<()> {
         const MAX: usize = 64;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX];
-        let n = loop {
-            let n = self.wait_raw(&mut events, timeout_ns);
-            if n >= 0 {
-                break n as usize;
-            }
+        let rc = self.wait_raw(&mut events, timeout_ns);
+        let n = if rc >= 0 {
+            rc as usize
+        } else {
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
             // EINTR: report no events; callers recompute their deadline.
-            break 0;
+            0
         };
         out.extend(events[..n].iter().map(|ev| {
             let bits = ev.events as i32;
