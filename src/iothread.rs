@@ -9,11 +9,14 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::context::Context;
 use crate::error::{invalid, Error, Result};
+use crate::wait::{WaitOptions, Waiter};
 
 /// A thread that is home of its own context and polls it until freed.
 pub struct IoThread {
     ctx: Arc<Context>,
     stopping: Arc<AtomicBool>,
+    /// Set by the thread once its loop has ended.
+    exited: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// The thread's token, to refuse a stop from the thread itself.
     token: u64,
@@ -39,8 +42,14 @@ impl IoThread {
         }
         let ctx = Context::new(name)?;
         let stopping = Arc::new(AtomicBool::new(false));
+        let exited = Arc::new(AtomicBool::new(false));
         let started = Arc::new(Started::default());
-        let (c, s, st) = (ctx.clone(), stopping.clone(), started.clone());
+        let (c, s, st, e) = (
+            ctx.clone(),
+            stopping.clone(),
+            started.clone(),
+            exited.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -55,6 +64,8 @@ impl IoThread {
                         break;
                     }
                 }
+                e.store(true, Release);
+                c.wake_waiters();
             })
             .map_err(|e| Error::from_io(&format!("IOThread '{name}': cannot start thread"), e))?;
         let mut outcome = started.outcome.lock();
@@ -67,6 +78,7 @@ impl IoThread {
         Ok(IoThread {
             ctx,
             stopping,
+            exited,
             thread: Some(thread),
             token,
         })
@@ -81,6 +93,12 @@ impl IoThread {
     /// it. Fails with `EDEADLK`, leaving the thread running, when called from
     /// the IOThread itself or while the caller holds its context (the thread
     /// could then never run the stop request).
+    ///
+    /// A caller that runs an event loop waits by polling it, as a
+    /// `poll_while` with `release_held`: if a BH still queued on the IOThread
+    /// blocks acquiring a context the caller holds (a main-loop callback
+    /// freeing the IOThread), the caller lends it that context and the stop
+    /// completes instead of hanging.
     pub fn stop(&mut self) -> Result<()> {
         if self.thread.is_none() {
             return Ok(());
@@ -108,6 +126,14 @@ impl IoThread {
         let s = self.stopping.clone();
         // FIFO order: every BH scheduled before this one runs first.
         self.ctx.schedule_once(move || s.store(true, Release));
+        if Context::current_if_any().is_some() {
+            let opts = WaitOptions {
+                release_held: true,
+                ..WaitOptions::default()
+            };
+            let exited = &self.exited;
+            Waiter::new(&self.ctx, opts)?.wait_while(&mut || !exited.load(Acquire))?;
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -125,7 +151,7 @@ impl Drop for IoThread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wait::{poll_while, WaitOptions};
+    use crate::wait::poll_while;
     use std::sync::atomic::AtomicUsize;
 
     #[test]

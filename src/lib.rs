@@ -21,6 +21,7 @@ pub mod lock;
 pub mod set;
 pub mod thread;
 pub mod wait;
+mod waitfor;
 
 mod capi;
 mod sys;

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{busy, not_permitted, Error};
-use crate::thread;
+use crate::{sys, thread, waitfor};
 
 const PARKED: u64 = 1 << 63;
 
@@ -33,6 +33,8 @@ pub enum LockError {
     NotOwner { owner: u64 },
     /// The recursion depth would overflow.
     Overflow,
+    /// `acquire_until`: the deadline passed while `owner` held the lock.
+    TimedOut { owner: u64 },
 }
 
 impl LockError {
@@ -41,6 +43,7 @@ impl LockError {
             LockError::Busy { .. } => libc::EBUSY,
             LockError::NotOwner { .. } => libc::EPERM,
             LockError::Overflow => libc::EOVERFLOW,
+            LockError::TimedOut { .. } => libc::ETIMEDOUT,
         }
     }
 }
@@ -62,6 +65,13 @@ impl From<LockError> for Error {
             LockError::Overflow => {
                 Error::new(libc::EOVERFLOW, "lock depth overflow: release the context")
             }
+            LockError::TimedOut { owner } => Error::new(
+                libc::ETIMEDOUT,
+                format!(
+                    "still held by thread {} when the deadline passed",
+                    thread::describe(owner)
+                ),
+            ),
         }
     }
 }
@@ -82,12 +92,23 @@ pub struct ContextLock {
     /// Number of threads sleeping in `acquire`, and their wake-up signal.
     sleepers: Mutex<u32>,
     wakeup: Condvar,
+    /// Names the lock in the wait-for graph ([`waitfor`]); 0: not tracked.
+    id: u64,
 }
 
 impl ContextLock {
     /// A free lock.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A free lock whose sleepers are recorded in the wait-for graph under
+    /// `id` (a context's id), so deadlock detection can see them.
+    pub(crate) fn with_id(id: u64) -> Self {
+        ContextLock {
+            id,
+            ..Self::default()
+        }
     }
 
     /// Blocks until the calling thread owns the lock; recursive.
@@ -102,7 +123,25 @@ impl ContextLock {
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            self.acquire_slow(me);
+            self.acquire_slow(me, None)?;
+        }
+        self.depth.store(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Like [`acquire`](Self::acquire), but gives up with `TimedOut` once
+    /// CLOCK_MONOTONIC reaches `deadline` (ns) while another thread owns it.
+    pub fn acquire_until(&self, deadline: i64) -> Result<()> {
+        let me = thread::current();
+        if self.owner() == me {
+            return self.deepen();
+        }
+        if self
+            .state
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.acquire_slow(me, Some(deadline))?;
         }
         self.depth.store(1, Ordering::Relaxed);
         Ok(())
@@ -232,9 +271,11 @@ impl ContextLock {
     }
 
     #[cold]
-    fn acquire_slow(&self, me: u64) {
+    fn acquire_slow(&self, me: u64, deadline: Option<i64>) -> Result<()> {
         // Whoever blocks may be named in a hang dump.
         thread::register_name();
+        // Recorded before sleeping, cleared once owned or given up.
+        let _blocked = (self.id != 0).then(|| waitfor::block(me, self.id));
         let mut sleepers = self.sleepers.lock();
         loop {
             let state = self.state.load(Ordering::Relaxed);
@@ -247,10 +288,22 @@ impl ContextLock {
                     .compare_exchange(state, me | parked, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return;
+                    return Ok(());
                 }
                 continue;
             }
+            let remaining = match deadline {
+                Some(d) => {
+                    let left = d - sys::clock_ns();
+                    if left <= 0 {
+                        return Err(LockError::TimedOut {
+                            owner: state & !PARKED,
+                        });
+                    }
+                    Some(std::time::Duration::from_nanos(left as u64))
+                }
+                None => None,
+            };
             if state & PARKED == 0
                 && self
                     .state
@@ -261,8 +314,13 @@ impl ContextLock {
             }
             // The releaser swaps the state to 0 before taking `sleepers`, so
             // it cannot signal between our check above and this wait.
+            // A sleeper that times out leaves PARKED set: the next release
+            // wakes nobody in vain, which is harmless.
             *sleepers += 1;
-            self.wakeup.wait(&mut sleepers);
+            match remaining {
+                Some(left) => drop(self.wakeup.wait_for(&mut sleepers, left)),
+                None => self.wakeup.wait(&mut sleepers),
+            }
             *sleepers -= 1;
         }
     }

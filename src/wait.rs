@@ -1,67 +1,41 @@
 //! `poll_while`: wait for a condition while letting other threads run the
-//! context the caller holds, and the kicks that end such waits.
+//! context the caller holds, and the deadlock detection that keeps such a
+//! wait from hanging.
 //!
-//! No lost wake-ups: a waiter registers *before* it checks its condition,
-//! and a completer changes state *before* it kicks (with a full fence in
-//! between on both sides), so either the waiter sees the change, or the
-//! completer sees the waiter and makes its next blocking poll return.
+//! No lost wake-ups: a waiter registers (`context::Registration`) *before*
+//! it checks its condition, and whatever completes the work wakes the
+//! waiters registered on its context *after* changing state.
+//!
+//! A wait may hold contexts other than the one it gives back, as in QEMU.
+//! That is a deadlock only when a thread the wait depends on (the waited
+//! context's home thread, and whoever that one is blocked on, transitively)
+//! is blocked acquiring a context the waiter holds. The lock records who is
+//! blocked on what, and tells the waiters along the chain at once; a waiter
+//! that finds itself on a cycle (twice, a poll apart, so a chain read while
+//! it changed is not taken for one) lends the context the cycle needs: for
+//! one poll before it reports `EDEADLK` naming the cycle (so every lock is
+//! back as on entry), or around every poll with `release_held`.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{fence, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
-use crate::context::{held_by_caller, Context, Wait};
+use crate::context::{self, describe_cycle, find_cycle, Context, Hop, Registration, Wait};
 use crate::diag::{self, Level};
 use crate::error::{invalid, not_permitted, Error, Result};
+use crate::lock::LockError;
 use crate::set::ContextSet;
 use crate::{sys, thread};
 
-static WAITERS: Mutex<Vec<Arc<Context>>> = Mutex::new(Vec::new());
-static NUM_WAITERS: AtomicUsize = AtomicUsize::new(0);
-
-/// Wakes every thread waiting in [`poll_while`] so it re-checks its condition.
-/// Costs one fence and one load when nobody waits.
+/// Wakes every thread waiting in [`poll_while`] so it re-checks its
+/// condition: for state changed outside any callback. One fence and one
+/// load when nobody waits.
 pub fn kick() {
-    fence(SeqCst);
-    if NUM_WAITERS.load(Relaxed) == 0 {
-        return;
-    }
-    for ctx in WAITERS.lock().iter() {
-        ctx.kick();
-    }
+    context::kick_all();
 }
 
-/// How many `poll_while` calls are polling `ctx` right now.
+/// How many waits are waiting for `ctx`'s work right now.
 pub fn waiters_on(ctx: &Context) -> usize {
-    WAITERS
-        .lock()
-        .iter()
-        .filter(|c| std::ptr::eq(&***c, ctx))
-        .count()
-}
-
-/// Present in `WAITERS` for as long as it lives.
-struct Registration(Arc<Context>);
-
-impl Registration {
-    fn new(ctx: &Arc<Context>) -> Self {
-        WAITERS.lock().push(ctx.clone());
-        NUM_WAITERS.fetch_add(1, SeqCst);
-        fence(SeqCst);
-        Registration(ctx.clone())
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut waiters = WAITERS.lock();
-        if let Some(i) = waiters.iter().position(|c| Arc::ptr_eq(c, &self.0)) {
-            waiters.swap_remove(i);
-        }
-        NUM_WAITERS.fetch_sub(1, SeqCst);
-    }
+    context::waiting_on(ctx)
 }
 
 /// Options of [`poll_while`].
@@ -71,6 +45,9 @@ pub struct WaitOptions {
     pub timeout_ns: Option<i64>,
     /// Release every level the caller holds of the context, not just one.
     pub release_all: bool,
+    /// When the wait finds itself on a deadlock cycle, give the contexts
+    /// the cycle needs back around each poll and go on, instead of `EDEADLK`.
+    pub release_held: bool,
 }
 
 /// Polls until `cond` returns false.
@@ -89,6 +66,9 @@ pub fn poll_while(
     Waiter::new(ctx, opts)?.wait_while(cond)
 }
 
+/// How long a suspected cycle waits to be confirmed.
+const CONFIRM_NS: i64 = 1_000_000;
+
 /// A `poll_while` whose checks are done: starting work and then waiting for
 /// it with a `Waiter` cannot fail half-way with the work already started.
 pub struct Waiter {
@@ -99,6 +79,14 @@ pub struct Waiter {
     release: bool,
     /// Contexts of a held set given back around each poll, ascending by id.
     set: Vec<Arc<Context>>,
+    /// Contexts lent to the threads of a deadlock cycle around each poll.
+    lent: Vec<Arc<Context>>,
+    release_all: bool,
+    release_held: bool,
+    /// A cycle seen once, and when to look again to confirm it.
+    suspected: Option<(String, i64)>,
+    /// A confirmed cycle, reported once the lent contexts are back.
+    deadlock: Option<Error>,
     deadline: Option<i64>,
     timeout_ns: i64,
     started: i64,
@@ -113,49 +101,6 @@ impl Waiter {
     /// Checks that the calling thread can wait for `ctx` (`EDEADLK`, `EPERM`,
     /// `EINVAL` otherwise) and registers it for kicks.
     pub fn new(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
-        let waiter = Waiter::prepare(ctx, opts)?;
-        // Only a wait that gives the context back re-acquires it later.
-        if waiter.release {
-            waiter.refuse_other_holds()?;
-        }
-        Ok(waiter)
-    }
-
-    /// A waiter for a caller that holds the set `held` (which includes
-    /// `ctx`): see [`releasing`](Self::releasing).
-    pub fn with_set(ctx: &Arc<Context>, opts: WaitOptions, held: &ContextSet) -> Result<Waiter> {
-        Waiter::prepare(ctx, opts)?.releasing(held)
-    }
-
-    /// `EDEADLK` if a wait that gives `ctx` back finds the caller holding
-    /// another context (its own loop's aside): a thread that takes `ctx` and
-    /// then blocks on that one would make the re-acquire after the poll hang
-    /// (ABBA), and no timeout could end it. (Set waits give the whole set
-    /// back instead; see [`releasing`](Self::releasing).)
-    fn refuse_other_holds(&self) -> Result<()> {
-        let other = held_by_caller()
-            .into_iter()
-            .find(|c| !Arc::ptr_eq(c, &self.ctx) && !Arc::ptr_eq(c, &self.poll_ctx));
-        match other {
-            None => Ok(()),
-            Some(c) => Err(Error::new(
-                libc::EDEADLK,
-                format!(
-                    "waiting for context '{}' (id {}) while also holding context '{}' (id {}): a \
-                     thread that takes the first and then waits for the second would deadlock \
-                     with this wait. Release '{}' first, or hold both through an AioctxSet that the \
-                     wait gives back (the block layer's graph-wide calls do).",
-                    self.ctx.name(),
-                    self.ctx.id(),
-                    c.name(),
-                    c.id(),
-                    c.name()
-                ),
-            )),
-        }
-    }
-
-    fn prepare(ctx: &Arc<Context>, opts: WaitOptions) -> Result<Waiter> {
         let started = sys::clock_ns();
         let deadline = match opts.timeout_ns {
             Some(t) if t < 0 => return Err(invalid("negative timeout: use None for no timeout")),
@@ -165,24 +110,31 @@ impl Waiter {
         let (poll_ctx, release) = if ctx.is_home() || !ctx.has_home() {
             (ctx.clone(), false)
         } else {
-            let depth = ctx.lock().depth();
-            if depth > 1 && !opts.release_all {
-                return Err(recursive_hold(ctx, depth));
-            }
-            (Context::current()?, depth > 0)
+            (Context::current()?, check_depth(ctx, opts.release_all)? > 0)
         };
         Ok(Waiter {
             ctx: ctx.clone(),
-            registered: Registration::new(&poll_ctx),
+            registered: Registration::new(ctx, &poll_ctx),
             poll_ctx,
             release,
             set: Vec::new(),
+            lent: Vec::new(),
+            release_all: opts.release_all,
+            release_held: opts.release_held,
+            suspected: None,
+            deadlock: None,
             deadline,
             timeout_ns: opts.timeout_ns.unwrap_or(0),
             started,
             warn_at: diag::wait_warning_ns().map(|ns| started.saturating_add(ns)),
             thread: thread::current(),
         })
+    }
+
+    /// A waiter for a caller that holds the set `held` (which includes
+    /// `ctx`): see [`releasing`](Self::releasing).
+    pub fn with_set(ctx: &Arc<Context>, opts: WaitOptions, held: &ContextSet) -> Result<Waiter> {
+        Waiter::new(ctx, opts)?.releasing(held)
     }
 
     /// While waiting, give back every context of `held` — a set the caller
@@ -229,7 +181,8 @@ impl Waiter {
     /// condition that is an expression, as in QEMU's AIO_WAIT_WHILE): gives
     /// the context(s) back, polls once (blocking until something runs, a
     /// kick, or the deadline), and takes them back. `ETIMEDOUT` once the
-    /// deadline passed; `EPERM` from a thread other than the waiter's.
+    /// deadline passed; `EDEADLK` on a deadlock cycle; `EPERM` from a thread
+    /// other than the waiter's.
     pub fn poll_once(&mut self) -> Result<()> {
         if thread::current() != self.thread {
             return Err(not_permitted(
@@ -240,15 +193,22 @@ impl Waiter {
         if self.deadline.is_some_and(|d| now >= d) {
             return Err(timed_out(&self.ctx, self.timeout_ns));
         }
-        if self.warn_at.is_some_and(|w| now >= w) {
-            self.warn_at = None;
-            diag::log(Level::Warning, &self.still_waiting(now - self.started));
-        }
-        let wait = match [self.deadline, self.warn_at].into_iter().flatten().min() {
+        self.warn_if_due(now);
+        self.look_for_cycle(now);
+        let confirm_at = self.suspected.as_ref().map(|s| s.1);
+        let mut wait = match [self.deadline, self.warn_at, confirm_at]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             Some(t) => Wait::Until(t),
             None => Wait::Forever,
         };
-        self.adopt_if_orphaned();
+        if self.choose_poll_ctx()? {
+            // A kick may have gone to the old loop after the caller's last
+            // check: look again before blocking on the new one.
+            wait = Wait::No;
+        }
         let held = if self.release {
             self.ctx.lock().release_all()
         } else {
@@ -256,19 +216,162 @@ impl Waiter {
         };
         // Descending, then ascending: the global order of sets.
         self.set.iter().rev().for_each(|c| drop(c.release()));
+        let lent: Vec<u32> = self.lent.iter().map(|c| c.lock().release_all()).collect();
         let polled = self.poll_ctx.poll_wait(wait);
-        self.set.iter().for_each(|c| drop(c.acquire()));
-        self.ctx.lock().restore(held);
+        let retaken = self.take_back(held, &lent);
+        if let Some(e) = self.deadlock.take() {
+            self.lent.clear();
+            return Err(retaken.err().unwrap_or(e));
+        }
+        retaken?;
         polled.map(drop)
     }
 
-    /// If the context's home thread went away while we wait (an IOThread
-    /// freed, a thread exited), nobody else will run its work: poll it here.
-    fn adopt_if_orphaned(&mut self) {
-        if !Arc::ptr_eq(&self.poll_ctx, &self.ctx) && !self.ctx.has_home() {
+    /// Takes back what the poll gave away: the set in ascending order, then
+    /// the waited-for context, then what was lent (its thread is done with
+    /// the waited-for context once that is ours again). Tries all, honouring
+    /// the deadline, and names those it could not take in time.
+    fn take_back(&mut self, held: u32, lent: &[u32]) -> Result<()> {
+        let set = std::mem::take(&mut self.set);
+        let lent_ctxs = std::mem::take(&mut self.lent);
+        let waited = self.ctx.clone();
+        let mut missed = Vec::new();
+        let wanted = set
+            .iter()
+            .map(|c| (c, 1))
+            .chain(std::iter::once((&waited, held)))
+            .chain(lent_ctxs.iter().zip(lent.iter().copied()));
+        for (ctx, depth) in wanted {
+            if let Err(owner) = self.retake(ctx, depth) {
+                missed.push((ctx.clone(), depth, owner));
+            }
+        }
+        self.set = set;
+        self.lent = lent_ctxs;
+        if missed.is_empty() {
+            return Ok(());
+        }
+        let lost: Vec<String> = missed
+            .iter()
+            .map(|(c, depth, owner)| {
+                format!(
+                    "'{}' ({depth} level(s); held by thread {})",
+                    c.name(),
+                    thread::describe(*owner)
+                )
+            })
+            .collect();
+        Err(Error::new(
+            libc::ETIMEDOUT,
+            format!(
+                "{} The wait gave back context(s) it could not take back in time, so the caller \
+                 no longer holds them: {}.",
+                timed_out(&self.ctx, self.timeout_ns).message(),
+                lost.join(", ")
+            ),
+        ))
+    }
+
+    /// Re-acquires `depth` levels of `ctx`, blocking at most until the
+    /// deadline (logging the slow-wait warning on the way if it is due);
+    /// `Err(owner)` if the deadline passed first.
+    fn retake(&mut self, ctx: &Arc<Context>, depth: u32) -> std::result::Result<(), u64> {
+        if depth == 0 {
+            return Ok(());
+        }
+        loop {
+            let bound = [self.deadline, self.warn_at].into_iter().flatten().min();
+            let taken = match bound {
+                Some(t) => ctx.lock().acquire_until(t),
+                None => ctx.lock().acquire(),
+            };
+            match taken {
+                Ok(()) => break,
+                Err(LockError::TimedOut { owner }) => {
+                    let now = sys::clock_ns();
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        return Err(owner);
+                    }
+                    self.warn_if_due(now);
+                }
+                // Only the depth can overflow, and it was this deep before.
+                Err(_) => return Err(0),
+            }
+        }
+        ctx.lock().restore(depth - 1);
+        Ok(())
+    }
+
+    /// Walks the wait-for graph when a blocked thread pointed here (or at the
+    /// first poll): a cycle seen twice, a poll apart, is a deadlock.
+    fn look_for_cycle(&mut self, now: i64) {
+        let due = self.suspected.as_ref().is_some_and(|s| now >= s.1);
+        if !due && !self.registered.take_suspect() {
+            return;
+        }
+        let given_back = |c: &Arc<Context>| {
+            (self.release && Arc::ptr_eq(c, &self.ctx))
+                || self.set.iter().chain(&self.lent).any(|m| Arc::ptr_eq(m, c))
+        };
+        let Some(path) = find_cycle(self.thread, &self.ctx, given_back) else {
+            self.suspected = None;
+            return;
+        };
+        let cycle = describe_cycle(&path);
+        match self.suspected.take() {
+            Some((seen, _)) if seen == cycle => self.deadlocked(&path, cycle),
+            _ => self.suspected = Some((cycle, now + CONFIRM_NS)),
+        }
+    }
+
+    /// Lends the context the cycle's last thread is blocked on (one this
+    /// thread holds) around the next poll, or every poll with `release_held`.
+    fn deadlocked(&mut self, path: &[Hop], cycle: String) {
+        let Some(needed) = path.last().map(Hop::context) else {
+            return;
+        };
+        if !self.lent.iter().any(|c| Arc::ptr_eq(c, needed)) {
+            self.lent.push(needed.clone());
+        }
+        if self.release_held {
+            diag::log(
+                Level::Info,
+                &format!(
+                    "{cycle}; giving context '{}' back around each poll (AIOCTX_WAIT_RELEASE_HELD)",
+                    needed.name()
+                ),
+            );
+        } else {
+            self.deadlock = Some(deadlock_error(&self.ctx, needed, &cycle));
+        }
+    }
+
+    /// Polls the context itself when it has no home (the first poll claims
+    /// it), or when its home thread went away while we wait (an IOThread
+    /// freed, a thread exited), since nobody else will run its work; else
+    /// polls our own loop, also when another waiter adopted it first.
+    /// Returns whether the loop to poll changed.
+    fn choose_poll_ctx(&mut self) -> Result<bool> {
+        let polls_it = Arc::ptr_eq(&self.poll_ctx, &self.ctx);
+        if polls_it == (self.ctx.is_home() || (!self.ctx.has_home() && self.ctx.claim().is_ok())) {
+            return Ok(false);
+        }
+        if polls_it {
+            self.poll_ctx = Context::current()?;
+            let in_set = self.set.iter().any(|c| Arc::ptr_eq(c, &self.ctx));
+            self.release = check_depth(&self.ctx, self.release_all)? > 0 && !in_set;
+        } else {
             self.poll_ctx = self.ctx.clone();
             self.release = false;
-            self.registered = Registration::new(&self.ctx);
+        }
+        self.registered = Registration::new(&self.ctx, &self.poll_ctx);
+        Ok(true)
+    }
+
+    fn warn_if_due(&mut self, now: i64) {
+        if self.warn_at.is_some_and(|w| now >= w) {
+            self.warn_at = None;
+            diag::log(Level::Warning, &self.still_waiting(now - self.started));
         }
     }
 
@@ -284,6 +387,16 @@ impl Waiter {
     }
 }
 
+/// The caller's depth on `ctx`, which a wait that gives it back releases:
+/// `EDEADLK` if more than one level would stay behind.
+fn check_depth(ctx: &Context, release_all: bool) -> Result<u32> {
+    let depth = ctx.lock().depth();
+    if depth > 1 && !release_all {
+        return Err(recursive_hold(ctx, depth));
+    }
+    Ok(depth)
+}
+
 fn recursive_hold(ctx: &Context, depth: u32) -> Error {
     Error::new(
         libc::EDEADLK,
@@ -293,6 +406,19 @@ fn recursive_hold(ctx: &Context, depth: u32) -> Error {
              each context once (collect them in an AioctxSet), or pass AIOCTX_WAIT_RELEASE_ALL.",
             ctx.name(),
             ctx.id()
+        ),
+    )
+}
+
+fn deadlock_error(ctx: &Context, needed: &Context, cycle: &str) -> Error {
+    Error::new(
+        libc::EDEADLK,
+        format!(
+            "poll_while on context '{}' (id {}): deadlock: {cycle}. Release context '{}' before \
+             waiting, or pass AIOCTX_WAIT_RELEASE_HELD to give it back around the wait's polls.",
+            ctx.name(),
+            ctx.id(),
+            needed.name()
         ),
     )
 }

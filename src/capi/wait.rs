@@ -13,6 +13,15 @@ use crate::wait::{self, WaitOptions};
 /// on the context staying held.
 pub const AIOCTX_WAIT_RELEASE_ALL: c_uint = 1;
 
+/// `aioctx_poll_while` flag: when the wait finds itself on a deadlock cycle
+/// (a thread it depends on is blocked acquiring a context the caller
+/// holds), give that context back around each poll (and take it back
+/// before returning) and go on waiting, instead of failing with -EDEADLK.
+/// Use only when the caller's callers can bear another thread running under
+/// that context while the wait polls, as they already bear the callbacks
+/// the poll runs.
+pub const AIOCTX_WAIT_RELEASE_HELD: c_uint = 2;
+
 /// `bool (*)(void *opaque)`: the condition of `aioctx_poll_while`.
 pub type AioctxCond = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
 
@@ -25,24 +34,41 @@ pub type AioctxCond = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
 ///   `ctx` once, it releases it around each blocking poll, so that `ctx`'s
 ///   home thread can run the work, and re-acquires it before calling `cond`.
 ///
-/// A wait that releases `ctx` refuses with -EDEADLK while the caller also
-/// holds another context (its own loop's aside): a thread that takes `ctx`
-/// while it is released and then blocks on the other would make the
-/// re-acquire hang (ABBA), and no timeout could end that. To wait while
-/// holding several, hold them through an `AioctxSet` and let the graph-wide
-/// calls do the waiting (they give the whole set back around each poll).
+/// The caller may hold other contexts while it waits, as in QEMU (the
+/// unique-context fix holds one context per IOThread). That deadlocks only
+/// if a thread the wait depends on (`ctx`'s home thread, and whoever that
+/// thread is blocked on, transitively) blocks acquiring a context the caller
+/// holds. The library records who is blocked on what and detects that cycle
+/// within a few milliseconds of it forming: by default the wait then gives
+/// the context the cycle needs back for one poll (so the blocked thread can
+/// finish and the caller can take every context back) and returns -EDEADLK
+/// naming the whole cycle (thread -> context -> thread ...), with every lock
+/// as on entry; with `AIOCTX_WAIT_RELEASE_HELD` it gives that context back
+/// around every poll and completes.
 ///
 /// `cond` is called in the calling thread with the caller's locks as they
 /// were. Completions wake the waiter without lost wake-ups: every callback a
-/// poll runs, and `aioctx_wait_kick()`, re-checks all waiters' conditions.
+/// poll of `ctx` runs, a block request of a node on `ctx` ending, `ctx`'s
+/// home thread exiting, and `aioctx_wait_kick()` make it re-check `cond`.
+/// State changed anywhere else (another context's callback, a plain thread)
+/// needs `aioctx_wait_kick()`.
+///
+/// A timeout holds even while another thread holds a context the wait must
+/// take back or dispatch: the call returns within the timeout plus a few
+/// milliseconds. If it could not take back a context it gave away (its
+/// holder kept it past the deadline), it returns -ETIMEDOUT *without* that
+/// context, and the message names it and its holder: check
+/// `aioctx_lock_depth()` before releasing.
 ///
 /// Returns 0 once `cond` is false;
 /// -EDEADLK at once if the caller holds `ctx` more than once (releasing once
 /// could never let its home thread run; acquire through an `AioctxSet`, or
-/// pass `AIOCTX_WAIT_RELEASE_ALL`), or holds it and another context (above); -ETIMEDOUT when `timeout_ns` (>= 0) passed,
-/// with a dump of every context's holder in `aioctx_last_error()`; -EPERM if
-/// the caller has no loop to poll; -EINVAL (NULL `ctx`/`cond`, unknown
-/// flags). The caller's lock depth on `ctx` is the same on return as on entry.
+/// pass `AIOCTX_WAIT_RELEASE_ALL`), or on a deadlock cycle (above);
+/// -ETIMEDOUT when `timeout_ns` (>= 0) passed, with a dump of every
+/// context's holder in `aioctx_last_error()`; -EPERM if the caller has no
+/// loop to poll; -EINVAL (NULL `ctx`/`cond`, unknown flags). Except as said
+/// for -ETIMEDOUT, the caller's lock depths are the same on return as on
+/// entry.
 #[no_mangle]
 pub extern "C" fn aioctx_poll_while(
     ctx: *mut AioctxContext,
@@ -66,14 +92,16 @@ pub extern "C" fn aioctx_poll_while(
 }
 
 fn options(timeout_ns: i64, flags: c_uint) -> crate::Result<WaitOptions> {
-    if flags & !AIOCTX_WAIT_RELEASE_ALL != 0 {
+    if flags & !(AIOCTX_WAIT_RELEASE_ALL | AIOCTX_WAIT_RELEASE_HELD) != 0 {
         return Err(invalid(format!(
-            "unknown flags {flags:#x}: only AIOCTX_WAIT_RELEASE_ALL is defined"
+            "unknown flags {flags:#x}: only AIOCTX_WAIT_RELEASE_ALL and AIOCTX_WAIT_RELEASE_HELD \
+             are defined"
         )));
     }
     Ok(WaitOptions {
         timeout_ns: (timeout_ns >= 0).then_some(timeout_ns),
         release_all: flags & AIOCTX_WAIT_RELEASE_ALL != 0,
+        release_held: flags & AIOCTX_WAIT_RELEASE_HELD != 0,
     })
 }
 
@@ -115,7 +143,9 @@ pub extern "C" fn aioctx_wait_begin(
 /// polls once (returning when a callback ran, the wait was kicked, or the
 /// deadline came), and re-acquires it. Call it while your condition holds.
 /// Returns 0; -ETIMEDOUT once the timeout passed (with a dump in
-/// `aioctx_last_error()`); -EPERM from another thread; -EINVAL if `w` is NULL.
+/// `aioctx_last_error()`; see `aioctx_poll_while` for a context it could
+/// not take back in time); -EDEADLK on a deadlock cycle (as
+/// `aioctx_poll_while`); -EPERM from another thread; -EINVAL if `w` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_wait_poll(w: *mut AioctxWait) -> c_int {
     ffi("aioctx_wait_poll", || {
@@ -133,10 +163,11 @@ pub extern "C" fn aioctx_wait_end(w: *mut AioctxWait) {
     })
 }
 
-/// Makes every thread waiting in `aioctx_poll_while` re-check its condition.
-/// Call it after changing state a waiter may be waiting for outside of any
-/// aioctx callback (callbacks run by a poll kick automatically). Any thread;
-/// one fence and one load when nobody waits.
+/// Makes every thread waiting in `aioctx_poll_while` (or an `aioctx_wait_*`
+/// wait) re-check its condition. Call it after changing state a waiter may
+/// be waiting for outside of the waited context's callbacks (those wake its
+/// waiters automatically). Any thread; one fence and one load when nobody
+/// waits.
 #[no_mangle]
 pub extern "C" fn aioctx_wait_kick() {
     ffi("aioctx_wait_kick", || {

@@ -12,16 +12,24 @@
 //! counts the blocking waits in progress (plus one while a foreign loop
 //! embeds the context), and `notify` writes the eventfd only when it is
 //! non-zero, and only once until the next poll drains it.
+//!
+//! A notify is never lost: it also sets `notify_pending`, which the next
+//! poll (blocking or not) consumes, and a blocking poll that finds it set
+//! does not sleep (QEMU's `notified`, since 5.1).
 #![forbid(unsafe_code)]
 
 mod bh;
 mod fd;
 mod timer;
+mod waiters;
 
 pub use bh::Bh;
 pub use timer::Timer;
+pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
+pub use waiters::{kick_all, Registration};
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
@@ -35,16 +43,19 @@ use crate::error::{invalid, not_permitted, Error, Result};
 use crate::lock::{ContextLock, LockError};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::{self, eventfd::EventFd};
-use crate::{thread, wait};
+use crate::{thread, waitfor};
 use bh::BhQueue;
 use fd::{FdHandlers, NOTIFIER_KEY};
 use timer::TimerList;
+use waiters::Waiters;
 
 /// A callback run in a context's home thread with its lock held.
 pub type Callback = Arc<dyn Fn() + Send + Sync>;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-static ALL: Mutex<Vec<Weak<Context>>> = Mutex::new(Vec::new());
+/// Every live context by id (the wait-for graph names locks by id). A
+/// BTreeMap: memory checkers see its nodes as plainly reachable.
+static ALL: Mutex<BTreeMap<u64, Weak<Context>>> = Mutex::new(BTreeMap::new());
 static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 
 thread_local! {
@@ -69,7 +80,8 @@ impl Drop for Homes {
                 .compare_exchange(*token, 0, AcqRel, Relaxed)
                 .is_ok()
             {
-                wait::kick();
+                ctx.home_thread.store(0, Relaxed);
+                ctx.wake_waiters();
             }
         }
     }
@@ -142,6 +154,9 @@ pub struct Context {
     /// Never-reused token ([`thread::unique`]) of the only thread allowed to
     /// poll (0: not yet claimed, or disowned).
     home: AtomicU64,
+    /// The home thread's lock token ([`thread::current`]), for the wait-for
+    /// graph (0: none).
+    home_thread: AtomicU64,
     bhs: BhQueue,
     timers: TimerList,
     handlers: FdHandlers,
@@ -151,9 +166,11 @@ pub struct Context {
     notify_me: AtomicU32,
     /// The notifier was written and not yet drained.
     notified: AtomicBool,
-    /// A waiter asked the next (or current) poll to return promptly.
-    kicked: AtomicBool,
+    /// A notify no poll has consumed yet: the next poll must not block.
+    notify_pending: AtomicBool,
     embedded: AtomicBool,
+    /// Waiters waiting for this context's work.
+    waiters: Waiters,
     /// Scratch space for epoll results, reused across polls.
     ready: Mutex<Vec<Ready>>,
     stats: Stats,
@@ -183,12 +200,15 @@ impl Context {
                 },
             )
             .map_err(|e| Error::from_io(&format!("{what}: epoll_ctl"), e))?;
+        waitfor::set_on_block(waiters::on_block);
+        let id = NEXT_ID.fetch_add(1, Relaxed);
         let ctx = Arc::new(Context {
-            id: NEXT_ID.fetch_add(1, Relaxed),
+            id,
             name: name.to_string(),
             c_name,
-            lock: ContextLock::new(),
+            lock: ContextLock::with_id(id),
             home: AtomicU64::new(0),
+            home_thread: AtomicU64::new(0),
             bhs: BhQueue::default(),
             timers: TimerList::default(),
             handlers: FdHandlers::default(),
@@ -196,14 +216,13 @@ impl Context {
             notifier,
             notify_me: AtomicU32::new(0),
             notified: AtomicBool::new(false),
-            kicked: AtomicBool::new(false),
+            notify_pending: AtomicBool::new(false),
             embedded: AtomicBool::new(false),
+            waiters: Waiters::default(),
             ready: Mutex::new(Vec::new()),
             stats: Stats::default(),
         });
-        let mut all = ALL.lock();
-        all.retain(|w| w.strong_count() > 0);
-        all.push(Arc::downgrade(&ctx));
+        ALL.lock().insert(id, Arc::downgrade(&ctx));
         Ok(ctx)
     }
 
@@ -326,6 +345,7 @@ impl Context {
         let me = thread::unique();
         match self.home.compare_exchange(0, me, AcqRel, Acquire) {
             Ok(_) => {
+                self.home_thread.store(thread::current(), Relaxed);
                 HOMES.with(|h| {
                     let mut h = h.0.borrow_mut();
                     h.0 = me;
@@ -353,9 +373,15 @@ impl Context {
     /// freed): the next thread that polls the context becomes its home, so
     /// work still queued on it, or waited for, runs instead of hanging.
     pub(crate) fn disown(&self) {
+        self.home_thread.store(0, Relaxed);
         self.home.store(0, Release);
         // A waiter polling its own loop for this context's work must notice.
-        wait::kick();
+        self.wake_waiters();
+    }
+
+    /// The home thread's lock token (0: none), for the wait-for graph.
+    pub(crate) fn home_thread(&self) -> u64 {
+        self.home_thread.load(Relaxed)
     }
 
     /// Whether the calling thread is the home thread.
@@ -388,31 +414,46 @@ impl Context {
         let mut ready = std::mem::take(&mut *self.ready.lock());
         ready.clear();
         self.wait_for_events(wait, &mut ready)?;
-        let ran = {
-            let _held = self.lock.guard();
-            let start = sys::clock_ns();
-            let ran = self.dispatch(&ready);
-            self.note_hold(sys::clock_ns() - start);
-            ran
-        };
+        let ran = self.dispatch_held(wait, &ready);
         *self.ready.lock() = ready;
         if ran > 0 {
             self.stats.dispatched.fetch_add(ran as u64, Relaxed);
             // A callback may have changed what a poll_while waits for.
-            wait::kick();
+            self.wake_waiters();
         }
         Ok(ran > 0)
+    }
+
+    /// Dispatches with the lock held. A poll bounded by a deadline (a wait
+    /// with a timeout) takes the lock only until then: another thread may
+    /// hold it for longer, and the timeout must still hold. What was ready
+    /// stays ready (epoll is level-triggered) for the next poll.
+    fn dispatch_held(&self, wait: Wait, ready: &[Ready]) -> usize {
+        let taken = match wait {
+            Wait::Until(deadline) => self.lock.acquire_until(deadline),
+            _ => self.lock.acquire(),
+        };
+        if taken.is_err() {
+            return 0;
+        }
+        let start = sys::clock_ns();
+        let ran = self.dispatch(ready);
+        self.note_hold(sys::clock_ns() - start);
+        // Cannot fail: this thread took the level above.
+        let _ = self.lock.release();
+        ran
     }
 
     fn wait_for_events(&self, wait: Wait, ready: &mut Vec<Ready>) -> Result<()> {
         let blocking = wait != Wait::No;
         if blocking {
             self.notify_me.fetch_add(1, SeqCst);
-            // Pairs with the fence in notify(): either we see the new BH or
-            // kick below, or the notifier sees notify_me and writes the eventfd.
+            // Pairs with the fence in notify(): either we see the pending BH
+            // or notify below, or the notifier sees notify_me and writes the
+            // eventfd.
             fence(SeqCst);
         }
-        let timeout = if !blocking || self.bhs.has_pending() || self.kicked.load(Relaxed) {
+        let timeout = if !blocking || self.bhs.has_pending() || self.notify_pending.load(Relaxed) {
             0
         } else {
             self.timeout_ns(wait)
@@ -421,7 +462,12 @@ impl Context {
         if blocking {
             self.notify_me.fetch_sub(1, SeqCst);
         }
-        self.kicked.store(false, Relaxed);
+        // Consumed before the dispatch and before the caller re-checks its
+        // condition, so what a notifier changed before notifying is seen.
+        // Acquire pairs with the Release in notify().
+        if self.notify_pending.load(Relaxed) {
+            self.notify_pending.swap(false, Acquire);
+        }
         // Drain first, then clear: a notify landing in between sees `notified`
         // still set and skips its write, which is safe because its BH was queued
         // before it and this poll's dispatch takes the queue afterwards. The
@@ -467,22 +513,18 @@ impl Context {
         ran
     }
 
-    /// Wakes a blocking poll (or an embedding loop) from any thread. Makes no
+    /// Wakes a blocking poll (or an embedding loop) from any thread; made
+    /// while nobody polls, it keeps the next poll from blocking. Makes no
     /// system call when nobody is blocked, or a wake-up is already on its way.
     pub fn notify(&self) {
-        // Pairs with the fence in wait_for_events().
+        self.notify_pending.store(true, Release);
+        // Pairs with the fence in wait_for_events(): either the poller sees
+        // notify_pending, or we see notify_me and write the eventfd.
         fence(SeqCst);
         if self.notify_me.load(Relaxed) > 0 && !self.notified.swap(true, AcqRel) {
             self.notifier.signal();
             self.stats.wakeups.fetch_add(1, Relaxed);
         }
-    }
-
-    /// Makes the current or next blocking poll return, even with no callback
-    /// to run: used by waiters whose condition may have changed.
-    pub(crate) fn kick(&self) {
-        self.kicked.store(true, Relaxed);
-        self.notify();
     }
 
     /// A descriptor a foreign main loop can watch: readable whenever a BH is
@@ -546,7 +588,7 @@ impl Context {
             s,
             ", {} waiting to acquire, {} waiting in poll_while, {} pending BHs, {} timers",
             self.lock.waiting(),
-            wait::waiters_on(self),
+            waiters::waiting_on(self),
             self.bhs.len(),
             self.timers.len(),
         );
@@ -571,19 +613,20 @@ impl Context {
     }
 }
 
-/// Every live context the calling thread holds (owns the lock of).
-pub(crate) fn held_by_caller() -> Vec<Arc<Context>> {
-    let me = thread::current();
-    ALL.lock()
-        .iter()
-        .filter_map(Weak::upgrade)
-        .filter(|c| c.lock.owner() == me)
-        .collect()
+impl Drop for Context {
+    fn drop(&mut self) {
+        ALL.lock().remove(&self.id);
+    }
+}
+
+/// The live context with id `id`.
+pub(crate) fn by_id(id: u64) -> Option<Arc<Context>> {
+    ALL.lock().get(&id).and_then(Weak::upgrade)
 }
 
 /// Every live context, one line each.
 pub fn describe_all() -> String {
-    let all: Vec<_> = ALL.lock().iter().filter_map(Weak::upgrade).collect();
+    let all: Vec<_> = ALL.lock().values().filter_map(Weak::upgrade).collect();
     all.iter()
         .map(|c| c.describe())
         .collect::<Vec<_>>()

@@ -960,38 +960,11 @@ impl<'a> Run<'a> {
 
     /// The `Waiter::new(ctx).releasing(held)` checks: EDEADLK or fine.
     fn waiter_check(&self, c: usize, held: Option<&[usize]>, release_all: bool) -> Result<(), i32> {
-        self.waiter_check_inner(c, held, release_all, held.is_none())
-    }
-
-    /// `Waiter::with_set`: the set is given back whole, so no ABBA refusal.
-    fn waiter_check_for_set(&self, c: usize) -> Result<(), i32> {
-        self.waiter_check_inner(c, None, false, false)
-    }
-
-    fn waiter_check_inner(
-        &self,
-        c: usize,
-        held: Option<&[usize]>,
-        release_all: bool,
-        abba: bool,
-    ) -> Result<(), i32> {
-        let io = self.ctxs[c].io_running;
-        if io && self.ctxs[c].depth > 1 && !release_all {
+        if self.ctxs[c].io_running && self.ctxs[c].depth > 1 && !release_all {
             return Err(libc::EDEADLK);
         }
-        // A wait that gives `c` back (an IOThread runs it, this thread holds
-        // it) refuses while this thread holds any other context (ABBA).
-        if abba
-            && io
-            && self.ctxs[c].depth > 0
-            && self
-                .ctxs
-                .iter()
-                .enumerate()
-                .any(|(m, x)| m != c && x.alive && x.depth > 0)
-        {
-            return Err(libc::EDEADLK);
-        }
+        // Holding other contexts is allowed: the IOThread's BHs here never
+        // acquire one, so no wait-for cycle can form.
         if let Some(members) = held {
             for &m in members {
                 if self.held_deeper_and_run_elsewhere(m) {
@@ -1968,7 +1941,7 @@ impl<'a> Run<'a> {
                     .collect();
                 // Waiter::new's checks, then releasing's: the set must be
                 // held, each member at depth 1 (the poll context may be deeper).
-                let want = self.waiter_check_for_set(c).and_then(|()| {
+                let want = self.waiter_check(c, None, false).and_then(|()| {
                     if !self.sets[s].held {
                         return Err(libc::EPERM);
                     }
@@ -2022,8 +1995,8 @@ impl<'a> Run<'a> {
                 let flag = self.flags[f].flag.clone();
                 let want = self.waiter_check(c, None, release_all);
                 let opts = WaitOptions {
-                    timeout_ns: None,
                     release_all,
+                    ..WaitOptions::default()
                 };
                 let r = poll_while(&ctx, &mut || !flag.load(SeqCst), opts);
                 if want.is_ok() && !io {

@@ -1,0 +1,284 @@
+//! Waiters: which thread polls which loop while it waits for which context's
+//! work, and the wait-for graph that deadlock detection walks.
+//!
+//! Kicks are targeted: a context that made progress (a callback ran, a
+//! request ended, its home thread left) wakes only the waiters registered on
+//! it, so a drain over 64 busy IOThreads does not wake every waiter of the
+//! process on every callback.
+//!
+//! No lost wake-ups: a waiter registers (and fences) *before* it checks its
+//! condition, and a completer changes state *before* it fences and reads the
+//! count of waiters, so either the waiter sees the change, or the completer
+//! sees the waiter and its notify keeps the waiter's next poll from blocking.
+//!
+//! The wait-for graph has two kinds of edge: a thread blocked acquiring a
+//! context waits for that context's owner (recorded by the lock, see
+//! `waitfor`), and a waiter waits for the home thread of the context whose
+//! work it waits for. A cycle through the waiter is a deadlock that no poll
+//! can end; [`find_cycle`] names it.
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{by_id, Context};
+use crate::{thread, waitfor};
+
+/// Every registered waiter, for kicks of all of them and for the graph.
+static ALL: Mutex<Vec<Arc<Entry>>> = Mutex::new(Vec::new());
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The longest chain the graph walks follow; a real cycle is far shorter.
+const MAX_HOPS: usize = 64;
+
+struct Entry {
+    /// The waiting thread's lock token.
+    thread: u64,
+    waited: Arc<Context>,
+    /// The loop the waiter polls, which a kick wakes.
+    poll: Arc<Context>,
+    /// A thread blocked on a lock whose owner chain leads here: look for a
+    /// cycle.
+    suspect: AtomicBool,
+}
+
+/// The per-context list of waiters waiting for its work.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    entries: Mutex<Vec<Arc<Entry>>>,
+    count: AtomicUsize,
+}
+
+impl Waiters {
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+}
+
+/// Keeps a waiter registered for kicks, and in the graph, while it lives.
+pub struct Registration(Arc<Entry>);
+
+impl Registration {
+    /// Registers the calling thread as waiting for `waited`'s work while it
+    /// polls `poll`. The caller checks its condition only after this.
+    pub fn new(waited: &Arc<Context>, poll: &Arc<Context>) -> Registration {
+        let entry = Arc::new(Entry {
+            thread: thread::current(),
+            waited: waited.clone(),
+            poll: poll.clone(),
+            suspect: AtomicBool::new(true),
+        });
+        waited.waiters.entries.lock().push(entry.clone());
+        waited.waiters.count.fetch_add(1, SeqCst);
+        ALL.lock().push(entry.clone());
+        COUNT.fetch_add(1, SeqCst);
+        // Pairs with the fence in wake_waiters()/kick_all().
+        fence(SeqCst);
+        Registration(entry)
+    }
+
+    /// Whether a cycle may have formed since the last call (true at first).
+    pub fn take_suspect(&self) -> bool {
+        self.0.suspect.swap(false, AcqRel)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let waiters = &self.0.waited.waiters;
+        remove(&mut waiters.entries.lock(), &self.0);
+        waiters.count.fetch_sub(1, SeqCst);
+        remove(&mut ALL.lock(), &self.0);
+        COUNT.fetch_sub(1, SeqCst);
+    }
+}
+
+fn remove(list: &mut Vec<Arc<Entry>>, entry: &Arc<Entry>) {
+    if let Some(i) = list.iter().position(|e| Arc::ptr_eq(e, entry)) {
+        list.swap_remove(i);
+    }
+}
+
+impl Context {
+    /// Wakes the waiters waiting for this context's work, so they re-check
+    /// their conditions. One fence and one load when there are none.
+    pub fn wake_waiters(&self) {
+        fence(SeqCst);
+        if self.waiters.count.load(Relaxed) == 0 {
+            return;
+        }
+        for entry in self.waiters.entries.lock().iter() {
+            entry.poll.notify();
+        }
+    }
+}
+
+/// Wakes every waiter of the process (state changed outside any callback).
+pub fn kick_all() {
+    fence(SeqCst);
+    if COUNT.load(Relaxed) == 0 {
+        return;
+    }
+    for entry in ALL.lock().iter() {
+        entry.poll.notify();
+    }
+}
+
+/// The innermost wait of `thread`, if it is waiting.
+fn wait_of(thread: u64) -> Option<Arc<Entry>> {
+    ALL.lock()
+        .iter()
+        .rev()
+        .find(|e| e.thread == thread)
+        .cloned()
+}
+
+/// One edge of the wait-for graph.
+pub(crate) enum Hop {
+    /// `thread` waits for work of `ctx`, which only `runner` (its home) does.
+    Waits {
+        thread: u64,
+        ctx: Arc<Context>,
+        runner: u64,
+    },
+    /// `thread` is blocked acquiring `ctx`, which `owner` holds.
+    Acquires {
+        thread: u64,
+        ctx: Arc<Context>,
+        owner: u64,
+    },
+}
+
+impl Hop {
+    fn next(&self) -> u64 {
+        match self {
+            Hop::Waits { runner, .. } => *runner,
+            Hop::Acquires { owner, .. } => *owner,
+        }
+    }
+
+    /// The context `thread` cannot do without, and the thread it waits for.
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        match self {
+            Hop::Waits { ctx, .. } | Hop::Acquires { ctx, .. } => ctx,
+        }
+    }
+}
+
+/// The edge out of `thread`, which the previous hop needs to run `needed`
+/// (its work or its lock): the lock `thread` is blocked on, or else the home
+/// thread of what it waits for. None when `thread` can go on, and also when
+/// it waits polling `needed` itself, since then it runs that work.
+fn edge_from(thread: u64, needed: &Arc<Context>) -> Option<Hop> {
+    if let Some(ctx) = waitfor::blocked_on(thread).and_then(by_id) {
+        let owner = ctx.lock().owner();
+        return (owner != 0).then_some(Hop::Acquires { thread, ctx, owner });
+    }
+    let entry = wait_of(thread)?;
+    let runner = entry.waited.home_thread();
+    let runs_needed = Arc::ptr_eq(&entry.poll, needed);
+    (!runs_needed && runner != 0 && runner != thread).then(|| Hop::Waits {
+        thread,
+        ctx: entry.waited.clone(),
+        runner,
+    })
+}
+
+/// The cycle of the wait-for graph through `thread` waiting for `waited`,
+/// if there is one: the hops from `thread` back to itself, the last one a
+/// thread blocked acquiring a context `thread` holds (the one it can lend).
+/// Contexts the waiter gives back around each poll (`given_back`) close no
+/// cycle: it holds them only between polls.
+pub(crate) fn find_cycle(
+    thread: u64,
+    waited: &Arc<Context>,
+    given_back: impl Fn(&Arc<Context>) -> bool,
+) -> Option<Vec<Hop>> {
+    let runner = waited.home_thread();
+    if runner == 0 || runner == thread {
+        return None;
+    }
+    let mut path = vec![Hop::Waits {
+        thread,
+        ctx: waited.clone(),
+        runner,
+    }];
+    while path.len() < MAX_HOPS {
+        let last = path.last()?;
+        let next = last.next();
+        if next == thread {
+            let closes = matches!(last, Hop::Acquires { ctx, .. } if !given_back(ctx));
+            return closes.then_some(path);
+        }
+        let hop = edge_from(next, last.context())?;
+        path.push(hop);
+    }
+    None
+}
+
+/// "thread A waits for work of context 'x', run by thread B, which is
+/// blocked acquiring context 'y', held by thread A".
+pub(crate) fn describe_cycle(path: &[Hop]) -> String {
+    let mut s = String::new();
+    for (i, hop) in path.iter().enumerate() {
+        let who = if i == 0 {
+            format!(
+                "thread {}",
+                thread::describe(match hop {
+                    Hop::Waits { thread, .. } | Hop::Acquires { thread, .. } => *thread,
+                })
+            )
+        } else {
+            ", which".to_string()
+        };
+        let _ = match hop {
+            Hop::Waits { ctx, runner, .. } => write!(
+                s,
+                "{who} waits for work of context '{}' (id {}), run by thread {}",
+                ctx.name(),
+                ctx.id(),
+                thread::describe(*runner)
+            ),
+            Hop::Acquires { ctx, owner, .. } => write!(
+                s,
+                "{who} is blocked acquiring context '{}' (id {}), held by thread {}",
+                ctx.name(),
+                ctx.id(),
+                thread::describe(*owner)
+            ),
+        };
+    }
+    s
+}
+
+/// Runs (from the lock, without its locks held) when a thread starts to
+/// block on context lock `id`: every waiter along the chain of owners may
+/// now be part of a cycle, so it is marked and woken to look.
+pub(crate) fn on_block(id: u64) {
+    let Some(mut needed) = by_id(id) else { return };
+    let mut next = needed.lock().owner();
+    for _ in 0..MAX_HOPS {
+        if next == 0 {
+            return;
+        }
+        if let Some(entry) = wait_of(next) {
+            entry.suspect.store(true, Release);
+            entry.poll.notify();
+        }
+        match edge_from(next, &needed) {
+            Some(hop) => {
+                next = hop.next();
+                needed = hop.context().clone();
+            }
+            None => return,
+        }
+    }
+}
+
+/// How many waiters wait for `ctx`'s work; for diagnostics.
+pub(crate) fn waiting_on(ctx: &Context) -> usize {
+    ctx.waiters.len()
+}
