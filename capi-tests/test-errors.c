@@ -87,7 +87,7 @@ static void test_null_everywhere(void)
     /* waiting */
     EINVAL_CASE(aioctx_poll_while(NULL, cond, NULL, 0, 0));
     EINVAL_CASE(aioctx_poll_while(ctx, NULL, NULL, 0, 0));
-    EINVAL_CASE(aioctx_poll_while(ctx, cond, NULL, 0, 2));
+    EINVAL_CASE(aioctx_poll_while(ctx, cond, NULL, 0, 4));
     EINVAL_CASE(aioctx_poll_while(ctx, cond, NULL, -1, 0xffffffffu));
     is_int(aioctx_lock_depth(ctx), 0, "no refused poll_while left the context held");
     aioctx_wait_kick();

@@ -628,7 +628,7 @@ static void test_wait(void)
     diag("poll_while");
     MISUSE_INT(aioctx_poll_while(NULL, cond_false, NULL, 0, 0), EINVAL);
     MISUSE_INT(aioctx_poll_while(main_ctx, NULL, NULL, 0, 0), EINVAL);
-    MISUSE_INT(aioctx_poll_while(main_ctx, cond_false, NULL, 0, 2), EINVAL);
+    MISUSE_INT(aioctx_poll_while(main_ctx, cond_false, NULL, 0, 4), EINVAL);
     MISUSE_INT(aioctx_poll_while(main_ctx, cond_false, NULL, 0, 0x80000000u), EINVAL);
     MISUSE_INT(aioctx_poll_while(main_ctx, cond_false, NULL, -1, 0xffffffffu), EINVAL);
     NOERR(aioctx_poll_while(main_ctx, cond_false, NULL, -12345, 0), 0);  /* < 0: no timeout */
