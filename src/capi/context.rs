@@ -56,6 +56,9 @@ pub extern "C" fn aioctx_context_ref(ctx: *mut AioctxContext) -> *mut AioctxCont
 
 /// Drops a reference; the last one frees the context. NULL and the main
 /// context are no-ops. Callbacks, BHs and timers of a freed context never run.
+/// The last reference may be dropped from one of the context's own
+/// callbacks: the poll running it keeps the context until it returns (the
+/// rest of that dispatch still runs).
 #[no_mangle]
 pub extern "C" fn aioctx_context_unref(ctx: *mut AioctxContext) {
     ffi("aioctx_context_unref", || {
