@@ -61,7 +61,8 @@ pub extern "C" fn aioctx_bh_schedule(bh: *mut AioctxBh) -> c_int {
 /// caller holds the BH's context: a callback runs elsewhere then only while
 /// it waits with the context released (`aioctx_poll_while`,
 /// `aioctx_wait_poll`), and it needs the context back to return. As with
-/// `pthread_join`, do not call it holding anything the callback waits for.
+/// `pthread_join`, do not call it holding a lock the callback takes, nor
+/// from a thread whose loop the callback waits on.
 /// Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
 /// O(1) amortised.
 #[no_mangle]
