@@ -7,12 +7,14 @@
 //! * a BH is pending iff its `ticket` is non-zero, and then exactly one
 //!   entry (in the queue, or in a batch a dispatch took) carries that ticket;
 //! * an entry runs only if its ticket still matches, so a BH cancelled and
-//!   rescheduled runs once, at its new place. Cancelling leaves the entry
-//!   where it is (O(1)); `live` counts the queue's entries that will run and
-//!   `dead` those that will not, and the queue is compacted once the dead
-//!   outnumber the live, so cancel-and-reschedule cannot grow it unbounded;
-//! * tickets increase, so the entries with a ticket above `taken_upto` are
-//!   in the queue and the others in a dispatch's batch;
+//!   rescheduled runs once, at its new place;
+//! * tickets increase, so a pending BH with a ticket above `taken_upto` has
+//!   its entry in the queue, at position `slot - front`, and the others in
+//!   a dispatch's batch. Cancelling turns a queued entry into a tombstone in
+//!   place (O(1), and the BH is no longer referenced); `live` counts the
+//!   queue's other entries and `dead` its tombstones, which are compacted
+//!   away once they outnumber the live ones (amortised O(1)), so
+//!   cancel-and-reschedule cannot grow the queue without bound;
 //! * a BH's callback is entered only after its entry was checked and the BH
 //!   marked running (`runner`), in one critical section: a cancel either
 //!   clears the ticket first, or sees it running and waits for it to end;
@@ -36,6 +38,8 @@ pub struct Bh {
     /// Non-zero while pending. The atomics are only so that `Bh` is `Sync`:
     /// they are read and written under the owning queue's lock.
     ticket: AtomicU64,
+    /// While pending in the queue: the absolute position of its entry.
+    slot: AtomicU64,
     /// The thread running the callback (0: not running), and how many
     /// times over (a callback may poll again and so run itself nested).
     runner: AtomicU64,
@@ -50,16 +54,8 @@ enum Entry {
     /// A scheduled BH and the ticket it had then.
     Bh(u64, Arc<Bh>),
     Once(Job),
-}
-
-impl Entry {
-    /// Whether the entry will run; under the queue lock.
-    fn is_live(&self) -> bool {
-        match self {
-            Entry::Bh(ticket, bh) => bh.ticket.load(Relaxed) == *ticket,
-            Entry::Once(_) => true,
-        }
-    }
+    /// A BH cancelled while queued.
+    Cancelled,
 }
 
 #[derive(Default)]
@@ -68,7 +64,9 @@ struct Queue {
     /// The last ticket handed out before the last `take`.
     taken_upto: u64,
     entries: VecDeque<Entry>,
-    /// Entries of `entries` that will run, and entries cancelled in place.
+    /// The absolute position of `entries[0]`.
+    front: u64,
+    /// Entries of `entries` that will run, and tombstones.
     live: usize,
     dead: usize,
     /// Cancellers waiting for a callback running in another thread.
@@ -93,16 +91,20 @@ pub(crate) enum Runnable<'a> {
 }
 
 /// A BH marked running; unmarked (waking a waiting canceller) when dropped,
-/// also if the callback panics.
+/// also if the callback panics. It does not keep the BH alive: a BH whose
+/// last handle was dropped while it was pending runs, but is gone while it
+/// runs (it cannot reschedule itself through a weak reference), as when it
+/// is deleted.
 pub(crate) struct Running<'a> {
     queue: &'a BhQueue,
-    bh: Arc<Bh>,
+    bh: Weak<Bh>,
+    callback: Callback,
 }
 
 impl Runnable<'_> {
     pub(crate) fn run(self) {
         match self {
-            Runnable::Bh(running) => (running.bh.callback)(),
+            Runnable::Bh(running) => (running.callback)(),
             Runnable::Once(job) => job(),
         }
     }
@@ -110,9 +112,12 @@ impl Runnable<'_> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
+        // Gone: then nobody can be cancelling it, so nobody waits. (Taken
+        // before the lock, so that it is dropped after it.)
+        let Some(bh) = self.bh.upgrade() else { return };
         let q = self.queue.queue.lock();
-        if self.bh.runs.fetch_sub(1, Relaxed) == 1 {
-            self.bh.runner.store(0, Relaxed);
+        if bh.runs.fetch_sub(1, Relaxed) == 1 {
+            bh.runner.store(0, Relaxed);
             if q.waiting > 0 {
                 self.queue.finished.notify_all();
             }
@@ -127,6 +132,7 @@ impl Bh {
             ctx: Arc::downgrade(ctx),
             callback,
             ticket: AtomicU64::new(0),
+            slot: AtomicU64::new(0),
             runner: AtomicU64::new(0),
             runs: AtomicU32::new(0),
             deleted: AtomicBool::new(false),
@@ -189,6 +195,7 @@ impl BhQueue {
         q.next_ticket += 1;
         let ticket = q.next_ticket;
         bh.ticket.store(ticket, Relaxed);
+        bh.slot.store(q.front + q.entries.len() as u64, Relaxed);
         q.entries.push_back(Entry::Bh(ticket, bh.clone()));
         q.live += 1;
         true
@@ -210,12 +217,7 @@ impl BhQueue {
         let mut q = self.queue.lock();
         let ticket = bh.ticket.swap(0, Relaxed);
         if ticket > q.taken_upto {
-            q.live -= 1;
-            q.dead += 1;
-            if q.dead > q.live.max(8) {
-                q.entries.retain(Entry::is_live);
-                q.dead = 0;
-            }
+            q.tombstone(bh);
         }
         let me = thread::current();
         if bh.runs.load(Relaxed) > 0 && bh.runner.load(Relaxed) != me && ctx.lock.owner() != me {
@@ -242,6 +244,7 @@ impl BhQueue {
         let mut q = self.queue.lock();
         q.taken_upto = q.next_ticket;
         (q.live, q.dead) = (0, 0);
+        q.front += q.entries.len() as u64;
         Batch(std::mem::take(&mut q.entries))
     }
 
@@ -251,6 +254,7 @@ impl BhQueue {
     pub(crate) fn next(&self, batch: &mut Batch) -> Option<Runnable<'_>> {
         while let Some(entry) = batch.0.pop_front() {
             match entry {
+                Entry::Cancelled => {}
                 Entry::Once(job) => return Some(Runnable::Once(job)),
                 Entry::Bh(ticket, bh) => {
                     let _q = self.queue.lock();
@@ -258,12 +262,39 @@ impl BhQueue {
                         bh.ticket.store(0, Relaxed);
                         bh.runner.store(thread::current(), Relaxed);
                         bh.runs.fetch_add(1, Relaxed);
-                        return Some(Runnable::Bh(Running { queue: self, bh }));
+                        return Some(Runnable::Bh(Running {
+                            queue: self,
+                            bh: Arc::downgrade(&bh),
+                            callback: bh.callback.clone(),
+                        }));
                     }
                 }
             }
         }
         None
+    }
+}
+
+impl Queue {
+    /// Replaces the queued entry of `bh`, just cancelled, by a tombstone
+    /// (its reference to the BH is not the last: the caller has one).
+    /// Compacts when tombstones outnumber live entries: the cost,
+    /// O(live + dead), is less than twice the cancels since the last one.
+    fn tombstone(&mut self, bh: &Bh) {
+        let at = (bh.slot.load(Relaxed) - self.front) as usize;
+        let entry = std::mem::replace(&mut self.entries[at], Entry::Cancelled);
+        debug_assert!(matches!(entry, Entry::Bh(_, b) if std::ptr::eq(&*b, bh)));
+        self.live -= 1;
+        self.dead += 1;
+        if self.dead > self.live.max(8) {
+            self.entries.retain(|e| !matches!(e, Entry::Cancelled));
+            self.dead = 0;
+            for (i, e) in self.entries.iter().enumerate() {
+                if let Entry::Bh(_, bh) = e {
+                    bh.slot.store(self.front + i as u64, Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -381,6 +412,24 @@ mod tests {
         assert!(ctx.poll(false).unwrap());
         assert_eq!(*log.lock().unwrap(), vec![1]);
         assert!(!ctx.bhs.has_pending());
+    }
+
+    #[test]
+    fn a_deleted_bh_is_freed_with_its_handle_before_any_dispatch() {
+        let ctx = Context::new("bh-freed").unwrap();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let (a, b) = (
+            Bh::new(&ctx, recorder(&log, 1)),
+            Bh::new(&ctx, recorder(&log, 2)),
+        );
+        a.schedule().unwrap();
+        b.schedule().unwrap();
+        let weak = Arc::downgrade(&a);
+        a.delete();
+        drop(a);
+        assert!(weak.upgrade().is_none(), "the tombstone keeps no reference");
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(*log.lock().unwrap(), vec![2]);
     }
 
     #[test]
