@@ -223,13 +223,27 @@ int aioctx_bh_schedule(struct AioctxBh *bh);
 
 /**
  * Makes a pending `bh` not pending: it will not run unless scheduled again.
- * Any thread. Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
+ * Any thread. Once the call returns, the callback does not start (until
+ * the BH is scheduled again), and if it was running in another thread the
+ * call has waited for it to return: what the callback uses may be freed
+ * right after. From the callback itself (or a callback it runs through a
+ * nested poll) the call returns at once. It does not wait either when the
+ * caller holds the BH's context: a callback runs elsewhere then only while
+ * it waits with the context released (`aioctx_poll_while`,
+ * `aioctx_wait_poll`), and it needs the context back to return. As with
+ * `pthread_join`, do not call it holding a lock the callback takes, nor
+ * from a thread whose loop the callback waits on.
+ * Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
+ * O(1) amortised.
  */
 int aioctx_bh_cancel(struct AioctxBh *bh);
 
 /**
- * Cancels and frees `bh`; it never runs again, even if it was pending. May be
- * called from the BH's own callback. NULL is a no-op.
+ * Cancels and frees `bh`; it never runs again, even if it was pending. Waits
+ * for a callback running in another thread as `aioctx_bh_cancel` does, so
+ * `aioctx_bh_delete(bh); free(opaque);` is safe. May be called from the
+ * BH's own callback (it returns at once; the callback goes on). NULL is a
+ * no-op. O(1) amortised.
  */
 void aioctx_bh_delete(struct AioctxBh *bh);
 
@@ -263,6 +277,9 @@ struct AioctxContext *aioctx_context_ref(struct AioctxContext *ctx);
 /**
  * Drops a reference; the last one frees the context. NULL and the main
  * context are no-ops. Callbacks, BHs and timers of a freed context never run.
+ * The last reference may be dropped from one of the context's own
+ * callbacks: the poll running it keeps the context until it returns (the
+ * rest of that dispatch still runs).
  */
 void aioctx_context_unref(struct AioctxContext *ctx);
 
@@ -338,7 +355,12 @@ int aioctx_lock_depth(const struct AioctxContext *ctx);
  * Returns 1 if a callback ran, 0 if none (a blocking poll woken only by
  * `aioctx_notify` returns 0), -EPERM if the caller is not the home thread
  * (the first poll makes the caller the home), -EINVAL if `ctx` is NULL.
- * The home thread may poll while holding `ctx`.
+ * A callback may poll `ctx` again (a nested poll); fd readiness that poll
+ * used up is not handed to the outer poll's fd handlers.
+ * The home thread may poll while holding `ctx`; -EOVERFLOW (nothing
+ * dispatched, no waiting) if it holds it 2^32-1 times, the depth limit,
+ * since the dispatch takes one more level. A poll keeps `ctx` alive until
+ * it returns: a callback may drop the last reference.
  */
 int aioctx_poll(struct AioctxContext *ctx, bool blocking);
 
@@ -636,7 +658,8 @@ int aioctx_set_add(struct AioctxSet *set, struct AioctxContext *ctx);
  * Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
  * from your drives), as `aioctx_set_add` would one by one but without a call
  * per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
- * with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (the set is
+ * with `n` > 0, `n` larger than any array can be (`n * sizeof(void *)` over
+ * PTRDIFF_MAX), or a NULL entry: nothing is added then); -EBUSY (the set is
  * held and `n` > 0; with `n` = 0 there is nothing to add and the call returns 0).
  */
 int aioctx_set_add_many(struct AioctxSet *set, struct AioctxContext *const *ctxs, size_t n);
@@ -686,13 +709,19 @@ struct AioctxTimer *aioctx_timer_new(struct AioctxContext *ctx, AioctxCallback c
 int aioctx_timer_mod(struct AioctxTimer *t, int64_t expire_ns);
 
 /**
- * Disarms `t`; it does not run until armed again. Any thread. Returns 0
- * (also if it was not armed), -EINVAL if `t` is NULL.
+ * Disarms `t`; it does not run until armed again, even if it was due in a
+ * dispatch under way. Any thread. Waits for a callback running in another
+ * thread as `aioctx_bh_cancel` does (not from the callback itself, nor when
+ * the caller holds the timer's context): once it returns, the callback
+ * neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
+ * `t` is NULL.
  */
 int aioctx_timer_del(struct AioctxTimer *t);
 
 /**
- * Disarms and frees `t`. May be called from its own callback. NULL is a no-op.
+ * Disarms and frees `t`, waiting as `aioctx_timer_del` does, so
+ * `aioctx_timer_free(t); free(opaque);` is safe. May be called from its own
+ * callback (it returns at once; the callback goes on). NULL is a no-op.
  */
 void aioctx_timer_free(struct AioctxTimer *t);
 

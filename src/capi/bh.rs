@@ -53,7 +53,18 @@ pub extern "C" fn aioctx_bh_schedule(bh: *mut AioctxBh) -> c_int {
 }
 
 /// Makes a pending `bh` not pending: it will not run unless scheduled again.
-/// Any thread. Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
+/// Any thread. Once the call returns, the callback does not start (until
+/// the BH is scheduled again), and if it was running in another thread the
+/// call has waited for it to return: what the callback uses may be freed
+/// right after. From the callback itself (or a callback it runs through a
+/// nested poll) the call returns at once. It does not wait either when the
+/// caller holds the BH's context: a callback runs elsewhere then only while
+/// it waits with the context released (`aioctx_poll_while`,
+/// `aioctx_wait_poll`), and it needs the context back to return. As with
+/// `pthread_join`, do not call it holding a lock the callback takes, nor
+/// from a thread whose loop the callback waits on.
+/// Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
+/// O(1) amortised.
 #[no_mangle]
 pub extern "C" fn aioctx_bh_cancel(bh: *mut AioctxBh) -> c_int {
     ffi("aioctx_bh_cancel", || {
@@ -62,8 +73,11 @@ pub extern "C" fn aioctx_bh_cancel(bh: *mut AioctxBh) -> c_int {
     })
 }
 
-/// Cancels and frees `bh`; it never runs again, even if it was pending. May be
-/// called from the BH's own callback. NULL is a no-op.
+/// Cancels and frees `bh`; it never runs again, even if it was pending. Waits
+/// for a callback running in another thread as `aioctx_bh_cancel` does, so
+/// `aioctx_bh_delete(bh); free(opaque);` is safe. May be called from the
+/// BH's own callback (it returns at once; the callback goes on). NULL is a
+/// no-op. O(1) amortised.
 #[no_mangle]
 pub extern "C" fn aioctx_bh_delete(bh: *mut AioctxBh) {
     ffi("aioctx_bh_delete", || {

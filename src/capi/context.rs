@@ -56,6 +56,9 @@ pub extern "C" fn aioctx_context_ref(ctx: *mut AioctxContext) -> *mut AioctxCont
 
 /// Drops a reference; the last one frees the context. NULL and the main
 /// context are no-ops. Callbacks, BHs and timers of a freed context never run.
+/// The last reference may be dropped from one of the context's own
+/// callbacks: the poll running it keeps the context until it returns (the
+/// rest of that dispatch still runs).
 #[no_mangle]
 pub extern "C" fn aioctx_context_unref(ctx: *mut AioctxContext) {
     ffi("aioctx_context_unref", || {
@@ -156,11 +159,17 @@ pub extern "C" fn aioctx_lock_depth(ctx: *const AioctxContext) -> c_int {
 /// Returns 1 if a callback ran, 0 if none (a blocking poll woken only by
 /// `aioctx_notify` returns 0), -EPERM if the caller is not the home thread
 /// (the first poll makes the caller the home), -EINVAL if `ctx` is NULL.
-/// The home thread may poll while holding `ctx`.
+/// A callback may poll `ctx` again (a nested poll); fd readiness that poll
+/// used up is not handed to the outer poll's fd handlers.
+/// The home thread may poll while holding `ctx`; -EOVERFLOW (nothing
+/// dispatched, no waiting) if it holds it 2^32-1 times, the depth limit,
+/// since the dispatch takes one more level. A poll keeps `ctx` alive until
+/// it returns: a callback may drop the last reference.
 #[no_mangle]
 pub extern "C" fn aioctx_poll(ctx: *mut AioctxContext, blocking: bool) -> c_int {
     ffi("aioctx_poll", || {
-        Ok(borrow_arc(ctx)?.poll(blocking)? as c_int)
+        // Cloned, not borrowed: a callback may unref the last reference.
+        Ok(clone_arc(ctx)?.poll(blocking)? as c_int)
     })
 }
 

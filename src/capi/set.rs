@@ -41,7 +41,8 @@ pub extern "C" fn aioctx_set_add(set: *mut AioctxSet, ctx: *mut AioctxContext) -
 /// Adds the `n` contexts at `ctxs` (duplicates welcome: collect them straight
 /// from your drives), as `aioctx_set_add` would one by one but without a call
 /// per context. Returns how many were new; -EINVAL (NULL `set`, NULL `ctxs`
-/// with `n` > 0, or a NULL entry: nothing is added then); -EBUSY (the set is
+/// with `n` > 0, `n` larger than any array can be (`n * sizeof(void *)` over
+/// PTRDIFF_MAX), or a NULL entry: nothing is added then); -EBUSY (the set is
 /// held and `n` > 0; with `n` = 0 there is nothing to add and the call returns 0).
 #[no_mangle]
 pub extern "C" fn aioctx_set_add_many(
@@ -57,7 +58,15 @@ pub extern "C" fn aioctx_set_add_many(
         if ctxs.is_null() {
             return Err(invalid("ctxs is NULL: pass an array of n contexts"));
         }
-        // SAFETY: the caller lends an array of `n` context pointers for the call.
+        // No array that large exists, and a slice may not span more than
+        // isize::MAX bytes.
+        if n > isize::MAX as usize / std::mem::size_of::<*mut AioctxContext>() {
+            return Err(invalid(format!(
+                "n = {n} is larger than any array of context pointers: pass the array's length"
+            )));
+        }
+        // SAFETY: the caller lends an array of `n` context pointers for the
+        // call, and n * size_of::<pointer>() <= isize::MAX (checked above).
         let ctxs = unsafe { std::slice::from_raw_parts(ctxs, n) };
         let checkpoint = set.checkpoint();
         add_distinct_runs(set, ctxs).inspect_err(|_| set.rollback(checkpoint))

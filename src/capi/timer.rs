@@ -52,8 +52,12 @@ pub extern "C" fn aioctx_timer_mod(t: *mut AioctxTimer, expire_ns: i64) -> c_int
     })
 }
 
-/// Disarms `t`; it does not run until armed again. Any thread. Returns 0
-/// (also if it was not armed), -EINVAL if `t` is NULL.
+/// Disarms `t`; it does not run until armed again, even if it was due in a
+/// dispatch under way. Any thread. Waits for a callback running in another
+/// thread as `aioctx_bh_cancel` does (not from the callback itself, nor when
+/// the caller holds the timer's context): once it returns, the callback
+/// neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
+/// `t` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_timer_del(t: *mut AioctxTimer) -> c_int {
     ffi("aioctx_timer_del", || {
@@ -62,7 +66,9 @@ pub extern "C" fn aioctx_timer_del(t: *mut AioctxTimer) -> c_int {
     })
 }
 
-/// Disarms and frees `t`. May be called from its own callback. NULL is a no-op.
+/// Disarms and frees `t`, waiting as `aioctx_timer_del` does, so
+/// `aioctx_timer_free(t); free(opaque);` is safe. May be called from its own
+/// callback (it returns at once; the callback goes on). NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn aioctx_timer_free(t: *mut AioctxTimer) {
     ffi("aioctx_timer_free", || {

@@ -92,10 +92,14 @@ impl FdHandlers {
         self.0.lock().handlers.len()
     }
 
-    /// Runs the callbacks for `ready`; returns how many ran.
-    pub(crate) fn dispatch(&self, ready: &[Ready]) -> usize {
+    /// Runs the callbacks for `ready` while `current()` says the readiness
+    /// is still this dispatch's to use; returns how many ran.
+    pub(crate) fn dispatch(&self, ready: &[Ready], current: impl Fn() -> bool) -> usize {
         let mut ran = 0;
         for ev in ready.iter().filter(|ev| ev.key != NOTIFIER_KEY) {
+            if !current() {
+                break;
+            }
             if ev.read {
                 if let Some(cb) = self.callback(ev.key, |h| h.read.clone()) {
                     cb();
@@ -103,7 +107,7 @@ impl FdHandlers {
                 }
             }
             // Looked up again: the read callback may have removed the handler.
-            if ev.write {
+            if ev.write && current() {
                 if let Some(cb) = self.callback(ev.key, |h| h.write.clone()) {
                     cb();
                     ran += 1;

@@ -173,6 +173,8 @@ pub struct Context {
     waiters: Waiters,
     /// Scratch space for epoll results, reused across polls.
     ready: Mutex<Vec<Ready>>,
+    /// Dispatches started: one that sees it move on ran a nested poll.
+    dispatches: AtomicU64,
     stats: Stats,
 }
 
@@ -220,6 +222,7 @@ impl Context {
             embedded: AtomicBool::new(false),
             waiters: Waiters::default(),
             ready: Mutex::new(Vec::new()),
+            dispatches: AtomicU64::new(0),
             stats: Stats::default(),
         });
         ALL.lock().insert(id, Arc::downgrade(&ctx));
@@ -407,15 +410,20 @@ impl Context {
     }
 
     /// [`poll`](Self::poll) with an explicit bound on blocking.
+    /// `EOVERFLOW`, before waiting and with nothing dispatched, when the
+    /// caller holds the context at the depth limit: the dispatch could not
+    /// take its own level.
     pub fn poll_wait(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         self.claim()?;
+        self.check_dispatch_depth()?;
         self.stats.polls.fetch_add(1, Relaxed);
         // Taken, not locked: a callback may poll again (one level deeper).
         let mut ready = std::mem::take(&mut *self.ready.lock());
         ready.clear();
-        self.wait_for_events(wait, &mut ready)?;
-        let ran = self.dispatch_held(wait, &ready);
+        let waited = self.wait_for_events(wait, &mut ready);
+        let ran = waited.and_then(|()| self.dispatch_held(wait, &ready));
         *self.ready.lock() = ready;
+        let ran = ran?;
         if ran > 0 {
             self.stats.dispatched.fetch_add(ran as u64, Relaxed);
             // A callback may have changed what a poll_while waits for.
@@ -428,20 +436,29 @@ impl Context {
     /// with a timeout) takes the lock only until then: another thread may
     /// hold it for longer, and the timeout must still hold. What was ready
     /// stays ready (epoll is level-triggered) for the next poll.
-    fn dispatch_held(&self, wait: Wait, ready: &[Ready]) -> usize {
-        let taken = match wait {
-            Wait::Until(deadline) => self.lock.acquire_until(deadline),
-            _ => self.lock.acquire(),
+    fn dispatch_held(&self, wait: Wait, ready: &[Ready]) -> Result<usize> {
+        let Some(_held) = Held::acquire(self, wait)? else {
+            return Ok(0);
         };
-        if taken.is_err() {
-            return 0;
-        }
         let start = sys::clock_ns();
         let ran = self.dispatch(ready);
         self.note_hold(sys::clock_ns() - start);
-        // Cannot fail: this thread took the level above.
-        let _ = self.lock.release();
-        ran
+        Ok(ran)
+    }
+
+    /// `EOVERFLOW` if the caller holds the context at the depth limit: only
+    /// the owner changes its depth, so the dispatch's acquire after the wait
+    /// cannot fail then. Checked first so such a poll neither blocks nor
+    /// consumes events it cannot dispatch.
+    fn check_dispatch_depth(&self) -> Result<()> {
+        #[cfg(test)]
+        if tests::AT_DEPTH_LIMIT.with(|f| f.get()) {
+            return Err(self.named(LockError::Overflow));
+        }
+        if self.lock.owner() == thread::current() && self.lock.depth() == u32::MAX {
+            return Err(self.named(LockError::Overflow));
+        }
+        Ok(())
     }
 
     fn wait_for_events(&self, wait: Wait, ready: &mut Vec<Ready>) -> Result<()> {
@@ -497,16 +514,23 @@ impl Context {
 
     /// Runs BHs, then ready handlers, then due timers; returns how many ran.
     fn dispatch(&self, ready: &[Ready]) -> usize {
+        let generation = self.dispatches.fetch_add(1, Relaxed) + 1;
         let mut ran = 0;
         let mut batch = self.bhs.take();
         while let Some(runnable) = self.bhs.next(&mut batch) {
             runnable.run();
             ran += 1;
         }
-        ran += self.handlers.dispatch(ready);
+        // A callback that polled again (a nested poll) consumed readiness
+        // `ready` still reports: stop rather than call a handler of an fd
+        // that is no longer ready. Level-triggered epoll reports whatever
+        // is still ready at the next poll.
+        ran += self
+            .handlers
+            .dispatch(ready, || self.dispatches.load(Relaxed) == generation);
         for timer in self.timers.take_expired(sys::clock_ns()) {
-            if let Some(cb) = self.timers.fire(&timer) {
-                cb();
+            if let Some(firing) = self.timers.fire(&timer) {
+                firing.run();
                 ran += 1;
             }
         }
@@ -613,6 +637,33 @@ impl Context {
     }
 }
 
+/// One level of a context's lock, taken by a dispatch; released on drop
+/// only because it was taken (a failed acquire must not give back a level
+/// of the caller's).
+struct Held<'a>(&'a ContextLock);
+
+impl<'a> Held<'a> {
+    /// None when a poll bounded by a deadline could not take the lock in time.
+    fn acquire(ctx: &'a Context, wait: Wait) -> Result<Option<Held<'a>>> {
+        let taken = match wait {
+            Wait::Until(deadline) => ctx.lock.acquire_until(deadline),
+            _ => ctx.lock.acquire(),
+        };
+        match taken {
+            Ok(()) => Ok(Some(Held(&ctx.lock))),
+            Err(LockError::TimedOut { .. }) => Ok(None),
+            Err(e) => Err(ctx.named(e)),
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // Cannot fail: this thread took the level and still owns the lock.
+        let _ = self.0.release();
+    }
+}
+
 impl Drop for Context {
     fn drop(&mut self) {
         ALL.lock().remove(&self.id);
@@ -636,7 +687,14 @@ pub fn describe_all() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::sync::atomic::AtomicUsize;
+
+    thread_local! {
+        /// Makes the calling thread's polls see its depth as at the limit:
+        /// reaching 2^32-1 for real takes minutes in a debug build.
+        pub(super) static AT_DEPTH_LIMIT: Cell<bool> = const { Cell::new(false) };
+    }
 
     fn counter() -> (Arc<AtomicUsize>, Callback) {
         let n = Arc::new(AtomicUsize::new(0));
@@ -739,5 +797,76 @@ mod tests {
         out.clear();
         poller.wait(0, &mut out).unwrap();
         assert!(out.is_empty(), "drained after the poll");
+    }
+
+    #[test]
+    fn nested_poll_readiness_is_not_dispatched_again_by_the_outer_poll() {
+        let ctx = Context::new("nested").unwrap();
+        let ev = Arc::new(EventFd::new().unwrap());
+        let (reads, readable_reads) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (e, r, rr) = (ev.clone(), reads.clone(), readable_reads.clone());
+        let probe = Epoll::new().unwrap();
+        probe
+            .add(
+                ev.raw(),
+                1,
+                Interest {
+                    read: true,
+                    write: false,
+                },
+            )
+            .unwrap();
+        let read_cb: Callback = Arc::new(move || {
+            let mut out = Vec::new();
+            probe.wait(0, &mut out).unwrap();
+            r.fetch_add(1, Relaxed);
+            rr.fetch_add(out.len(), Relaxed);
+            e.drain();
+        });
+        ctx.set_fd_handler(ev.raw(), Some(read_cb), None).unwrap();
+        let c = ctx.clone();
+        let nested = Bh::new(
+            &ctx,
+            Arc::new(move || {
+                c.poll(false).unwrap();
+            }),
+        );
+        // The outer poll sees the fd ready, then its BH's nested poll
+        // dispatches (and drains) it.
+        ev.signal();
+        nested.schedule().unwrap();
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(
+            reads.load(Relaxed),
+            1,
+            "the read handler ran on a drained fd"
+        );
+        assert_eq!(readable_reads.load(Relaxed), 1);
+        // Readiness left over is reported again by the next poll.
+        ev.signal();
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(reads.load(Relaxed), 2);
+        nested.delete();
+        ctx.set_fd_handler(ev.raw(), None, None).unwrap();
+    }
+
+    #[test]
+    fn poll_at_the_depth_limit_fails_and_dispatches_nothing() {
+        let ctx = Context::new("overflow").unwrap();
+        let (n, cb) = counter();
+        ctx.schedule_oneshot(cb);
+        ctx.acquire().unwrap();
+        AT_DEPTH_LIMIT.with(|f| f.set(true));
+        let err = ctx.poll(true).unwrap_err();
+        AT_DEPTH_LIMIT.with(|f| f.set(false));
+        assert_eq!(err.errno(), libc::EOVERFLOW);
+        assert!(err.message().contains("'overflow'"), "{}", err.message());
+        assert_eq!(n.load(Relaxed), 0, "nothing dispatched");
+        assert_eq!(ctx.lock().depth(), 1, "the caller's level is still held");
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(n.load(Relaxed), 1);
+        assert_eq!(ctx.lock().depth(), 1);
+        ctx.release().unwrap();
     }
 }
