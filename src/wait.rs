@@ -232,22 +232,28 @@ impl Waiter {
     /// the waited-for context once that is ours again). Tries all, honouring
     /// the deadline, and names those it could not take in time.
     fn take_back(&mut self, held: u32, lent: &[u32]) -> Result<()> {
-        let set = std::mem::take(&mut self.set);
-        let lent_ctxs = std::mem::take(&mut self.lent);
-        let waited = self.ctx.clone();
-        let mut missed = Vec::new();
-        let wanted = set
+        let mut wanted: Vec<(Arc<Context>, u32)> =
+            self.set.iter().map(|c| (c.clone(), 1)).collect();
+        wanted.push((self.ctx.clone(), held));
+        let mut lent: Vec<(Arc<Context>, u32)> = self
+            .lent
             .iter()
-            .map(|c| (c, 1))
-            .chain(std::iter::once((&waited, held)))
-            .chain(lent_ctxs.iter().zip(lent.iter().copied()));
-        for (ctx, depth) in wanted {
-            if let Err(owner) = self.retake(ctx, depth) {
-                missed.push((ctx.clone(), depth, owner));
+            .cloned()
+            .zip(lent.iter().copied())
+            .collect();
+        let mut missed = Vec::new();
+        let mut i = 0;
+        // Lent contexts go last; retaking may lend more (pushed onto `lent`).
+        while let Some((ctx, depth)) = if i < wanted.len() {
+            Some(wanted[i].clone())
+        } else {
+            lent.get(i - wanted.len()).cloned()
+        } {
+            i += 1;
+            if let Err(owner) = self.retake(&ctx, depth, &mut lent) {
+                missed.push((ctx, depth, owner));
             }
         }
-        self.set = set;
-        self.lent = lent_ctxs;
         if missed.is_empty() {
             return Ok(());
         }
@@ -274,18 +280,27 @@ impl Waiter {
 
     /// Re-acquires `depth` levels of `ctx`, blocking at most until the
     /// deadline (logging the slow-wait warning on the way if it is due);
-    /// `Err(owner)` if the deadline passed first.
-    fn retake(&mut self, ctx: &Arc<Context>, depth: u32) -> std::result::Result<(), u64> {
+    /// `Err(owner)` if the deadline passed first. While blocked it looks for
+    /// a cycle through itself every few milliseconds: `ctx`'s holder blocked
+    /// on a context this thread still holds. It then lends that one (onto
+    /// `lent`, taken back last) so the holder can finish and let go.
+    fn retake(
+        &mut self,
+        ctx: &Arc<Context>,
+        depth: u32,
+        lent: &mut Vec<(Arc<Context>, u32)>,
+    ) -> std::result::Result<(), u64> {
         if depth == 0 {
             return Ok(());
         }
         loop {
-            let bound = [self.deadline, self.warn_at].into_iter().flatten().min();
-            let taken = match bound {
-                Some(t) => ctx.lock().acquire_until(t),
-                None => ctx.lock().acquire(),
-            };
-            match taken {
+            let look_at = sys::clock_ns() + CONFIRM_NS;
+            let bound = [self.deadline, self.warn_at, Some(look_at)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(look_at);
+            match ctx.lock().acquire_until(bound) {
                 Ok(()) => break,
                 Err(LockError::TimedOut { owner }) => {
                     let now = sys::clock_ns();
@@ -293,6 +308,16 @@ impl Waiter {
                         return Err(owner);
                     }
                     self.warn_if_due(now);
+                    let first = Hop::Acquires {
+                        thread: self.thread,
+                        ctx: ctx.clone(),
+                        owner,
+                    };
+                    let found = find_cycle(self.thread, first, |_| false);
+                    if let Some(needed) = self.confirmed(found, now) {
+                        let levels = needed.lock().release_all();
+                        lent.push((needed, levels));
+                    }
                 }
                 // Only the depth can overflow, and it was this deep before.
                 Err(_) => return Err(0),
@@ -313,26 +338,42 @@ impl Waiter {
             (self.release && Arc::ptr_eq(c, &self.ctx))
                 || self.set.iter().chain(&self.lent).any(|m| Arc::ptr_eq(m, c))
         };
-        let Some(path) = find_cycle(self.thread, &self.ctx, given_back) else {
-            self.suspected = None;
-            return;
-        };
-        let cycle = describe_cycle(&path);
-        match self.suspected.take() {
-            Some((seen, _)) if seen == cycle => self.deadlocked(&path, cycle),
-            _ => self.suspected = Some((cycle, now + CONFIRM_NS)),
+        let runner = self.ctx.home_thread();
+        let first = (runner != 0 && runner != self.thread).then(|| Hop::Waits {
+            thread: self.thread,
+            ctx: self.ctx.clone(),
+            runner,
+        });
+        let found = first.and_then(|hop| find_cycle(self.thread, hop, given_back));
+        if let Some(needed) = self.confirmed(found, now) {
+            if !self.lent.iter().any(|c| Arc::ptr_eq(c, &needed)) {
+                self.lent.push(needed);
+            }
         }
     }
 
-    /// Lends the context the cycle's last thread is blocked on (one this
-    /// thread holds) around the next poll, or every poll with `release_held`.
-    fn deadlocked(&mut self, path: &[Hop], cycle: String) {
-        let Some(needed) = path.last().map(Hop::context) else {
-            return;
+    /// The context to lend once `found` is the cycle seen at the last look
+    /// too (a chain read while it changed is not taken for a cycle); notes
+    /// the cycle for `EDEADLK`, or logs it with `release_held`.
+    fn confirmed(&mut self, found: Option<Vec<Hop>>, now: i64) -> Option<Arc<Context>> {
+        let Some(path) = found else {
+            self.suspected = None;
+            return None;
         };
-        if !self.lent.iter().any(|c| Arc::ptr_eq(c, needed)) {
-            self.lent.push(needed.clone());
+        let cycle = describe_cycle(&path);
+        match self.suspected.take() {
+            Some((seen, _)) if seen == cycle => {}
+            _ => {
+                self.suspected = Some((cycle, now + CONFIRM_NS));
+                return None;
+            }
         }
+        let needed = path.last().map(Hop::context)?.clone();
+        self.deadlocked(&needed, cycle);
+        Some(needed)
+    }
+
+    fn deadlocked(&mut self, needed: &Arc<Context>, cycle: String) {
         if self.release_held {
             diag::log(
                 Level::Info,
@@ -342,7 +383,8 @@ impl Waiter {
                 ),
             );
         } else {
-            self.deadlock = Some(deadlock_error(&self.ctx, needed, &cycle));
+            self.deadlock
+                .get_or_insert_with(|| deadlock_error(&self.ctx, needed, &cycle));
         }
     }
 

@@ -187,28 +187,23 @@ fn edge_from(thread: u64, needed: &Arc<Context>) -> Option<Hop> {
     })
 }
 
-/// The cycle of the wait-for graph through `thread` waiting for `waited`,
-/// if there is one: the hops from `thread` back to itself, the last one a
-/// thread blocked acquiring a context `thread` holds (the one it can lend).
-/// Contexts the waiter gives back around each poll (`given_back`) close no
-/// cycle: it holds them only between polls.
+/// The cycle of the wait-for graph through `thread`, whose own edge is
+/// `first`, if there is one: the hops from `thread` back to itself, the last
+/// one a thread blocked acquiring a context `thread` holds (the one it can
+/// lend). Contexts the waiter gives back around each poll (`given_back`)
+/// close no cycle: it holds them only between polls.
 pub(crate) fn find_cycle(
     thread: u64,
-    waited: &Arc<Context>,
+    first: Hop,
     given_back: impl Fn(&Arc<Context>) -> bool,
 ) -> Option<Vec<Hop>> {
-    let runner = waited.home_thread();
-    if runner == 0 || runner == thread {
-        return None;
-    }
-    let mut path = vec![Hop::Waits {
-        thread,
-        ctx: waited.clone(),
-        runner,
-    }];
+    let mut path = vec![first];
     while path.len() < MAX_HOPS {
         let last = path.last()?;
         let next = last.next();
+        if next == 0 {
+            return None;
+        }
         if next == thread {
             let closes = matches!(last, Hop::Acquires { ctx, .. } if !given_back(ctx));
             return closes.then_some(path);
