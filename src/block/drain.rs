@@ -71,7 +71,16 @@ pub(super) struct Completing(usize);
 
 impl Completing {
     pub(super) fn enter(node: &Node) -> Completing {
-        let key = node as *const Node as usize;
+        Completing::by_key(Completing::key(node))
+    }
+
+    /// A node's identity here: its address, valid while it has a request
+    /// in flight (every completion holds the node).
+    pub(super) fn key(node: &Node) -> usize {
+        node as *const Node as usize
+    }
+
+    pub(super) fn by_key(key: usize) -> Completing {
         COMPLETING.with(|c| c.borrow_mut().push(key));
         Completing(key)
     }
@@ -88,11 +97,11 @@ impl Drop for Completing {
     }
 }
 
-/// How many of `node`'s completions run on the calling thread's stack. A
-/// drain from inside one of them must not wait for it: it ends only after
-/// the drain returns.
+/// How many of `node`'s completions run on the calling thread's stack, or
+/// wait behind one in the same bottom half. A drain from inside one of them
+/// must not wait for those: they end only after the drain returns.
 fn completing_here(node: &Node) -> i64 {
-    let key = node as *const Node as usize;
+    let key = Completing::key(node);
     COMPLETING.with(|c| c.borrow().iter().filter(|&&k| k == key).count() as i64)
 }
 
@@ -428,6 +437,41 @@ mod tests {
         wait_for(&main, || result.lock().is_some());
         assert_eq!(result.lock().take().unwrap().unwrap(), 1, "itself");
         assert_eq!(node.in_flight(), 0);
+    }
+
+    #[test]
+    fn drain_inside_a_raw_file_completion_does_not_wait_for_its_batch() {
+        // Writes queued together complete in one bottom half: a drain in the
+        // first completion must not wait for the ones behind it.
+        const WRITES: u64 = 32;
+        let dir = std::env::temp_dir().join(format!("aioctx-drain-cb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("disk.img");
+        std::fs::write(&path, vec![0u8; 512 * WRITES as usize]).unwrap();
+        let (graph, _, _) = setup(None);
+        let main = graph.main_context().clone();
+        let rw = crate::block::OpenFlags {
+            rdwr: true,
+            inactive: false,
+        };
+        let node = graph
+            .open_file("disk", &main, path.to_str().unwrap(), rw)
+            .unwrap();
+        let drained = Arc::new(AtomicUsize::new(0));
+        for w in 0..WRITES {
+            let (n, d) = (node.clone(), drained.clone());
+            let done: IoDone = Box::new(move |r, _| {
+                if r.is_ok() && n.drain().is_ok() {
+                    d.fetch_add(1, SeqCst);
+                }
+            });
+            node.submit(RequestKind::Write, IoBuf::Owned(vec![1; 512]), w * 512, done)
+                .unwrap();
+        }
+        wait_for(&main, || drained.load(SeqCst) == WRITES as usize);
+        assert_eq!(node.in_flight(), 0);
+        drop(graph);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

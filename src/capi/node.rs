@@ -270,7 +270,8 @@ pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
 /// context once if it holds it; or the home thread of `n`'s context (an
 /// IOThread's BH or callback), which waits by polling that context, so other
 /// callbacks of that context run meanwhile. Inside a completion callback of
-/// `n` the call does not wait for that completion itself.
+/// `n` the call does not wait for that completion itself, nor for the ones
+/// the same bottom half runs after it (they cannot run before it returns).
 ///
 /// Returns 0 with the section open. Errors leave no section open: -EPERM from
 /// any other thread; -EDEADLK if the caller holds `n`'s context more than
