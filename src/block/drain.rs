@@ -383,7 +383,10 @@ mod tests {
     fn drain_ends_while_completions_resubmit() {
         let io = IoThread::new("drain-resubmit").unwrap();
         let (graph, node, _) = setup(Some(io.context()));
-        let (done, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let (done, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
         for _ in 0..4 {
             chain(&node, done.clone(), stop.clone());
         }
@@ -415,7 +418,10 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!entered.load(SeqCst), "a plain thread waits for drained_end");
+        assert!(
+            !entered.load(SeqCst),
+            "a plain thread waits for drained_end"
+        );
         node.drained_end().unwrap();
         plain.join().unwrap().unwrap();
         assert_eq!(node.in_flight(), 1);
@@ -465,8 +471,13 @@ mod tests {
                     d.fetch_add(1, SeqCst);
                 }
             });
-            node.submit(RequestKind::Write, IoBuf::Owned(vec![1; 512]), w * 512, done)
-                .unwrap();
+            node.submit(
+                RequestKind::Write,
+                IoBuf::Owned(vec![1; 512]),
+                w * 512,
+                done,
+            )
+            .unwrap();
         }
         wait_for(&main, || drained.load(SeqCst) == WRITES as usize);
         assert_eq!(node.in_flight(), 0);
@@ -500,7 +511,11 @@ mod tests {
         wrote.unwrap();
         assert_eq!(drained.unwrap(), 1, "the drain saw the completion");
         flushed.unwrap();
-        assert_eq!(*flushed_in.lock(), Some(thread), "flushed in the home thread");
+        assert_eq!(
+            *flushed_in.lock(),
+            Some(thread),
+            "flushed in the home thread"
+        );
         // Neither the main thread nor the home thread: refused.
         let other = std::thread::spawn(move || node.drain().unwrap_err().errno());
         assert_eq!(other.join().unwrap(), libc::EPERM);
