@@ -246,9 +246,8 @@ static void home_bh(void *opaque)
     atomic_store(&h->done, 1);
 }
 
-static void run_home_calls(struct home_calls *h, const char *what)
+static void check_home_calls(struct home_calls *h, const char *what)
 {
-    aioctx_bh_schedule_oneshot(iot_ctx, home_bh, h);
     is_int(wait_count(main_ctx, &h->done, 1), 0, "%s: the IOThread ran the BH", what);
     is_int(h->depth, 1, "  (which holds its context once)");
     is_int(h->drain, 0, "%s: aioctx_node_drain from the IOThread -> 0", what);
@@ -274,6 +273,12 @@ static void drain_in_cb(void *opaque, int64_t ret)
     atomic_fetch_add(c->ran, 1);
 }
 
+static void sleep_50ms(void *opaque)
+{
+    atomic_store((atomic_int *)opaque, 1);
+    tap_sleep_ms(50);
+}
+
 static void test_from_iothread(void)
 {
     diag("drain and flush from a BH on the node's IOThread");
@@ -288,7 +293,8 @@ static void test_from_iothread(void)
     pthread_t th;
     pthread_create(&th, NULL, ender_thread, &e);
     struct home_calls h = { .node = c, .foreign = foreign };
-    run_home_calls(&h, "C-driver node");
+    aioctx_bh_schedule_oneshot(iot_ctx, home_bh, &h);
+    check_home_calls(&h, "C-driver node");
     pthread_join(th, NULL);
     is_int(atomic_load(&fr.flushes), 1, "  the driver's flush ran once");
     ok(pthread_equal(fr.thread, iot_thread), "  in the IOThread");
@@ -302,9 +308,16 @@ static void test_from_iothread(void)
     static unsigned char buf[BLK];
     memset(buf, 0x5a, BLK);
     struct io_wait io = { 0 };
-    is_int(aioctx_node_pwrite(f, buf, BLK, BLK, io_wait_cb, &io), 0, "raw-file node: a write submitted");
     struct home_calls hf = { .node = f, .foreign = foreign, .io = &io };
-    run_home_calls(&hf, "raw-file node");
+    /* The IOThread sleeps while the write completes, so its next poll takes
+     * the draining BH and the completion behind it together: the drain's
+     * own polls must run that completion. */
+    atomic_int sleeping = 0;
+    aioctx_bh_schedule_oneshot(iot_ctx, sleep_50ms, &sleeping);
+    wait_at_least(&sleeping, 1, 5 * SEC);
+    aioctx_bh_schedule_oneshot(iot_ctx, home_bh, &hf);
+    is_int(aioctx_node_pwrite(f, buf, BLK, BLK, io_wait_cb, &io), 0, "raw-file node: a write submitted");
+    check_home_calls(&hf, "raw-file node");
     is_int(hf.io_done_at_drain, 1, "  the write's completion had run when the drain returned");
     is_int((int)atomic_load(&io.ret), BLK, "  and wrote %d bytes", BLK);
     ok(file_has(img[2], BLK, buf, BLK), "  the data is in the image");

@@ -486,6 +486,22 @@ mod tests {
     }
 
     #[test]
+    fn drain_in_a_bh_runs_the_completion_taken_in_the_same_poll() {
+        // One poll takes [the draining BH, the completion] together: the
+        // drain's own polls must run the completion, or it waits forever.
+        let (graph, node, _) = setup(None);
+        let main = graph.main_context().clone();
+        let drained = Arc::new(Mutex::new(None));
+        let (n, d) = (node.clone(), drained.clone());
+        main.schedule_once(move || *d.lock() = Some(n.drain().map(|()| n.in_flight())));
+        let done = Arc::new(AtomicUsize::new(0));
+        write(&node, 0, count_into(&done)).unwrap();
+        main.poll(false).unwrap();
+        assert_eq!(drained.lock().take().unwrap().unwrap(), 0);
+        assert_eq!(done.load(SeqCst), 1);
+    }
+
+    #[test]
     fn drain_and_flush_from_the_home_thread() {
         let io = IoThread::new("drain-home").unwrap();
         let main = Context::new("drain-home-main").unwrap();

@@ -43,14 +43,20 @@ enum Entry {
 struct Queue {
     next_ticket: u64,
     entries: VecDeque<Entry>,
+    /// What each dispatch still running has taken and not yet run, oldest
+    /// first. A BH that polls again (a drain from the home thread) runs the
+    /// rest of its own dispatch's batch there before newer entries, as QEMU's
+    /// nested `aio_poll` does; otherwise work taken by the outer dispatch,
+    /// say the completion the BH waits for, could never run.
+    slices: VecDeque<VecDeque<Entry>>,
 }
 
 /// A context's pending bottom halves and one-shot jobs.
 #[derive(Default)]
 pub(crate) struct BhQueue(Mutex<Queue>);
 
-/// The pending entries taken at the start of one dispatch.
-pub(crate) struct Batch(VecDeque<Entry>);
+/// One dispatch's claim on the entries it took (kept in the queue's `slices`).
+pub(crate) struct Batch(());
 
 /// Something due to run, taken from a [`Batch`].
 pub(crate) enum Runnable {
@@ -151,27 +157,38 @@ impl BhQueue {
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        !self.0.lock().entries.is_empty()
+        let q = self.0.lock();
+        !q.entries.is_empty() || q.slices.iter().any(|s| !s.is_empty())
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().entries.len()
+        let q = self.0.lock();
+        q.entries.len() + q.slices.iter().map(VecDeque::len).sum::<usize>()
     }
 
     /// Takes every pending BH; those scheduled from now on wait for the next
     /// dispatch, so a BH that reschedules itself cannot starve the loop.
     pub(crate) fn take(&self) -> Batch {
-        Batch(std::mem::take(&mut self.0.lock().entries))
+        let mut q = self.0.lock();
+        let taken = std::mem::take(&mut q.entries);
+        q.slices.push_back(taken);
+        Batch(())
     }
 
-    /// Takes the next entry of `batch` to run (a BH is marked as run),
-    /// skipping BHs cancelled or deleted since the batch was taken.
-    pub(crate) fn next(&self, batch: &mut Batch) -> Option<Runnable> {
-        while let Some(entry) = batch.0.pop_front() {
+    /// Takes the next entry to run (a BH is marked as run): the oldest
+    /// dispatch's first, skipping BHs cancelled or deleted since they were
+    /// taken. None once every dispatch's entries ran: a nested dispatch
+    /// returns only then, so the outer one finds nothing left either.
+    pub(crate) fn next(&self, _batch: &mut Batch) -> Option<Runnable> {
+        let mut q = self.0.lock();
+        loop {
+            let Some(entry) = q.slices.front_mut().map(VecDeque::pop_front) else {
+                return None;
+            };
             match entry {
-                Entry::Once(job) => return Some(Runnable::Once(job)),
-                Entry::Bh(ticket, bh) => {
-                    let _q = self.0.lock();
+                None => drop(q.slices.pop_front()),
+                Some(Entry::Once(job)) => return Some(Runnable::Once(job)),
+                Some(Entry::Bh(ticket, bh)) => {
                     if bh.ticket.load(Relaxed) == ticket {
                         bh.ticket.store(0, Relaxed);
                         return Some(Runnable::Bh(bh.callback.clone()));
@@ -179,7 +196,6 @@ impl BhQueue {
                 }
             }
         }
-        None
     }
 }
 
