@@ -182,10 +182,7 @@ impl BhQueue {
     pub(crate) fn next(&self, _batch: &mut Batch) -> Option<Runnable> {
         let mut q = self.0.lock();
         loop {
-            let Some(entry) = q.slices.front_mut().map(VecDeque::pop_front) else {
-                return None;
-            };
-            match entry {
+            match q.slices.front_mut().map(VecDeque::pop_front)? {
                 None => drop(q.slices.pop_front()),
                 Some(Entry::Once(job)) => return Some(Runnable::Once(job)),
                 Some(Entry::Bh(ticket, bh)) => {
