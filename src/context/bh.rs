@@ -43,17 +43,20 @@ enum Entry {
 struct Queue {
     next_ticket: u64,
     entries: VecDeque<Entry>,
-    /// What each dispatch still running has taken and not yet run, oldest
-    /// first. A BH that polls again (a drain from the home thread) runs the
-    /// rest of its own dispatch's batch there before newer entries, as QEMU's
-    /// nested `aio_poll` does; otherwise work taken by the outer dispatch,
-    /// say the completion the BH waits for, could never run.
-    slices: VecDeque<VecDeque<Entry>>,
 }
 
 /// A context's pending bottom halves and one-shot jobs.
 #[derive(Default)]
-pub(crate) struct BhQueue(Mutex<Queue>);
+pub(crate) struct BhQueue {
+    queue: Mutex<Queue>,
+    /// What each dispatch still running has taken and not yet run, oldest
+    /// first. A BH that polls again (a drain from the home thread) runs the
+    /// rest of its own dispatch's batch there before newer entries, as QEMU's
+    /// nested `aio_poll` does; otherwise work taken by the outer dispatch,
+    /// say the completion the BH waits for, could never run. Only the home
+    /// thread uses it: its own lock keeps it off the schedulers' lock.
+    slices: Mutex<VecDeque<VecDeque<Entry>>>,
+}
 
 /// One dispatch's claim on the entries it took (kept in the queue's `slices`).
 pub(crate) struct Batch(());
@@ -129,7 +132,7 @@ impl Bh {
 impl BhQueue {
     /// Queues `bh` unless it is already pending; returns whether it was queued.
     fn push(&self, bh: &Arc<Bh>) -> bool {
-        let mut q = self.0.lock();
+        let mut q = self.queue.lock();
         // Re-checked under the lock: delete() may have raced with schedule().
         if bh.ticket.load(Relaxed) != 0 || bh.deleted.load(Relaxed) {
             return false;
@@ -143,11 +146,11 @@ impl BhQueue {
 
     /// Queues a one-shot job behind everything already pending.
     pub(crate) fn push_once(&self, job: Job) {
-        self.0.lock().entries.push_back(Entry::Once(job));
+        self.queue.lock().entries.push_back(Entry::Once(job));
     }
 
     fn cancel(&self, bh: &Bh) -> bool {
-        let mut q = self.0.lock();
+        let mut q = self.queue.lock();
         let ticket = bh.ticket.swap(0, Relaxed);
         if ticket != 0 {
             q.entries
@@ -157,21 +160,21 @@ impl BhQueue {
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        let q = self.0.lock();
-        !q.entries.is_empty() || q.slices.iter().any(|s| !s.is_empty())
+        // One lock at a time: `next` takes `slices` before `queue`.
+        let scheduled = !self.queue.lock().entries.is_empty();
+        scheduled || self.slices.lock().iter().any(|s| !s.is_empty())
     }
 
     pub(crate) fn len(&self) -> usize {
-        let q = self.0.lock();
-        q.entries.len() + q.slices.iter().map(VecDeque::len).sum::<usize>()
+        let taken: usize = self.slices.lock().iter().map(VecDeque::len).sum();
+        self.queue.lock().entries.len() + taken
     }
 
     /// Takes every pending BH; those scheduled from now on wait for the next
     /// dispatch, so a BH that reschedules itself cannot starve the loop.
     pub(crate) fn take(&self) -> Batch {
-        let mut q = self.0.lock();
-        let taken = std::mem::take(&mut q.entries);
-        q.slices.push_back(taken);
+        let taken = std::mem::take(&mut self.queue.lock().entries);
+        self.slices.lock().push_back(taken);
         Batch(())
     }
 
@@ -180,12 +183,13 @@ impl BhQueue {
     /// taken. None once every dispatch's entries ran: a nested dispatch
     /// returns only then, so the outer one finds nothing left either.
     pub(crate) fn next(&self, _batch: &mut Batch) -> Option<Runnable> {
-        let mut q = self.0.lock();
+        let mut slices = self.slices.lock();
         loop {
-            match q.slices.front_mut().map(VecDeque::pop_front)? {
-                None => drop(q.slices.pop_front()),
+            match slices.front_mut().map(VecDeque::pop_front)? {
+                None => drop(slices.pop_front()),
                 Some(Entry::Once(job)) => return Some(Runnable::Once(job)),
                 Some(Entry::Bh(ticket, bh)) => {
+                    let _q = self.queue.lock();
                     if bh.ticket.load(Relaxed) == ticket {
                         bh.ticket.store(0, Relaxed);
                         return Some(Runnable::Bh(bh.callback.clone()));
