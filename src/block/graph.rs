@@ -44,8 +44,9 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// A graph whose graph-wide calls (inactivate, activate, drain, flush)
-    /// are made from the home thread of `main`.
+    /// A graph whose graph-wide calls (inactivate, activate, drain_all) are
+    /// made from the home thread of `main`; a node's drain and flush from
+    /// there or from the home thread of the node's context.
     pub fn new(main: Arc<Context>) -> Graph {
         Graph {
             shared: Arc::new(GraphShared {

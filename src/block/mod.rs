@@ -2,8 +2,8 @@
 //! and the migration handover pair `inactivate_all` / `activate_all`.
 //!
 //! Driver operations run in the node's home thread with its context held:
-//! the caller schedules them as a bottom half and waits with a
-//! [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
+//! a caller in another thread schedules them as a bottom half and waits with
+//! a [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
 //! is the pattern that hangs when a context is held twice, which is why the
 //! graph-wide calls acquire contexts through a [`ContextSet`](crate::ContextSet).
 #![forbid(unsafe_code)]
