@@ -193,6 +193,9 @@ static void test_start_request(void)
     is_int(aioctx_node_start_request(n, false), -EBUSY, "start_request from the main loop thread -> -EBUSY");
     like(aioctx_last_error(), "drained section", "  saying why: '%s'", aioctx_last_error());
     is_int(aioctx_node_in_flight(n), 0, "  not counted");
+    char byte;
+    is_int(aioctx_node_pread(n, &byte, 1, 0, NULL, NULL), -ENOTSUP,
+           "pread on a node without I/O in a section -> -ENOTSUP at once, not queued");
 
     struct starter s = { .node = n };
     pthread_t th;

@@ -300,6 +300,10 @@ mod tests {
             *self.flushed_in.lock() = Some(std::thread::current().id());
             done(Ok(()))
         }
+
+        fn does_io(&self) -> bool {
+            true
+        }
     }
 
     fn setup(ctx: Option<&Arc<Context>>) -> (Graph, Arc<Node>, Arc<Mutex<Vec<u64>>>) {
@@ -561,6 +565,10 @@ mod tests {
         wait_for(&main, || done.load(SeqCst) == 3);
         let null = graph.add_node("d", &main, Box::new(NullDriver)).unwrap();
         assert_eq!(null.queued(), 0, "drained only while the section is open");
+        null.drained_begin().unwrap();
+        let e = write(&null, 0, count_into(&done)).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTSUP, "refused at once, not queued");
+        null.drained_end().unwrap();
     }
 
     #[test]

@@ -189,6 +189,10 @@ impl Node {
         done: IoDone,
     ) -> Result<()> {
         self.count(kind)?;
+        if !self.driver.does_io() {
+            self.end_request_unchecked();
+            return Err(super::no_io(self));
+        }
         if self.held.load(SeqCst) {
             let mut sections = self.sections.lock();
             if sections.holds() {
