@@ -610,7 +610,10 @@ void aioctx_node_end_request(struct AioctxNode *n);
 
 /**
  * The number of requests in flight (not counting requests queued by a
- * drained section). Any thread. -EINVAL if `n` is NULL.
+ * drained section). Any thread. A request that a drained section or a
+ * handover turns away is counted for a moment (counted first, then
+ * checked, so no request can slip past a drain), so in a section this can
+ * read non-zero briefly while other threads submit. -EINVAL if `n` is NULL.
  */
 int64_t aioctx_node_in_flight(const struct AioctxNode *n);
 

@@ -90,6 +90,7 @@ impl Node {
         &self.ctx
     }
 
+    /// Requests in flight; may count for a moment one being turned away.
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(SeqCst)
     }

@@ -233,7 +233,10 @@ pub extern "C" fn aioctx_node_end_request(n: *mut AioctxNode) {
 }
 
 /// The number of requests in flight (not counting requests queued by a
-/// drained section). Any thread. -EINVAL if `n` is NULL.
+/// drained section). Any thread. A request that a drained section or a
+/// handover turns away is counted for a moment (counted first, then
+/// checked, so no request can slip past a drain), so in a section this can
+/// read non-zero briefly while other threads submit. -EINVAL if `n` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_in_flight(n: *const AioctxNode) -> i64 {
     ffi("aioctx_node_in_flight", || Ok(borrow(n)?.in_flight()))
