@@ -438,7 +438,7 @@ static void iot_misuse_bh(void *opaque)
     RECORD(&r->poll_main, aioctx_poll(main_ctx, false));
     RECORD(&r->claim_main, aioctx_context_claim(main_ctx));
     RECORD(&r->inactivate, aioctx_graph_inactivate_all(g));
-    RECORD(&r->drain, aioctx_node_drain(c_io));
+    RECORD(&r->drain, aioctx_node_drain(c_main));   /* c_io: its home thread may */
     atomic_store(&r->done, 1);
 }
 
@@ -478,7 +478,7 @@ static void test_iothread(void)
     check_rec("aioctx_poll(main_ctx) from the IOThread", EPERM, &r.poll_main, __LINE__);
     check_rec("aioctx_context_claim(main_ctx) from the IOThread", EPERM, &r.claim_main, __LINE__);
     check_rec("aioctx_graph_inactivate_all(g) from the IOThread", EPERM, &r.inactivate, __LINE__);
-    check_rec("aioctx_node_drain(c_io) from the IOThread", EPERM, &r.drain, __LINE__);
+    check_rec("aioctx_node_drain(c_main) from the IOThread", EPERM, &r.drain, __LINE__);
     atomic_store(&flag, 0);
     aioctx_bh_schedule_oneshot(iot_ctx, set_flag, &flag);
     is_int(aioctx_poll_while(iot_ctx, flag_clear, &flag, long_timeout(), 0), 0,

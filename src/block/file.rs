@@ -160,6 +160,10 @@ impl Driver for FileDriver {
         );
     }
 
+    fn does_io(&self) -> bool {
+        true
+    }
+
     fn set_write_permission(&self, _node: &Node, write: bool) -> Result<()> {
         self.set_lock(write)
     }

@@ -2,12 +2,13 @@
 //! and the migration handover pair `inactivate_all` / `activate_all`.
 //!
 //! Driver operations run in the node's home thread with its context held:
-//! the caller schedules them as a bottom half and waits with a
-//! [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
+//! a caller in another thread schedules them as a bottom half and waits with
+//! a [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
 //! is the pattern that hangs when a context is held twice, which is why the
 //! graph-wide calls acquire contexts through a [`ContextSet`](crate::ContextSet).
 #![forbid(unsafe_code)]
 
+mod drain;
 mod file;
 mod graph;
 mod handover;
@@ -59,6 +60,13 @@ pub trait Driver: Send + Sync {
     /// Called once when the graph is freed.
     fn close(&self, _node: &Node) {}
 
+    /// Whether [`submit`](Self::submit) does I/O. Requests to a node whose
+    /// driver does not are refused with `ENOTSUP` at once, also in a drained
+    /// section, where other requests wait in a queue.
+    fn does_io(&self) -> bool {
+        false
+    }
+
     /// Starts an asynchronous read or write; `done` runs later in the node's
     /// home thread. Returns an error (and does not call `done`) if it cannot start.
     fn submit(
@@ -69,14 +77,19 @@ pub trait Driver: Send + Sync {
         _offset: u64,
         _done: IoDone,
     ) -> Result<()> {
-        Err(Error::new(
-            libc::ENOTSUP,
-            format!(
-                "node '{}' has no I/O driver: open the image with the raw-file driver",
-                node.name()
-            ),
-        ))
+        Err(no_io(node))
     }
+}
+
+/// The refusal of I/O on a node whose driver does none.
+pub(crate) fn no_io(node: &Node) -> Error {
+    Error::new(
+        libc::ENOTSUP,
+        format!(
+            "node '{}' has no I/O driver: open the image with the raw-file driver",
+            node.name()
+        ),
+    )
 }
 
 /// A driver with no behaviour: a node that only tracks requests and state.

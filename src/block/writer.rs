@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::drain::Completing;
 use super::file::io_error;
 use super::{pool, IoDone, Node};
 use crate::context::Context;
@@ -96,6 +97,7 @@ impl WriteQueue {
             })
             .collect();
         let ctx = node.context().clone();
+        let key = Completing::key(&node);
         // Decide before completing: a completion may submit more writes.
         if self.finished() {
             // Let go of the file and node first, as `FileDriver::offload`
@@ -106,13 +108,18 @@ impl WriteQueue {
         } else {
             pool::submit(move || self.write_batch(file, node, path));
         }
-        complete(&ctx, results);
+        complete(&ctx, key, results);
     }
 }
 
-fn complete(ctx: &Context, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
+/// Runs a batch's completions in one bottom half. Those not yet run count
+/// as completing on this stack: a drain from inside an earlier one would
+/// otherwise wait for them, and they cannot run before it returns.
+fn complete(ctx: &Context, node: usize, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
     ctx.schedule_once(move || {
-        for (r, buf, done) in results {
+        let behind: Vec<_> = results.iter().map(|_| Completing::by_key(node)).collect();
+        for ((r, buf, done), mark) in results.into_iter().zip(behind) {
+            drop(mark);
             done(r, buf)
         }
     });

@@ -50,8 +50,10 @@ pub type AioctxCond = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
 /// were. Completions wake the waiter without lost wake-ups: every callback a
 /// poll of `ctx` runs, a block request of a node on `ctx` ending, `ctx`'s
 /// home thread exiting, and `aioctx_wait_kick()` make it re-check `cond`.
-/// State changed anywhere else (another context's callback, a plain thread)
-/// needs `aioctx_wait_kick()`.
+/// When the caller is `ctx`'s home thread (it polls `ctx` itself), every
+/// callback of any context does too. Otherwise state changed elsewhere
+/// (another context's callback, a plain thread) needs `aioctx_wait_kick()`:
+/// waits for one IOThread are not woken by every other IOThread's work.
 ///
 /// A timeout holds even while another thread holds a context the wait must
 /// take back or dispatch: the call returns within the timeout plus a few

@@ -10,7 +10,7 @@
 //!   rescheduled runs once, at its new place;
 //! * tickets increase, so a pending BH with a ticket above `taken_upto` has
 //!   its entry in the queue, at position `slot - front`, and the others in
-//!   a dispatch's batch. Cancelling turns a queued entry into a tombstone in
+//!   a dispatch's slice. Cancelling turns a queued entry into a tombstone in
 //!   place (O(1), and the BH is no longer referenced); `live` counts the
 //!   queue's other entries and `dead` its tombstones, which are compacted
 //!   away once they outnumber the live ones (amortised O(1)), so
@@ -19,6 +19,12 @@
 //!   marked running (`runner`), in one critical section: a cancel either
 //!   clears the ticket first, or sees it running and waits for it to end;
 //! * a deleted BH never gets a ticket again.
+//!
+//! Each dispatch still running keeps what it took and has not run yet as a
+//! slice, oldest first. A callback that polls again (a drain from the home
+//! thread) runs the rest of its own dispatch's slice there before newer
+//! entries, as QEMU's nested `aio_poll` does; otherwise work the outer
+//! dispatch took, say the completion the callback waits for, could never run.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -79,10 +85,13 @@ pub(crate) struct BhQueue {
     queue: Mutex<Queue>,
     /// Signalled when a callback a canceller waits for has returned.
     finished: Condvar,
+    /// What each running dispatch took and has not run, oldest first. Only
+    /// the home thread uses it; `next` takes it before `queue`.
+    slices: Mutex<VecDeque<VecDeque<Entry>>>,
 }
 
-/// The pending entries taken at the start of one dispatch.
-pub(crate) struct Batch(VecDeque<Entry>);
+/// One dispatch's claim on the entries it took (kept in `slices`).
+pub(crate) struct Batch(());
 
 /// Something due to run, taken from a [`Batch`].
 pub(crate) enum Runnable<'a> {
@@ -230,33 +239,45 @@ impl BhQueue {
         ticket != 0
     }
 
+    /// Whether something is queued, or taken by a dispatch and not yet run.
     pub(crate) fn has_pending(&self) -> bool {
-        self.queue.lock().live > 0
+        // One lock at a time: `next` takes `slices` before `queue`.
+        let queued = self.queue.lock().live > 0;
+        queued || self.slices.lock().iter().any(|s| !s.is_empty())
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.queue.lock().live
+        let taken: usize = self.slices.lock().iter().map(VecDeque::len).sum();
+        self.queue.lock().live + taken
     }
 
     /// Takes every pending BH; those scheduled from now on wait for the next
     /// dispatch, so a BH that reschedules itself cannot starve the loop.
     pub(crate) fn take(&self) -> Batch {
-        let mut q = self.queue.lock();
-        q.taken_upto = q.next_ticket;
-        (q.live, q.dead) = (0, 0);
-        q.front += q.entries.len() as u64;
-        Batch(std::mem::take(&mut q.entries))
+        let taken = {
+            let mut q = self.queue.lock();
+            q.taken_upto = q.next_ticket;
+            (q.live, q.dead) = (0, 0);
+            q.front += q.entries.len() as u64;
+            std::mem::take(&mut q.entries)
+        };
+        self.slices.lock().push_back(taken);
+        Batch(())
     }
 
-    /// Takes the next entry of `batch` to run (a BH is marked as run, and as
-    /// running until the returned value is dropped), skipping BHs cancelled
-    /// or deleted since the batch was taken.
-    pub(crate) fn next(&self, batch: &mut Batch) -> Option<Runnable<'_>> {
-        while let Some(entry) = batch.0.pop_front() {
-            match entry {
-                Entry::Cancelled => {}
-                Entry::Once(job) => return Some(Runnable::Once(job)),
-                Entry::Bh(ticket, bh) => {
+    /// Takes the next entry to run (a BH is marked as run, and as running
+    /// until the returned value is dropped): the oldest dispatch's first,
+    /// skipping BHs cancelled or deleted since they were taken. None once
+    /// every dispatch's entries ran: a nested dispatch returns only then, so
+    /// the outer one finds nothing left either.
+    pub(crate) fn next(&self, _batch: &mut Batch) -> Option<Runnable<'_>> {
+        let mut slices = self.slices.lock();
+        loop {
+            match slices.front_mut().map(VecDeque::pop_front)? {
+                None => drop(slices.pop_front()),
+                Some(Entry::Cancelled) => {}
+                Some(Entry::Once(job)) => return Some(Runnable::Once(job)),
+                Some(Entry::Bh(ticket, bh)) => {
                     let _q = self.queue.lock();
                     if bh.ticket.load(Relaxed) == ticket {
                         bh.ticket.store(0, Relaxed);
@@ -271,7 +292,6 @@ impl BhQueue {
                 }
             }
         }
-        None
     }
 }
 

@@ -427,7 +427,7 @@ impl Context {
         if ran > 0 {
             self.stats.dispatched.fetch_add(ran as u64, Relaxed);
             // A callback may have changed what a poll_while waits for.
-            self.wake_waiters();
+            self.wake_after_dispatch();
         }
         Ok(ran > 0)
     }
@@ -668,6 +668,16 @@ impl Drop for Context {
     fn drop(&mut self) {
         ALL.lock().remove(&self.id);
     }
+}
+
+/// Every live context the calling thread holds (owns the lock of).
+pub(crate) fn held_by_caller() -> Vec<Arc<Context>> {
+    let me = thread::current();
+    ALL.lock()
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|c| c.lock.owner() == me)
+        .collect()
 }
 
 /// The live context with id `id`.

@@ -2,9 +2,12 @@
 //! work, and the wait-for graph that deadlock detection walks.
 //!
 //! Kicks are targeted: a context that made progress (a callback ran, a
-//! request ended, its home thread left) wakes only the waiters registered on
-//! it, so a drain over 64 busy IOThreads does not wake every waiter of the
-//! process on every callback.
+//! request ended, its home thread left) wakes the waiters registered on it,
+//! so a drain over 64 busy IOThreads does not wake every waiter of the
+//! process on every callback. The exception is a home thread waiting on its
+//! own context (`poll_while` on the loop it runs, for a flag another loop's
+//! callback sets): any context's callbacks wake those, as they always did,
+//! since nothing else would.
 //!
 //! No lost wake-ups: a waiter registers (and fences) *before* it checks its
 //! condition, and a completer changes state *before* it fences and reads the
@@ -30,6 +33,8 @@ use crate::{thread, waitfor};
 /// Every registered waiter, for kicks of all of them and for the graph.
 static ALL: Mutex<Vec<Arc<Entry>>> = Mutex::new(Vec::new());
 static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Waiters polling the very context they wait for.
+static SELF_WAITERS: AtomicUsize = AtomicUsize::new(0);
 
 /// The longest chain the graph walks follow; a real cycle is far shorter.
 const MAX_HOPS: usize = 64;
@@ -75,6 +80,9 @@ impl Registration {
         waited.waiters.count.fetch_add(1, SeqCst);
         ALL.lock().push(entry.clone());
         COUNT.fetch_add(1, SeqCst);
+        if entry.polls_what_it_waits_for() {
+            SELF_WAITERS.fetch_add(1, SeqCst);
+        }
         // Pairs with the fence in wake_waiters()/kick_all().
         fence(SeqCst);
         Registration(entry)
@@ -93,12 +101,21 @@ impl Drop for Registration {
         waiters.count.fetch_sub(1, SeqCst);
         remove(&mut ALL.lock(), &self.0);
         COUNT.fetch_sub(1, SeqCst);
+        if self.0.polls_what_it_waits_for() {
+            SELF_WAITERS.fetch_sub(1, SeqCst);
+        }
     }
 }
 
 fn remove(list: &mut Vec<Arc<Entry>>, entry: &Arc<Entry>) {
     if let Some(i) = list.iter().position(|e| Arc::ptr_eq(e, entry)) {
         list.swap_remove(i);
+    }
+}
+
+impl Entry {
+    fn polls_what_it_waits_for(&self) -> bool {
+        Arc::ptr_eq(&self.poll, &self.waited)
     }
 }
 
@@ -112,6 +129,20 @@ impl Context {
         }
         for entry in self.waiters.entries.lock().iter() {
             entry.poll.notify();
+        }
+    }
+
+    /// After callbacks ran: wakes this context's waiters, and the home
+    /// threads waiting on their own loops (see the module doc).
+    pub(crate) fn wake_after_dispatch(&self) {
+        self.wake_waiters();
+        if SELF_WAITERS.load(Relaxed) == 0 {
+            return;
+        }
+        for entry in ALL.lock().iter() {
+            if entry.polls_what_it_waits_for() && !std::ptr::eq(&*entry.waited, self) {
+                entry.poll.notify();
+            }
         }
     }
 }

@@ -958,6 +958,15 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// A driver operation run in the node's home thread and waited for: on
+    /// this thread, when it is the home, right there (no poll, so no pending
+    /// BH runs); otherwise as a BH the wait polls for.
+    fn sim_run_in_home(&mut self, c: usize) {
+        if !self.ctxs[c].homed {
+            self.sim_wait_poll(c);
+        }
+    }
+
     /// The `Waiter::new(ctx).releasing(held)` checks: EDEADLK or fine.
     fn waiter_check(&self, c: usize, held: Option<&[usize]>, release_all: bool) -> Result<(), i32> {
         if self.ctxs[c].io_running && self.ctxs[c].depth > 1 && !release_all {
@@ -1081,11 +1090,11 @@ impl<'a> Run<'a> {
         }
         for (i, &n) in order.iter().enumerate() {
             let c = self.nodes[n].ctx;
-            self.sim_wait_poll(c);
+            self.sim_run_in_home(c);
             self.note(n, "flush");
             let mut err = self.fails(n, F_FLUSH).then_some(FAIL_ERRNO[F_FLUSH]);
             if err.is_none() {
-                self.sim_wait_poll(c);
+                self.sim_run_in_home(c);
                 self.note(n, "inactivate");
                 if self.fails(n, F_INACTIVATE) {
                     err = Some(FAIL_ERRNO[F_INACTIVATE]);
@@ -1150,7 +1159,7 @@ impl<'a> Run<'a> {
                 result = (Err(e), Some(n));
                 break;
             }
-            self.sim_wait_poll(c);
+            self.sim_run_in_home(c);
             self.note(n, "activate");
             if self.fails(n, F_ACTIVATE) {
                 self.note(n, "perm0");
@@ -1792,7 +1801,7 @@ impl<'a> Run<'a> {
                     let mut want = self.waiter_check(c, None, false);
                     let r = self.nodes[n].handle.as_ref().unwrap().flush();
                     if want.is_ok() {
-                        self.sim_wait_poll(c);
+                        self.sim_run_in_home(c);
                         self.note(n, "flush");
                         if self.fails(n, F_FLUSH) {
                             want = Err(FAIL_ERRNO[F_FLUSH]);
