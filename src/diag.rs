@@ -25,12 +25,15 @@ pub fn set_log_handler(handler: Option<Handler>) {
     *HANDLER.write() = handler;
 }
 
-/// Logs `message` through the installed handler, or to stderr.
+/// Logs `message` through the installed handler, or to stderr. Never
+/// fails and never panics on its own: a log line that cannot be written
+/// (stderr on a full disk, a closed pipe) is lost, and the call that logged
+/// goes on.
 pub fn log(level: Level, message: &str) {
     let handler = HANDLER.read().clone();
     match handler {
         Some(h) => h(level, message),
-        None => eprintln!("aioctx: {message}"),
+        None => crate::sys::thread::write_stderr(format!("aioctx: {message}\n").as_bytes()),
     }
 }
 

@@ -16,6 +16,7 @@ mod pool;
 mod writer;
 
 pub use file::{FileDriver, OpenFlags};
+pub(crate) use pool::{after_fork_in_child, after_fork_in_parent, before_fork};
 pub use graph::{attach, Graph};
 pub use node::{describe_all_nodes, Node, RequestKind};
 

@@ -21,7 +21,7 @@ mod timer;
 pub use bh::Bh;
 pub use timer::Timer;
 
-use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
@@ -47,32 +47,35 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static ALL: Mutex<Vec<Weak<Context>>> = Mutex::new(Vec::new());
 static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 
-thread_local! {
-    /// The context this thread is home of (the first one it claimed).
-    static CURRENT: RefCell<Weak<Context>> = const { RefCell::new(Weak::new()) };
-    /// Every context this thread claimed: disowned when the thread exits.
-    static HOMES: Homes = const { Homes(RefCell::new((0, Vec::new()))) };
-}
+/// The contexts each thread claimed, by token: its current context (the
+/// first it claimed that is still alive) first. A global map rather than a
+/// thread-local, so it works in calls made while the thread ends (after its
+/// thread-locals are destroyed); the thread's exit hook takes its entry out
+/// and disowns the contexts ([`thread_exited`]).
+static HOMES: Mutex<BTreeMap<u64, Vec<Weak<Context>>>> = Mutex::new(BTreeMap::new());
 
-/// The calling thread's home token and the contexts it claimed.
-struct Homes(RefCell<(u64, Vec<Weak<Context>>)>);
-
-impl Drop for Homes {
-    /// A thread that exits leaves its contexts without a home, so the next
-    /// thread that polls one (a wait on its work, say) runs it, instead of
-    /// every wait on it hanging.
-    fn drop(&mut self) {
-        let (token, homes) = &*self.0.borrow();
-        for ctx in homes.iter().filter_map(Weak::upgrade) {
-            if ctx
-                .home
-                .compare_exchange(*token, 0, AcqRel, Relaxed)
-                .is_ok()
-            {
-                wait::kick();
-            }
+/// Called in a thread that ends: it leaves its contexts without a home, so
+/// the next thread that polls one (a wait on its work, say) runs it, instead
+/// of every wait on it hanging.
+pub(crate) fn thread_exited(token: u64) {
+    let homes = HOMES.lock().remove(&token).unwrap_or_default();
+    for ctx in homes.iter().filter_map(Weak::upgrade) {
+        if ctx
+            .home
+            .compare_exchange(token, 0, AcqRel, Relaxed)
+            .is_ok()
+        {
+            wait::kick();
         }
     }
+}
+
+/// Whether the thread of `token` owns the lock of some live context.
+pub(crate) fn owned_by(token: u64) -> bool {
+    ALL.lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .any(|c| c.lock.owner() == token)
 }
 
 /// How long a poll may block.
@@ -219,7 +222,13 @@ impl Context {
 
     /// The calling thread's current context, if it has one (no adoption).
     pub fn current_if_any() -> Option<Arc<Context>> {
-        CURRENT.with(|c| c.borrow().upgrade())
+        let me = thread::current();
+        let homes = HOMES.lock();
+        homes
+            .get(&me)?
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.home.load(Relaxed) == me)
     }
 
     /// The calling thread's current context: the one it is home of. A thread
@@ -322,31 +331,36 @@ impl Context {
     }
 
     /// Makes the calling thread the home thread (the only one that polls).
+    /// A home thread that no longer exists in this process (it did not
+    /// survive a `fork()`) is replaced.
     pub fn claim(self: &Arc<Self>) -> Result<()> {
         let me = thread::unique();
-        match self.home.compare_exchange(0, me, AcqRel, Acquire) {
-            Ok(_) => {
-                HOMES.with(|h| {
-                    let mut h = h.0.borrow_mut();
-                    h.0 = me;
-                    h.1.retain(|w| w.strong_count() > 0);
-                    h.1.push(Arc::downgrade(self));
-                });
-                CURRENT.with(|c| {
-                    let mut c = c.borrow_mut();
-                    if c.strong_count() == 0 {
-                        *c = Arc::downgrade(self);
-                    }
-                });
-                Ok(())
+        let mut home = self.home.load(Acquire);
+        loop {
+            if home == me {
+                return Ok(());
             }
-            Err(home) if home == me => Ok(()),
-            Err(home) => Err(not_permitted(format!(
-                "context '{}' belongs to thread {}: only its home thread may poll or claim it",
-                self.name,
-                thread::describe(home)
-            ))),
+            if home != 0 && thread::alive(home) {
+                return Err(not_permitted(format!(
+                    "context '{}' belongs to thread {}: only its home thread may poll or claim it",
+                    self.name,
+                    thread::describe(home)
+                )));
+            }
+            match self.home.compare_exchange(home, me, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(now) => home = now,
+            }
         }
+        let mut homes = HOMES.lock();
+        let mine = homes.entry(me).or_default();
+        mine.retain(|w| w.strong_count() > 0);
+        mine.push(Arc::downgrade(self));
+        drop(homes);
+        // Also after the thread's exit hook ran (a claim from a later
+        // pthread-key destructor): it runs again and disowns this one too.
+        thread::arm_exit_hook();
+        Ok(())
     }
 
     /// Forgets the home thread once it has exited (an IOThread that was
@@ -365,7 +379,8 @@ impl Context {
 
     /// Whether some thread is the home thread.
     pub fn has_home(&self) -> bool {
-        self.home.load(Relaxed) != 0
+        let home = self.home.load(Relaxed);
+        home != 0 && thread::alive(home)
     }
 
     /// Whether a thread other than the caller runs this context: only then

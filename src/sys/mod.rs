@@ -5,6 +5,7 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod file;
+pub mod thread;
 
 use std::ffi::CStr;
 
@@ -36,11 +37,4 @@ pub fn thread_name() -> String {
     CStr::from_bytes_until_nul(&buf)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// The calling thread's pthread_t: unique among live threads, one load.
-#[inline]
-pub fn pthread_self() -> u64 {
-    // SAFETY: pthread_self has no preconditions and cannot fail.
-    unsafe { libc::pthread_self() as u64 }
 }
