@@ -6,9 +6,8 @@
  * (Rust's thread-locals are destroyed before atexit() handlers run in the
  * main thread, and before pthread-key destructors run in any thread). Each
  * scenario runs in a forked child (forked before this process makes any
- * aioctx call), whose checks travel back over a pipe as lines
- * "P label" / "F label: detail", so a child that aborts is a failure here
- * instead of a lost TAP stream:
+ * aioctx call; see run_in_child in test-util.h), so a child that aborts is a
+ * failure here instead of a lost TAP stream:
  *   - atexit: an atexit() handler of the main thread releases, polls,
  *     inactivates a graph, frees an IOThread (whose thread must be gone
  *     afterwards) and reads aioctx_last_error() after a failed call;
@@ -25,22 +24,6 @@
 
 #include <dirent.h>
 #include <signal.h>
-#include <sys/wait.h>
-
-static int report_fd = -1;
-
-static void report(int pass, const char *label, const char *fmt, long long got, long long want)
-{
-    char line[512];
-    int n = pass ? snprintf(line, sizeof line, "P %s\n", label)
-                 : snprintf(line, sizeof line, "F %s: %s (got %lld, want %lld)\n", label, fmt, got, want);
-    ssize_t r = write(report_fd, line, (size_t)n);
-    (void)r;
-}
-
-#define check_int(got, want, label) \
-    do { long long g_ = (got), w_ = (want); report(g_ == w_, (label), "value", g_, w_); } while (0)
-#define check(cond, label) report(!!(cond), (label), "false", 0, 1)
 
 /* Whether a thread of this process has the name `comm`. */
 static int thread_named(const char *comm)
@@ -87,34 +70,34 @@ static bool flag_clear(void *opaque)
 /* The calls made by the ending thread; `io_name` is the IOThread's name. */
 static void calls_at_exit(const char *io_name)
 {
-    check(aioctx_last_error() != NULL, "aioctx_last_error() before any failure");
-    check_int(aioctx_release(NULL), -EINVAL, "a failing call: aioctx_release(NULL)");
-    check(strstr(aioctx_last_error(), "aioctx_release") != NULL, "aioctx_last_error() names the call");
-    check_int(aioctx_last_errno(), -EINVAL, "aioctx_last_errno()");
-    check_int(aioctx_release(s.io_ctx), 0, "release a context held since before exit");
-    check_int(aioctx_lock_depth(s.io_ctx), 0, "depth 0 after the release");
-    check_int(aioctx_acquire(s.io_ctx), 0, "acquire");
-    check_int(aioctx_release(s.io_ctx), 0, "release");
+    child_ok(aioctx_last_error() != NULL, "aioctx_last_error() before any failure");
+    child_is_int(aioctx_release(NULL), -EINVAL, "a failing call: aioctx_release(NULL)");
+    child_ok(strstr(aioctx_last_error(), "aioctx_release") != NULL, "aioctx_last_error() names the call");
+    child_is_int(aioctx_last_errno(), -EINVAL, "aioctx_last_errno()");
+    child_is_int(aioctx_release(s.io_ctx), 0, "release a context held since before exit");
+    child_is_int(aioctx_lock_depth(s.io_ctx), 0, "depth 0 after the release");
+    child_is_int(aioctx_acquire(s.io_ctx), 0, "acquire");
+    child_is_int(aioctx_release(s.io_ctx), 0, "release");
     int flag = 0;
-    check_int(aioctx_bh_schedule_oneshot(s.own, set_flag, &flag), 0, "schedule a BH on the own loop");
-    check_int(aioctx_poll(s.own, false), 1, "aioctx_poll of the own loop runs it");
-    check_int(flag, 1, "the BH ran");
+    child_is_int(aioctx_bh_schedule_oneshot(s.own, set_flag, &flag), 0, "schedule a BH on the own loop");
+    child_is_int(aioctx_poll(s.own, false), 1, "aioctx_poll of the own loop runs it");
+    child_is_int(flag, 1, "the BH ran");
     int io_flag = 0;
-    check_int(aioctx_bh_schedule_oneshot(s.io_ctx, set_flag, &io_flag), 0, "schedule a BH on the IOThread");
-    check_int(aioctx_poll_while(s.io_ctx, flag_clear, &io_flag, long_timeout(), 0), 0,
+    child_is_int(aioctx_bh_schedule_oneshot(s.io_ctx, set_flag, &io_flag), 0, "schedule a BH on the IOThread");
+    child_is_int(aioctx_poll_while(s.io_ctx, flag_clear, &io_flag, long_timeout(), 0), 0,
               "aioctx_poll_while for it");
-    check_int(aioctx_graph_inactivate_all(s.g), 0, "aioctx_graph_inactivate_all");
-    check_int(aioctx_graph_activate_all(s.g), 0, "aioctx_graph_activate_all");
-    check(thread_named(io_name), "the IOThread runs before its free");
-    check_int(aioctx_iothread_free(s.it), 0, "aioctx_iothread_free");
-    check(!thread_named(io_name), "the IOThread's thread is gone after its free");
-    check(aioctx_debug_dump(NULL, 0) > 0, "aioctx_debug_dump");
+    child_is_int(aioctx_graph_inactivate_all(s.g), 0, "aioctx_graph_inactivate_all");
+    child_is_int(aioctx_graph_activate_all(s.g), 0, "aioctx_graph_activate_all");
+    child_ok(thread_named(io_name), "the IOThread runs before its free");
+    child_is_int(aioctx_iothread_free(s.it), 0, "aioctx_iothread_free");
+    child_ok(!thread_named(io_name), "the IOThread's thread is gone after its free");
+    child_ok(aioctx_debug_dump(NULL, 0) > 0, "aioctx_debug_dump");
 }
 
 static void atexit_handler(void)
 {
     calls_at_exit("exit-io");
-    check(1, "atexit handler finished");
+    child_ok(1, "atexit handler finished");
 }
 
 /* Sets up the objects calls_at_exit() uses; the caller becomes home of `own`. */
@@ -143,9 +126,9 @@ static void key_destructor(void *value)
     (void)value;
     calls_at_exit("key-io");
     s.fresh = aioctx_context_new("fresh");
-    check_int(aioctx_poll(s.fresh, false), 0, "an ending thread polls (claims) a new context");
-    check_int(aioctx_context_is_home(s.fresh), 1, "and is its home");
-    check(1, "key destructor finished");
+    child_is_int(aioctx_poll(s.fresh, false), 0, "an ending thread polls (claims) a new context");
+    child_is_int(aioctx_context_is_home(s.fresh), 1, "and is its home");
+    child_ok(1, "key destructor finished");
 }
 
 static void *keyed_thread(void *arg)
@@ -165,51 +148,19 @@ static int scenario_key(void)
     pthread_join(t, NULL);
     /* The dead thread's homes were given up: this thread can run them. */
     int flag = 0;
-    check_int(aioctx_bh_schedule_oneshot(s.fresh, set_flag, &flag), 0, "schedule on the exited thread's context");
-    check_int(aioctx_poll_while(s.fresh, flag_clear, &flag, long_timeout(), 0), 0,
+    child_is_int(aioctx_bh_schedule_oneshot(s.fresh, set_flag, &flag), 0, "schedule on the exited thread's context");
+    child_is_int(aioctx_poll_while(s.fresh, flag_clear, &flag, long_timeout(), 0), 0,
               "another thread runs the exited thread's context");
-    check_int(aioctx_poll(s.own, false), 0, "and its own loop");
-    check(1, "main thread after the join");
+    child_is_int(aioctx_poll(s.own, false), 0, "and its own loop");
+    child_ok(1, "main thread after the join");
     return 0;
-}
-
-/* Runs a scenario in a child; turns its report lines into TAP results. */
-static void run(const char *name, int (*scenario)(void), int expect_lines)
-{
-    int fds[2];
-    if (pipe(fds) != 0) {
-        ok(0, "%s: pipe", name);
-        return;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        report_fd = fds[1];
-        alarm(10 * (unsigned)tap_scale());
-        exit(scenario());
-    }
-    close(fds[1]);
-    FILE *in = fdopen(fds[0], "r");
-    char line[600];
-    int lines = 0;
-    while (fgets(line, sizeof line, in)) {
-        line[strcspn(line, "\n")] = 0;
-        ok(line[0] == 'P', "%s: %s", name, line + 2);
-        lines++;
-    }
-    fclose(in);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    is_int(lines, expect_lines, "%s: every check reported", name);
-    ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the process exits normally (status %#x%s)",
-       name, status, WIFSIGNALED(status) ? ", killed by a signal" : "");
 }
 
 int main(void)
 {
     tap_watchdog(30);
     signal(SIGPIPE, SIG_IGN);
-    run("atexit", scenario_atexit, 20);
-    run("key destructor", scenario_key, 26);
+    run_in_child("atexit", scenario_atexit, 20, 10);
+    run_in_child("key destructor", scenario_key, 26, 10);
     return done_testing();
 }

@@ -7,13 +7,17 @@
 //! one starts), then forks with the queue held. The child, where no worker
 //! exists, starts its own on demand and runs the jobs that were queued, so
 //! every request started before the fork completes in the child too.
+//! std's futex-based mutex and condition variable, not parking_lot's: those
+//! keep their sleepers in a process-wide table, which in the child still
+//! lists the parent's idle workers, and a notify there can hang.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 
+use std::sync::{Condvar, Mutex, MutexGuard};
+
 use once_cell::sync::Lazy;
-use parking_lot::{Condvar, Mutex, MutexGuard};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -35,7 +39,7 @@ struct Pool {
 }
 
 static POOL: Lazy<Pool> = Lazy::new(|| Pool {
-    queue: Mutex::default(),
+    queue: Mutex::new(Queue::default()),
     work: Condvar::new(),
     quiet: Condvar::new(),
     max_workers: std::env::var("AIOCTX_IO_WORKERS")
@@ -52,9 +56,19 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
+/// The queue; a job that panicked does not make it unusable.
+fn lock() -> MutexGuard<'static, Queue> {
+    POOL.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sleeps on `cv` (a condition variable of the pool) until notified.
+fn wait<'a>(cv: &Condvar, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+    cv.wait(q).unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs `job` on a worker thread.
 pub(crate) fn submit(job: impl FnOnce() + Send + 'static) {
-    let mut q = POOL.queue.lock();
+    let mut q = lock();
     q.jobs.push_back(Box::new(job));
     // A busy worker takes the next job before it sleeps: wake (or start)
     // another only when the queue outgrows the busy ones. At queue depth 32
@@ -86,7 +100,7 @@ pub(crate) fn submit(job: impl FnOnce() + Send + 'static) {
 }
 
 fn worker() {
-    let mut q = POOL.queue.lock();
+    let mut q = lock();
     loop {
         match q.jobs.pop_front() {
             Some(job) => {
@@ -96,12 +110,12 @@ fn worker() {
                 let unwinding = Finished;
                 job();
                 std::mem::forget(unwinding);
-                q = POOL.queue.lock();
+                q = lock();
                 q.finished();
             }
             None => {
                 q.idle += 1;
-                POOL.work.wait(&mut q);
+                q = wait(&POOL.work, q);
                 q.idle -= 1;
             }
         }
@@ -113,7 +127,7 @@ struct Finished;
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        POOL.queue.lock().finished();
+        lock().finished();
     }
 }
 
@@ -131,9 +145,9 @@ pub(crate) fn before_fork() {
     if Lazy::get(&POOL).is_none() {
         return;
     }
-    let mut q = POOL.queue.lock();
+    let mut q = lock();
     while q.running > 0 {
-        POOL.quiet.wait(&mut q);
+        q = wait(&POOL.quiet, q);
     }
     // (A fork from a thread whose thread-locals are gone forks unprotected.)
     let _ = HELD_FOR_FORK.try_with(|h| *h.borrow_mut() = Some(q));
