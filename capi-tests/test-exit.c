@@ -13,7 +13,10 @@
  *     afterwards) and reads aioctx_last_error() after a failed call;
  *   - key destructor: a C thread's pthread-key destructor does the same with
  *     its own loop, and claims a new context by polling it: once the thread
- *     is gone, another thread can poll that context (it was disowned).
+ *     is gone, another thread can poll that context (it was disowned);
+ *   - exited holder: a thread that exits holding a context leaves it held,
+ *     the dump names it (and says it exited), and a later thread that gets
+ *     the same pthread_t is not its owner (no depth, cannot release it).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -156,11 +159,62 @@ static int scenario_key(void)
     return 0;
 }
 
+static AioctxContext *left;
+
+static void *take_and_exit(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "leaver");
+    aioctx_acquire(left);
+    return NULL;
+}
+
+struct probe {
+    int depth, release, try_acquire;
+};
+
+static void *probe_thread(void *arg)
+{
+    struct probe *p = arg;
+    p->depth = aioctx_lock_depth(left);
+    p->release = aioctx_release(left);
+    p->try_acquire = aioctx_try_acquire(left);
+    return NULL;
+}
+
+static int scenario_holder(void)
+{
+    left = aioctx_context_new("left-held");
+    pthread_t leaver, t;
+    pthread_create(&leaver, NULL, take_and_exit, NULL);
+    pthread_join(leaver, NULL);
+    char dump[8192];
+    aioctx_debug_dump(dump, sizeof dump);
+    const char *line = strstr(dump, "context 'left-held'");
+    child_ok(line && strstr(line, "owner 'leaver'") != NULL, "the dump names the thread that left it held");
+    child_ok(line && strstr(line, "(exited)") != NULL, "and says it exited");
+    /* glibc hands a joined thread's pthread_t (its descriptor) to a later thread. */
+    struct probe p = { 0, 0, 0 };
+    int reused = 0;
+    for (int i = 0; i < 200 && !reused; i++) {
+        pthread_create(&t, NULL, probe_thread, &p);
+        reused = pthread_equal(t, leaver);
+        pthread_join(t, NULL);
+    }
+    child_ok(reused, "a later thread got the same pthread_t");
+    child_is_int(p.depth, 0, "it does not hold the context");
+    child_is_int(p.release, -EPERM, "it cannot release it");
+    child_is_int(p.try_acquire, -EBUSY, "it cannot take it either");
+    child_is_int(aioctx_try_acquire(left), -EBUSY, "nor can anyone else");
+    return 0;
+}
+
 int main(void)
 {
     tap_watchdog(30);
     signal(SIGPIPE, SIG_IGN);
     run_in_child("atexit", scenario_atexit, 20, 10);
     run_in_child("key destructor", scenario_key, 26, 10);
+    run_in_child("exited holder", scenario_holder, 7, 10);
     return done_testing();
 }
