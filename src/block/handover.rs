@@ -222,3 +222,49 @@ fn activate(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
     node.set_inactive(false);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Driver, RequestKind};
+    use crate::context::Context;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// Panics in its first `inactivate`.
+    struct PanicsOnce(AtomicBool);
+
+    impl Driver for PanicsOnce {
+        fn inactivate(&self, _node: &Arc<Node>) -> Result<()> {
+            if !self.0.swap(true, SeqCst) {
+                panic!("driver bug");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_mid_handover_gives_everything_back() {
+        let main = Context::new("unwind-main").unwrap();
+        main.claim().unwrap();
+        let other = Context::new("unwind-other").unwrap();
+        let graph = Graph::new(main.clone());
+        let top = graph
+            .add_node("top", &main, Box::new(PanicsOnce(AtomicBool::new(false))))
+            .unwrap();
+        let below = graph
+            .add_node("below", &other, Box::new(crate::block::NullDriver))
+            .unwrap();
+        graph.attach(&top, &below).unwrap();
+        let unwound = catch_unwind(AssertUnwindSafe(|| graph.inactivate_all()));
+        assert!(unwound.is_err(), "the driver's panic reaches the caller");
+        assert_eq!(main.lock().depth(), 0, "the set was released");
+        assert_eq!(other.lock().depth(), 0);
+        assert!(!top.is_inactive() && !below.is_inactive(), "nothing was handed over");
+        below.start_request(RequestKind::Write).unwrap();
+        below.end_request().unwrap();
+        assert!(!graph.shared().handover.load(SeqCst), "no handover is running");
+        graph.inactivate_all().unwrap();
+        assert!(top.is_inactive() && below.is_inactive());
+        graph.activate_all().unwrap();
+    }
+}
