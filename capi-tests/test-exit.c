@@ -213,8 +213,8 @@ int main(void)
 {
     tap_watchdog(30);
     signal(SIGPIPE, SIG_IGN);
-    run_in_child("atexit", scenario_atexit, 20, 10);
-    run_in_child("key destructor", scenario_key, 26, 10);
-    run_in_child("exited holder", scenario_holder, 7, 10);
+    run_in_child("atexit", scenario_atexit, NULL, 20, 10);
+    run_in_child("key destructor", scenario_key, NULL, 26, 10);
+    run_in_child("exited holder", scenario_holder, NULL, 7, 10);
     return done_testing();
 }

@@ -123,8 +123,8 @@ static int panic_at(void)
 int main(void)
 {
     tap_watchdog(60);
-    run_in_child("stderr is /dev/full", log_full, 12, 10);
-    run_in_child("stderr is a closed pipe", log_epipe, 12, 10);
+    run_in_child("stderr is /dev/full", log_full, NULL, 12, 10);
+    run_in_child("stderr is a closed pipe", log_epipe, NULL, 12, 10);
 #ifdef AIOCTX_TEST_PANIC_HOOK
     static const char *const points[] = {
         "inactivate_all:acquired", "inactivate_all:quiesced", "inactivate_all:drained",
@@ -132,7 +132,7 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
         point = points[i];
-        run_in_child(point, panic_at, 11 + (strncmp(point, "activate_all", 12) == 0), 10);
+        run_in_child(point, panic_at, NULL, 11 + (strncmp(point, "activate_all", 12) == 0), 10);
     }
 #else
     diag("release build: the panic points (AIOCTX_TEST_PANIC_AT) are compiled out");

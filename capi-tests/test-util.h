@@ -254,9 +254,11 @@ static inline void child_report(int pass, const char *label, long long got, long
 #define child_ok(cond, label) child_report(!!(cond), (label), 0, 1)
 
 /* Forks; the child arms its own watchdog (timeout_s, scaled), runs scenario()
- * and exits with its result. Every line it reports becomes a TAP result here,
+ * and exits with its result; the parent runs in_parent() (if not NULL) right
+ * after the fork. Every line the child reports becomes a TAP result here,
  * then two more: that `expect` lines came, and that the child exited with 0. */
-static inline void run_in_child(const char *name, int (*scenario)(void), int expect, unsigned timeout_s)
+static inline void run_in_child(const char *name, int (*scenario)(void), void (*in_parent)(void),
+                                int expect, unsigned timeout_s)
 {
     int fds[2];
     if (pipe(fds) != 0) {
@@ -271,6 +273,8 @@ static inline void run_in_child(const char *name, int (*scenario)(void), int exp
         exit(scenario());
     }
     close(fds[1]);
+    if (in_parent)
+        in_parent();
     FILE *in = fdopen(fds[0], "r");
     char line[600];
     int lines = 0;

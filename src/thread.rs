@@ -44,6 +44,8 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 static FIRST_AFTER_FORK: AtomicU64 = AtomicU64::new(0);
 /// The token of the thread that called `fork()` (it lives on in the child).
 static FORK_SURVIVOR: AtomicU64 = AtomicU64::new(0);
+/// How many `fork()`s led to this process (since the library was in use).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// The thread's token (0: none yet). Plain data: no destructor.
@@ -73,13 +75,19 @@ pub fn unique() -> u64 {
 fn assign() -> u64 {
     let token = TOKEN | NEXT.fetch_add(1, Relaxed);
     MINE.set(token);
-    sys::thread::at_fork(
-        crate::block::before_fork,
-        crate::block::after_fork_in_parent,
-        forked,
-    );
+    watch_fork();
     record_name(token);
     token
+}
+
+/// Registers the library's `fork()` handlers (once): before there are
+/// tokens or pool workers, a fork needs none.
+pub(crate) fn watch_fork() {
+    sys::thread::at_fork(sys::thread::ForkHandlers {
+        prepare: crate::block::before_fork,
+        parent: crate::block::after_fork_in_parent,
+        child: forked,
+    });
 }
 
 /// Records the calling thread's name for [`describe`]; a no-op once done
@@ -129,10 +137,18 @@ pub fn alive(token: u64) -> bool {
     first == 0 || token & !TOKEN >= first || token == FORK_SURVIVOR.load(Relaxed)
 }
 
+/// How many `fork()`s led to this process: what the process made in an
+/// earlier generation (kernel objects, threads) it shares with, or left in,
+/// a parent.
+pub fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Relaxed)
+}
+
 /// The child side of `fork()`: only the calling thread lives on.
 fn forked() {
     FORK_SURVIVOR.store(MINE.get(), Relaxed);
     FIRST_AFTER_FORK.store(NEXT.load(Relaxed), Relaxed);
+    FORK_GENERATION.fetch_add(1, Relaxed);
     crate::block::after_fork_in_child();
 }
 

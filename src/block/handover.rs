@@ -259,10 +259,16 @@ mod tests {
         assert!(unwound.is_err(), "the driver's panic reaches the caller");
         assert_eq!(main.lock().depth(), 0, "the set was released");
         assert_eq!(other.lock().depth(), 0);
-        assert!(!top.is_inactive() && !below.is_inactive(), "nothing was handed over");
+        assert!(
+            !top.is_inactive() && !below.is_inactive(),
+            "nothing was handed over"
+        );
         below.start_request(RequestKind::Write).unwrap();
         below.end_request().unwrap();
-        assert!(!graph.shared().handover.load(SeqCst), "no handover is running");
+        assert!(
+            !graph.shared().handover.load(SeqCst),
+            "no handover is running"
+        );
         graph.inactivate_all().unwrap();
         assert!(top.is_inactive() && below.is_inactive());
         graph.activate_all().unwrap();

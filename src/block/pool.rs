@@ -38,15 +38,18 @@ struct Pool {
     max_workers: usize,
 }
 
-static POOL: Lazy<Pool> = Lazy::new(|| Pool {
-    queue: Mutex::new(Queue::default()),
-    work: Condvar::new(),
-    quiet: Condvar::new(),
-    max_workers: std::env::var("AIOCTX_IO_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(16),
+static POOL: Lazy<Pool> = Lazy::new(|| {
+    crate::thread::watch_fork();
+    Pool {
+        queue: Mutex::new(Queue::default()),
+        work: Condvar::new(),
+        quiet: Condvar::new(),
+        max_workers: std::env::var("AIOCTX_IO_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(16),
+    }
 });
 
 thread_local! {
@@ -161,7 +164,11 @@ pub(crate) fn after_fork_in_parent() {
 /// `fork()` in the child: no worker exists; the next submit starts one, and
 /// one starts now for the jobs the parent had queued.
 pub(crate) fn after_fork_in_child() {
-    let Some(mut q) = HELD_FOR_FORK.try_with(|h| h.borrow_mut().take()).ok().flatten() else {
+    let Some(mut q) = HELD_FOR_FORK
+        .try_with(|h| h.borrow_mut().take())
+        .ok()
+        .flatten()
+    else {
         return;
     };
     q.workers = 0;

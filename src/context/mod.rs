@@ -60,11 +60,7 @@ static HOMES: Mutex<BTreeMap<u64, Vec<Weak<Context>>>> = Mutex::new(BTreeMap::ne
 pub(crate) fn thread_exited(token: u64) {
     let homes = HOMES.lock().remove(&token).unwrap_or_default();
     for ctx in homes.iter().filter_map(Weak::upgrade) {
-        if ctx
-            .home
-            .compare_exchange(token, 0, AcqRel, Relaxed)
-            .is_ok()
-        {
+        if ctx.home.compare_exchange(token, 0, AcqRel, Relaxed).is_ok() {
             wait::kick();
         }
     }
@@ -160,6 +156,9 @@ pub struct Context {
     /// Scratch space for epoll results, reused across polls.
     ready: Mutex<Vec<Ready>>,
     stats: Stats,
+    /// The `fork()` generation ([`thread::fork_generation`]) whose process
+    /// made `epoll` and `notifier`: in a child they are the parent's too.
+    fork_gen: AtomicU64,
 }
 
 impl Context {
@@ -203,6 +202,7 @@ impl Context {
             embedded: AtomicBool::new(false),
             ready: Mutex::new(Vec::new()),
             stats: Stats::default(),
+            fork_gen: AtomicU64::new(thread::fork_generation()),
         });
         let mut all = ALL.lock();
         all.retain(|w| w.strong_count() > 0);
@@ -398,6 +398,7 @@ impl Context {
     /// [`poll`](Self::poll) with an explicit bound on blocking.
     pub fn poll_wait(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         self.claim()?;
+        self.renew_after_fork()?;
         self.stats.polls.fetch_add(1, Relaxed);
         // Taken, not locked: a callback may poll again (one level deeper).
         let mut ready = std::mem::take(&mut *self.ready.lock());
@@ -417,6 +418,42 @@ impl Context {
             wait::kick();
         }
         Ok(ran > 0)
+    }
+
+    /// In a `fork()`'s child, the first poll gives the context an epoll
+    /// instance and a notifier of its own: shared with the parent, its
+    /// wake-ups could be eaten there (a hang). Same descriptor numbers.
+    fn renew_after_fork(&self) -> Result<()> {
+        let now = thread::fork_generation();
+        let made = self.fork_gen.load(Relaxed);
+        if made == now
+            || self
+                .fork_gen
+                .compare_exchange(made, now, AcqRel, Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let what = format!("context '{}': renewing its epoll after fork()", self.name);
+        self.notifier
+            .renew()
+            .and_then(|()| self.epoll.renew())
+            .and_then(|()| {
+                let notifier = Interest {
+                    read: true,
+                    write: false,
+                };
+                self.epoll.add(self.notifier.raw(), NOTIFIER_KEY, notifier)
+            })
+            .map_err(|e| Error::from_io(&what, e))?;
+        self.handlers.rearm(&self.epoll);
+        // A wake-up sent before the renewal went to the old notifier.
+        self.notified.store(false, Release);
+        self.kicked.store(true, Relaxed);
+        if self.embedded.load(Relaxed) {
+            self.notify();
+        }
+        Ok(())
     }
 
     fn wait_for_events(&self, wait: Wait, ready: &mut Vec<Ready>) -> Result<()> {
@@ -504,6 +541,8 @@ impl Context {
     /// pending or a handler's fd is ready. From the first call on, every
     /// `notify` writes the notifier, since nobody blocks in `poll`.
     pub fn fd(&self) -> RawFd {
+        // The number stays the same: an embedding loop keeps watching it.
+        let _ = self.renew_after_fork();
         if !self.embedded.swap(true, AcqRel) {
             self.notify_me.fetch_add(1, SeqCst);
             if self.bhs.has_pending() {

@@ -7,6 +7,19 @@ pub mod eventfd;
 pub mod file;
 pub mod thread;
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Makes descriptor number `old` refer to `fresh`'s file (close-on-exec),
+/// and closes `fresh`: for objects a `fork()`'s child shares with its parent
+/// and must not, replaced in place so the number others know stays valid.
+pub fn replace_fd(old: RawFd, fresh: OwnedFd) -> std::io::Result<()> {
+    // SAFETY: both are open descriptors; dup3 closes `old`'s file atomically.
+    if unsafe { libc::dup3(fresh.as_raw_fd(), old, libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 use std::ffi::CStr;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of every timer deadline.

@@ -42,25 +42,35 @@ extern "C" fn exit_destructor(value: *mut c_void) {
     }
 }
 
-/// Fork handlers, registered once: `prepare` runs in the forking thread before
-/// `fork()`, `parent` in it afterwards, `child` in the child's only thread.
-pub fn at_fork(prepare: fn(), parent: fn(), child: fn()) {
-    static HANDLERS: OnceLock<(fn(), fn(), fn())> = OnceLock::new();
+/// The three `pthread_atfork` handlers.
+#[derive(Clone, Copy)]
+pub struct ForkHandlers {
+    /// In the forking thread, before `fork()`.
+    pub prepare: fn(),
+    /// In the forking thread, after `fork()`, in the parent.
+    pub parent: fn(),
+    /// In the child's only thread.
+    pub child: fn(),
+}
+
+/// Registers `handlers` with `pthread_atfork`; only the first call counts.
+pub fn at_fork(handlers: ForkHandlers) {
+    static HANDLERS: OnceLock<ForkHandlers> = OnceLock::new();
     extern "C" fn prepare_hook() {
-        run(|h| h.0)
+        run(|h| h.prepare)
     }
     extern "C" fn parent_hook() {
-        run(|h| h.1)
+        run(|h| h.parent)
     }
     extern "C" fn child_hook() {
-        run(|h| h.2)
+        run(|h| h.child)
     }
-    fn run(which: fn(&(fn(), fn(), fn())) -> fn()) {
+    fn run(which: fn(&ForkHandlers) -> fn()) {
         if let Some(h) = HANDLERS.get() {
             let _ = std::panic::catch_unwind(which(h));
         }
     }
-    if HANDLERS.set((prepare, parent, child)).is_ok() {
+    if HANDLERS.set(handlers).is_ok() {
         // SAFETY: the hooks are plain functions that never unwind.
         unsafe { libc::pthread_atfork(Some(prepare_hook), Some(parent_hook), Some(child_hook)) };
     }
@@ -77,7 +87,8 @@ pub fn write_stderr(text: &[u8]) {
         let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
         if n > 0 {
             rest = &rest[n as usize..];
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {
             continue;
         } else {
             return;
