@@ -186,4 +186,28 @@ mod tests {
         assert!(describe(other.0).contains("gone"), "{}", describe(other.0));
         assert!(alive(me) && alive(other.0));
     }
+
+    #[test]
+    fn an_ended_thread_gives_up_its_homes_and_is_named_while_it_holds() {
+        use crate::context::Context;
+        let home = Context::new("ended-home").unwrap();
+        let held = Context::new("ended-held").unwrap();
+        let (h, k) = (home.clone(), held.clone());
+        let token = std::thread::Builder::new()
+            .name("ender".into())
+            .spawn(move || {
+                h.claim().unwrap();
+                k.acquire().unwrap();
+                current()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!home.has_home(), "disowned when its thread ended");
+        home.claim().unwrap();
+        assert_eq!(held.lock().owner(), token, "still held by the ended thread");
+        assert_eq!(held.lock().depth(), 0, "by nobody else");
+        let who = describe(token);
+        assert!(who.contains("'ender'") && who.contains("(exited)"), "{who}");
+    }
 }
