@@ -289,7 +289,8 @@ static inline void run_in_child(const char *name, int (*scenario)(void), void (*
     waitpid(pid, &status, 0);
     is_int(lines, expect, "%s: every check reported", name);
     ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the process exits with 0 (status %#x%s)",
-       name, status, WIFSIGNALED(status) ? ", killed by a signal (SIGALRM: it hung)" : "");
+       name, status, !WIFSIGNALED(status) ? "" : WTERMSIG(status) == SIGALRM ? ", SIGALRM: it hung"
+                                                : ", killed by a signal");
 }
 
 #endif /* AIOCTX_TEST_UTIL_H */
