@@ -2,7 +2,8 @@
  * test-util.h - helpers shared by the aioctx C API tests, on top of tap.h:
  * scaled timeouts, waits for a counter (polling a context or sleeping),
  * trivial BH callbacks and conditions, a thread that arms a timer, a thread
- * that ends requests, and temporary directories and image files.
+ * that ends requests, temporary directories and image files, and checks made
+ * in a forked child.
  *
  * Usage (after tap.h's _GNU_SOURCE):
  *
@@ -27,6 +28,7 @@
 #include <stdbool.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MS 1000000LL
@@ -229,6 +231,66 @@ static inline char pipe_recv(int fd)
         r = read(fd, &c, 1);
     while (r < 0 && errno == EINTR);
     return r == 1 ? c : 0;
+}
+
+/* ---- checks made in a child process ------------------------------------------------ */
+
+/* A child (see run_in_child) reports each check as one line on a pipe,
+ * "P label" or "F label: detail", so a child that aborts or hangs is a
+ * failure of the parent's TAP stream instead of a lost one. */
+static int child_report_fd = -1;
+
+static inline void child_report(int pass, const char *label, long long got, long long want)
+{
+    char line[512];
+    int n = pass ? snprintf(line, sizeof line, "P %s\n", label)
+                 : snprintf(line, sizeof line, "F %s (got %lld, want %lld)\n", label, got, want);
+    ssize_t r = write(child_report_fd, line, (size_t)n);
+    (void)r;
+}
+
+#define child_is_int(got, want, label) \
+    do { long long g_ = (got), w_ = (want); child_report(g_ == w_, (label), g_, w_); } while (0)
+#define child_ok(cond, label) child_report(!!(cond), (label), 0, 1)
+
+/* Forks; the child arms its own watchdog (timeout_s, scaled), runs scenario()
+ * and exits with its result; the parent runs in_parent() (if not NULL) right
+ * after the fork. Every line the child reports becomes a TAP result here,
+ * then two more: that `expect` lines came, and that the child exited with 0. */
+static inline void run_in_child(const char *name, int (*scenario)(void), void (*in_parent)(void),
+                                int expect, unsigned timeout_s)
+{
+    int fds[2];
+    if (pipe(fds) != 0) {
+        ok(0, "%s: pipe", name);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        child_report_fd = fds[1];
+        alarm(timeout_s * (unsigned)tap_scale());
+        exit(scenario());
+    }
+    close(fds[1]);
+    if (in_parent)
+        in_parent();
+    FILE *in = fdopen(fds[0], "r");
+    char line[600];
+    int lines = 0;
+    while (in && fgets(line, sizeof line, in)) {
+        line[strcspn(line, "\n")] = 0;
+        ok(line[0] == 'P', "%s: %s", name, line + 2);
+        lines++;
+    }
+    if (in)
+        fclose(in);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    is_int(lines, expect, "%s: every check reported", name);
+    ok(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the process exits with 0 (status %#x%s)",
+       name, status, !WIFSIGNALED(status) ? "" : WTERMSIG(status) == SIGALRM ? ", SIGALRM: it hung"
+                                                : ", killed by a signal");
 }
 
 #endif /* AIOCTX_TEST_UTIL_H */

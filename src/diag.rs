@@ -25,12 +25,15 @@ pub fn set_log_handler(handler: Option<Handler>) {
     *HANDLER.write() = handler;
 }
 
-/// Logs `message` through the installed handler, or to stderr.
+/// Logs `message` through the installed handler, or to stderr. Never
+/// fails and never panics on its own: a log line that cannot be written
+/// (stderr on a full disk, a closed pipe) is lost, and the call that logged
+/// goes on.
 pub fn log(level: Level, message: &str) {
     let handler = HANDLER.read().clone();
     match handler {
         Some(h) => h(level, message),
-        None => eprintln!("aioctx: {message}"),
+        None => crate::sys::thread::write_stderr(format!("aioctx: {message}\n").as_bytes()),
     }
 }
 
@@ -57,3 +60,21 @@ pub fn wait_warning_ns() -> Option<i64> {
     });
     *NS
 }
+
+/// A test hook: panics at the named point of a call when the environment
+/// variable `AIOCTX_TEST_PANIC_AT` (read once) names it, the first time the
+/// point is reached, so tests can check that a call that unwinds gives back
+/// what it took. Debug builds only: a release build never reads the variable.
+#[cfg(debug_assertions)]
+pub(crate) fn test_panic_point(point: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    static AT: Lazy<Option<String>> = Lazy::new(|| std::env::var("AIOCTX_TEST_PANIC_AT").ok());
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if AT.as_deref() == Some(point) && !FIRED.swap(true, Relaxed) {
+        panic!("AIOCTX_TEST_PANIC_AT={point}");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn test_panic_point(_point: &str) {}

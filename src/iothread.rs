@@ -90,7 +90,8 @@ impl IoThread {
     }
 
     /// Stops the thread after it has run the BHs already scheduled, and joins
-    /// it. Fails with `EDEADLK`, leaving the thread running, when called from
+    /// it (in a `fork()`'s child, where the thread does not exist, only
+    /// forgets it). Fails with `EDEADLK`, leaving the thread running, when called from
     /// the IOThread itself or while the caller holds its context (the thread
     /// could then never run the stop request).
     ///
@@ -111,6 +112,14 @@ impl IoThread {
                     self.ctx.name()
                 ),
             ));
+        }
+        if !crate::thread::alive(self.token) {
+            // A fork()'s child: the thread stayed in the parent. Joining its
+            // handle here would wait for nothing forever; it only has to be
+            // forgotten (its context is already without a home).
+            std::mem::forget(self.thread.take());
+            self.ctx.disown();
+            return Ok(());
         }
         let depth = self.ctx.lock().depth();
         if depth > 0 {

@@ -245,9 +245,26 @@ pub struct SetGuard<'a> {
     set: &'a mut ContextSet,
 }
 
+impl SetGuard<'_> {
+    /// The held set, e.g. for a wait that gives it back while it waits.
+    pub fn set(&self) -> &ContextSet {
+        self.set
+    }
+
+    /// Releases the set now, reporting what [`ContextSet::release`] reports
+    /// (dropping the guard releases it too, but cannot report).
+    pub fn release(self) -> Result<()> {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        this.set.release()
+    }
+}
+
 impl Drop for SetGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.set.release();
+        // Also on unwind: a call that panics leaves no context held.
+        if self.set.is_held() {
+            let _ = self.set.release();
+        }
     }
 }
 

@@ -1,103 +1,213 @@
-//! Cheap identities for OS threads, and their names for diagnostics.
+//! Identities for OS threads, and their names for diagnostics.
 //!
-//! Locks and home threads need a plain integer they can compare-and-swap:
-//! the thread's `pthread_t`, which is one load (no TLS lookup on the lock's
-//! fast path), never 0, and unique among live threads. Like a pthread
-//! recursive mutex's owner, it can be reused after a thread exits, so a
-//! thread that exits while holding a context leaves it held — by design a
-//! bug in the caller, and the dump names it.
+//! Locks, sets, waits and home threads need a plain integer they can
+//! compare-and-swap: the thread's *token*, taken from a counter the first
+//! time the thread needs one and never reused. A thread that exits while
+//! holding a context keeps it held under its own token (a bug in the
+//! caller, and the dump names that thread), and no later thread can ever
+//! pass for it: not one that gets the same `pthread_t`, nor one born after
+//! a `fork()` in the child.
 //!
-//! Home threads, which decide who may poll a context for its whole life,
-//! use [`unique`] instead: a counter that is never reused, so a context whose
-//! home thread exited never passes to a later thread that got its pthread_t.
+//! The token lives in a const-initialised thread-local of plain data: it
+//! has no destructor, so it is readable from an `atexit()` handler or a
+//! pthread-key destructor, after the thread's other thread-locals are gone.
+//! Reading it is one call to `__tls_get_addr` in a shared library (the
+//! lock's fast path; see README's benchmark 2).
 //!
-//! Names are registered lazily, on cold paths (claiming a context, blocking
-//! on one, describing the caller), so messages can say who holds what.
+//! Names are recorded when a thread gets its token (the first time it takes
+//! a context, claims one, or waits), so the dump says who holds what.
+//! Cleanup when a thread ends (disowning the contexts it was home of,
+//! forgetting its name) runs from a pthread-key destructor
+//! ([`crate::sys::thread::arm_exit_hook`]), which also covers calls made by
+//! other pthread-key destructors of the ending thread.
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use parking_lot::Mutex;
+
+use crate::sys;
 
 // A BTreeMap, not a HashMap: memory checkers see its nodes as plainly
 // reachable, so programs using aioctx stay clean under valgrind.
 static NAMES: Mutex<BTreeMap<u64, String>> = Mutex::new(BTreeMap::new());
 
-/// Unique tokens carry this bit; pthread_t values are user-space addresses,
-/// far below it, so both kinds share the name registry without clashing.
-const UNIQUE: u64 = 1 << 62;
-static NEXT_UNIQUE: AtomicU64 = AtomicU64::new(1);
+/// Every token carries this bit: it is never 0, and stays clear of the
+/// lock's parked bit (bit 63).
+const TOKEN: u64 = 1 << 62;
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// Tokens below this counter value belong to threads that do not exist in
+/// this process (0: none, no fork happened), except [`FORK_SURVIVOR`].
+static FIRST_AFTER_FORK: AtomicU64 = AtomicU64::new(0);
+/// The token of the thread that called `fork()` (it lives on in the child).
+static FORK_SURVIVOR: AtomicU64 = AtomicU64::new(0);
+/// How many `fork()`s led to this process (since the library was in use).
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// The thread's (pthread, unique) tokens once registered; unregisters
-    /// them when the thread exits.
-    static REGISTERED: Registered = const { Registered(Cell::new((0, 0))) };
+    /// The thread's token (0: none yet). Plain data: no destructor.
+    static MINE: Cell<u64> = const { Cell::new(0) };
+    /// Whether the exit hook is set for this thread. Plain data too.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
-struct Registered(Cell<(u64, u64)>);
+/// The calling thread's token: never 0, never reused.
+#[inline]
+pub fn current() -> u64 {
+    let token = MINE.get();
+    if token != 0 {
+        return token;
+    }
+    assign()
+}
 
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let (pthread, unique) = self.0.get();
-        if unique != 0 {
-            let mut names = NAMES.lock();
-            names.remove(&pthread);
-            names.remove(&unique);
-        }
+/// The same token (kept as its own name: home threads say "unique").
+#[inline]
+pub fn unique() -> u64 {
+    current()
+}
+
+#[cold]
+#[inline(never)]
+fn assign() -> u64 {
+    let token = TOKEN | NEXT.fetch_add(1, Relaxed);
+    MINE.set(token);
+    watch_fork();
+    record_name(token);
+    token
+}
+
+/// Registers the library's `fork()` handlers (once): before there are
+/// tokens or pool workers, a fork needs none.
+pub(crate) fn watch_fork() {
+    sys::thread::at_fork(sys::thread::ForkHandlers {
+        prepare: crate::block::before_fork,
+        parent: crate::block::after_fork_in_parent,
+        child: forked,
+    });
+}
+
+/// Records the calling thread's name for [`describe`]; a no-op once done
+/// (kept for the lock's slow path, which names whoever blocks).
+#[cold]
+pub fn register_name() {
+    current();
+}
+
+fn record_name(token: u64) {
+    let name = format!("'{}' (tid {})", sys::thread_name(), sys::gettid());
+    NAMES.lock().insert(token, name);
+    arm_exit_hook();
+}
+
+/// Makes sure [`exited`] runs when the calling thread ends: for threads
+/// that hold names or home contexts. Cheap once armed.
+pub fn arm_exit_hook() {
+    if !ARMED.get() {
+        ARMED.set(sys::thread::arm_exit_hook(current(), exited));
     }
 }
 
-/// The calling thread's never-reused token (never 0), for home threads.
-pub fn unique() -> u64 {
-    register_name();
-    REGISTERED.with(|r| r.0.get().1)
-}
-
-/// The calling thread's token (never 0).
-#[inline]
-pub fn current() -> u64 {
-    crate::sys::pthread_self()
-}
-
-/// Records the calling thread's name for [`describe`]; cheap after the first call.
-#[cold]
-pub fn register_name() {
-    let token = current();
-    REGISTERED.with(|r| {
-        let (pthread, unique) = r.0.get();
-        if pthread == token && unique != 0 {
-            return;
+/// Runs in the ending thread (a pthread-key destructor): gives up the
+/// contexts it was home of and its name — kept, marked, while it still owns
+/// a context, so the dump can say which thread left it held.
+fn exited(token: u64) {
+    ARMED.set(false);
+    crate::context::thread_exited(token);
+    let mut names = NAMES.lock();
+    if crate::context::owned_by(token) {
+        if let Some(name) = names.get_mut(&token) {
+            if !name.ends_with("(exited)") {
+                name.push_str(" (exited)");
+            }
         }
-        let unique = if unique != 0 {
-            unique
-        } else {
-            UNIQUE | NEXT_UNIQUE.fetch_add(1, Relaxed)
-        };
-        r.0.set((token, unique));
-        let name = format!(
-            "'{}' (tid {})",
-            crate::sys::thread_name(),
-            crate::sys::gettid()
-        );
-        let mut names = NAMES.lock();
-        names.insert(token, name.clone());
-        names.insert(unique, name);
-    });
+    } else {
+        names.remove(&token);
+    }
+}
+
+/// Whether the thread of `token` may still exist: false for threads that
+/// did not survive a `fork()` into this process (the child has only the
+/// thread that forked). A thread that exited normally gave up its homes.
+pub fn alive(token: u64) -> bool {
+    let first = FIRST_AFTER_FORK.load(Relaxed);
+    first == 0 || token & !TOKEN >= first || token == FORK_SURVIVOR.load(Relaxed)
+}
+
+/// How many `fork()`s led to this process: what the process made in an
+/// earlier generation (kernel objects, threads) it shares with, or left in,
+/// a parent.
+pub fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Relaxed)
+}
+
+/// The child side of `fork()`: only the calling thread lives on.
+fn forked() {
+    FORK_SURVIVOR.store(MINE.get(), Relaxed);
+    FIRST_AFTER_FORK.store(NEXT.load(Relaxed), Relaxed);
+    FORK_GENERATION.fetch_add(1, Relaxed);
+    crate::block::after_fork_in_child();
 }
 
 /// "'name' (tid N)" for a thread, for messages that say who holds what.
 pub fn describe(token: u64) -> String {
-    if token == current() || token & UNIQUE != 0 {
-        register_name();
+    if token == 0 {
+        return "nobody".to_string();
     }
-    match token {
-        0 => "nobody".to_string(),
-        t => NAMES
-            .lock()
-            .get(&t)
-            .cloned()
-            .unwrap_or_else(|| format!("thread {t:#x}")),
+    let name = NAMES.lock().get(&token).cloned();
+    let mut text = name.unwrap_or_else(|| format!("#{} (gone)", token & !TOKEN));
+    if !alive(token) {
+        text.push_str(" (not in this process: it did not survive fork())");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_named() {
+        let me = current();
+        assert_eq!(me, current());
+        assert_ne!(me & TOKEN, 0);
+        let other = std::thread::Builder::new()
+            .name("tok-test".into())
+            .spawn(|| (current(), describe(current())))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_ne!(other.0, me);
+        assert!(other.1.contains("'tok-test'"), "{}", other.1);
+        // Gone and not holding anything: forgotten.
+        assert!(describe(other.0).contains("gone"), "{}", describe(other.0));
+        assert!(alive(me) && alive(other.0));
+    }
+
+    #[test]
+    fn an_ended_thread_gives_up_its_homes_and_is_named_while_it_holds() {
+        use crate::context::Context;
+        let home = Context::new("ended-home").unwrap();
+        let held = Context::new("ended-held").unwrap();
+        let (h, k) = (home.clone(), held.clone());
+        let token = std::thread::Builder::new()
+            .name("ender".into())
+            .spawn(move || {
+                h.claim().unwrap();
+                k.acquire().unwrap();
+                current()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!home.has_home(), "disowned when its thread ended");
+        home.claim().unwrap();
+        assert_eq!(held.lock().owner(), token, "still held by the ended thread");
+        assert_eq!(held.lock().depth(), 0, "by nobody else");
+        let who = describe(token);
+        assert!(who.contains("'ender'") && who.contains("(exited)"), "{who}");
     }
 }

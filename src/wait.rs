@@ -17,6 +17,7 @@
 //! back as on entry), or around every poll with `release_held`.
 #![forbid(unsafe_code)]
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use crate::context::{self, describe_cycle, find_cycle, Context, Hop, Registration, Wait};
@@ -217,8 +218,12 @@ impl Waiter {
         // Descending, then ascending: the global order of sets.
         self.set.iter().rev().for_each(|c| drop(c.release()));
         let lent: Vec<u32> = self.lent.iter().map(|c| c.lock().release_all()).collect();
-        let polled = self.poll_ctx.poll_wait(wait);
+        // A callback that panics must not leave what was given back given
+        // away: take it back, then let the panic go on.
+        let poll_ctx = self.poll_ctx.clone();
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| poll_ctx.poll_wait(wait)));
         let retaken = self.take_back(held, &lent);
+        let polled = polled.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if let Some(e) = self.deadlock.take() {
             self.lent.clear();
             return Err(retaken.err().unwrap_or(e));

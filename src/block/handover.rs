@@ -5,7 +5,10 @@
 //! waits inside (drain, driver calls in the home threads) can release each
 //! context once and let its IOThread run. On the first error they stop,
 //! release every context exactly once, and leave each node either fully
-//! active or fully inactive, so the other call (or a retry) recovers.
+//! active or fully inactive, so the other call (or a retry) recovers. The
+//! same holds when a call unwinds (a panic, caught at the C boundary): the
+//! held set, the quiesce flags, the nodes handed over and the running flag
+//! are guards, undone on the way out.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use super::{Graph, Node};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
+use crate::diag;
 use crate::error::{busy, Error, Result};
 use crate::set::ContextSet;
 
@@ -30,9 +34,10 @@ impl Graph {
             .collect();
         refuse_held_contexts(&order, "inactivate_all")?;
         let mut set = self.context_set(&order)?;
-        set.acquire()?;
-        let result = inactivate(&order, &set);
-        set.release()?;
+        let held = set.guard()?;
+        diag::test_panic_point("inactivate_all:acquired");
+        let result = inactivate(&order, held.set());
+        held.release()?;
         result
     }
 
@@ -51,9 +56,10 @@ impl Graph {
         order.reverse();
         refuse_held_contexts(&order, "activate_all")?;
         let mut set = self.context_set(&order)?;
-        set.acquire()?;
-        let result = order.iter().try_for_each(|n| activate(n, &set));
-        set.release()?;
+        let held = set.guard()?;
+        diag::test_panic_point("activate_all:acquired");
+        let result = order.iter().try_for_each(|n| activate(n, held.set()));
+        held.release()?;
         result
     }
 
@@ -115,28 +121,63 @@ impl Drop for HandoverRunning<'_> {
 }
 
 fn inactivate(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
-    order.iter().for_each(|n| n.quiesce());
-    let result = inactivate_quiesced(order, held);
-    order.iter().for_each(|n| n.unquiesce());
-    result
+    let _quiesced = Quiesced::new(order);
+    diag::test_panic_point("inactivate_all:quiesced");
+    inactivate_quiesced(order, held)
+}
+
+/// Refuses new requests on `nodes` until dropped, however the call ends:
+/// a call that unwinds must not leave every request `EBUSY` forever.
+struct Quiesced<'a>(&'a [Arc<Node>]);
+
+impl<'a> Quiesced<'a> {
+    fn new(nodes: &'a [Arc<Node>]) -> Self {
+        nodes.iter().for_each(|n| n.quiesce());
+        Quiesced(nodes)
+    }
+}
+
+impl Drop for Quiesced<'_> {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|n| n.unquiesce());
+    }
 }
 
 fn inactivate_quiesced(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
     for node in order {
         node.wait_idle_holding(held)?;
     }
-    // Pass 1, top-down: flush then driver inactivate. On failure, the nodes
-    // already handed over are marked inactive too, so each node is in one
-    // consistent state and activate_all brings them back.
-    for (done, node) in order.iter().enumerate() {
-        if let Err(e) = hand_over(node, held) {
-            // The handover error comes first; a permission error is secondary.
-            let _ = mark_all_inactive(&order[..done]);
-            return Err(e);
-        }
+    diag::test_panic_point("inactivate_all:drained");
+    // Pass 1, top-down: flush then driver inactivate. On failure (or an
+    // unwind), the nodes already handed over are marked inactive too, so
+    // each node is in one consistent state and activate_all brings them back.
+    let mut handed = HandedOver {
+        nodes: order,
+        done: 0,
+    };
+    for node in order {
+        hand_over(node, held)?;
+        handed.done += 1;
     }
+    diag::test_panic_point("inactivate_all:handed-over");
+    handed.done = 0;
     // Pass 2: every node inactive, write permission dropped.
     mark_all_inactive(order)
+}
+
+/// The first `done` nodes of `nodes` were handed over to their drivers:
+/// marked inactive when dropped, unless the caller set `done` back to 0.
+struct HandedOver<'a> {
+    nodes: &'a [Arc<Node>],
+    done: usize,
+}
+
+impl Drop for HandedOver<'_> {
+    fn drop(&mut self) {
+        // The handover's error (or panic) comes first; a permission error
+        // here is secondary.
+        let _ = mark_all_inactive(&self.nodes[..self.done]);
+    }
 }
 
 /// Marks every node of `nodes` inactive and drops its write permission,
@@ -180,4 +221,56 @@ fn activate(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
     }
     node.set_inactive(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{Driver, RequestKind};
+    use crate::context::Context;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    /// Panics in its first `inactivate`.
+    struct PanicsOnce(AtomicBool);
+
+    impl Driver for PanicsOnce {
+        fn inactivate(&self, _node: &Arc<Node>) -> Result<()> {
+            if !self.0.swap(true, SeqCst) {
+                panic!("driver bug");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_panic_mid_handover_gives_everything_back() {
+        let main = Context::new("unwind-main").unwrap();
+        main.claim().unwrap();
+        let other = Context::new("unwind-other").unwrap();
+        let graph = Graph::new(main.clone());
+        let top = graph
+            .add_node("top", &main, Box::new(PanicsOnce(AtomicBool::new(false))))
+            .unwrap();
+        let below = graph
+            .add_node("below", &other, Box::new(crate::block::NullDriver))
+            .unwrap();
+        graph.attach(&top, &below).unwrap();
+        let unwound = catch_unwind(AssertUnwindSafe(|| graph.inactivate_all()));
+        assert!(unwound.is_err(), "the driver's panic reaches the caller");
+        assert_eq!(main.lock().depth(), 0, "the set was released");
+        assert_eq!(other.lock().depth(), 0);
+        assert!(
+            !top.is_inactive() && !below.is_inactive(),
+            "nothing was handed over"
+        );
+        below.start_request(RequestKind::Write).unwrap();
+        below.end_request().unwrap();
+        assert!(
+            !graph.shared().handover.load(SeqCst),
+            "no handover is running"
+        );
+        graph.inactivate_all().unwrap();
+        assert!(top.is_inactive() && below.is_inactive());
+        graph.activate_all().unwrap();
+    }
 }

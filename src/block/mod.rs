@@ -19,6 +19,7 @@ mod writer;
 pub use file::{FileDriver, OpenFlags};
 pub use graph::{attach, Graph};
 pub use node::{describe_all_nodes, Node, RequestKind};
+pub(crate) use pool::{after_fork_in_child, after_fork_in_parent, before_fork};
 
 use std::sync::Arc;
 

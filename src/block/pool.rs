@@ -1,12 +1,23 @@
 //! The worker pool that runs blocking file system calls, so that no home
 //! thread ever blocks in the kernel. Workers start on demand, up to a limit
 //! (`AIOCTX_IO_WORKERS`, default 16), and live for the process.
+//!
+//! `fork()`: the forking thread first waits for the jobs running on workers
+//! to return (a system call already started; the queue is held so no new
+//! one starts), then forks with the queue held. The child, where no worker
+//! exists, starts its own on demand and runs the jobs that were queued, so
+//! every request started before the fork completes in the child too.
+//! std's futex-based mutex and condition variable, not parking_lot's: those
+//! keep their sleepers in a process-wide table, which in the child still
+//! lists the parent's idle workers, and a notify there can hang.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
+use std::sync::{Condvar, Mutex, MutexGuard};
+
 use once_cell::sync::Lazy;
-use parking_lot::{Condvar, Mutex};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -15,27 +26,52 @@ struct Queue {
     jobs: VecDeque<Job>,
     workers: usize,
     idle: usize,
+    /// Jobs being run by a worker right now.
+    running: usize,
 }
 
 struct Pool {
     queue: Mutex<Queue>,
     work: Condvar,
+    /// Signalled when `running` drops to 0 while a fork waits for it.
+    quiet: Condvar,
     max_workers: usize,
 }
 
-static POOL: Lazy<Pool> = Lazy::new(|| Pool {
-    queue: Mutex::default(),
-    work: Condvar::new(),
-    max_workers: std::env::var("AIOCTX_IO_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(16),
+static POOL: Lazy<Pool> = Lazy::new(|| {
+    crate::thread::watch_fork();
+    Pool {
+        queue: Mutex::new(Queue::default()),
+        work: Condvar::new(),
+        quiet: Condvar::new(),
+        max_workers: std::env::var("AIOCTX_IO_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(16),
+    }
 });
+
+thread_local! {
+    /// The queue, held by the forking thread from before `fork()` until
+    /// after it, in the parent and in the child.
+    static HELD_FOR_FORK: RefCell<Option<MutexGuard<'static, Queue>>> =
+        const { RefCell::new(None) };
+}
+
+/// The queue; a job that panicked does not make it unusable.
+fn lock() -> MutexGuard<'static, Queue> {
+    POOL.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sleeps on `cv` (a condition variable of the pool) until notified.
+fn wait<'a>(cv: &Condvar, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+    cv.wait(q).unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs `job` on a worker thread.
 pub(crate) fn submit(job: impl FnOnce() + Send + 'static) {
-    let mut q = POOL.queue.lock();
+    let mut q = lock();
     q.jobs.push_back(Box::new(job));
     // A busy worker takes the next job before it sleeps: wake (or start)
     // another only when the queue outgrows the busy ones. At queue depth 32
@@ -67,19 +103,83 @@ pub(crate) fn submit(job: impl FnOnce() + Send + 'static) {
 }
 
 fn worker() {
-    let mut q = POOL.queue.lock();
+    let mut q = lock();
     loop {
         match q.jobs.pop_front() {
             Some(job) => {
+                q.running += 1;
                 drop(q);
+                // Counted back even if the job panics, or a fork would wait forever.
+                let unwinding = Finished;
                 job();
-                q = POOL.queue.lock();
+                std::mem::forget(unwinding);
+                q = lock();
+                q.finished();
             }
             None => {
                 q.idle += 1;
-                POOL.work.wait(&mut q);
+                q = wait(&POOL.work, q);
                 q.idle -= 1;
             }
         }
+    }
+}
+
+/// Ends a job's `running` count if the job unwinds.
+struct Finished;
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        lock().finished();
+    }
+}
+
+impl Queue {
+    fn finished(&mut self) {
+        self.running -= 1;
+        if self.running == 0 {
+            POOL.quiet.notify_all();
+        }
+    }
+}
+
+/// `fork()` prepare: waits until no job runs, and keeps the queue held.
+pub(crate) fn before_fork() {
+    if Lazy::get(&POOL).is_none() {
+        return;
+    }
+    let mut q = lock();
+    while q.running > 0 {
+        q = wait(&POOL.quiet, q);
+    }
+    // (A fork from a thread whose thread-locals are gone forks unprotected.)
+    let _ = HELD_FOR_FORK.try_with(|h| *h.borrow_mut() = Some(q));
+}
+
+/// `fork()` in the parent: the queue goes on as before.
+pub(crate) fn after_fork_in_parent() {
+    let _ = HELD_FOR_FORK.try_with(|h| drop(h.borrow_mut().take()));
+}
+
+/// `fork()` in the child: no worker exists; the next submit starts one, and
+/// one starts now for the jobs the parent had queued.
+pub(crate) fn after_fork_in_child() {
+    let Some(mut q) = HELD_FOR_FORK
+        .try_with(|h| h.borrow_mut().take())
+        .ok()
+        .flatten()
+    else {
+        return;
+    };
+    q.workers = 0;
+    q.idle = 0;
+    if q.jobs.is_empty() {
+        return;
+    }
+    // Re-queue through submit, which starts the workers.
+    let jobs = std::mem::take(&mut q.jobs);
+    drop(q);
+    for job in jobs {
+        submit(job);
     }
 }

@@ -1,6 +1,6 @@
 //! The one panic-and-pointer boundary every export goes through.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -13,33 +13,36 @@ const LAST_ERROR_CAPACITY: usize = 8192;
 
 thread_local! {
     /// Fixed storage, so the pointer `aioctx_last_error()` returned stays
-    /// valid for the thread's lifetime; only the text changes.
-    static LAST_ERROR: RefCell<Box<[u8; LAST_ERROR_CAPACITY]>> =
-        RefCell::new(Box::new([0; LAST_ERROR_CAPACITY]));
+    /// valid for the thread's lifetime; only the text changes. Const
+    /// initialised plain data, with no destructor: usable from `atexit()`
+    /// handlers and pthread-key destructors, after Rust's thread-locals
+    /// with destructors are gone.
+    static LAST_ERROR: RefCell<[u8; LAST_ERROR_CAPACITY]> =
+        const { RefCell::new([0; LAST_ERROR_CAPACITY]) };
+    static LAST_ERRNO: Cell<c_int> = const { Cell::new(0) };
 }
 
 /// The calling thread's last error message ("" when none).
 pub(crate) fn last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr().cast())
-}
-
-thread_local! {
-    static LAST_ERRNO: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+    LAST_ERROR.with(|e| e.as_ptr().cast::<c_char>().cast_const())
 }
 
 /// The calling thread's last failure as a negative errno (0 when none).
 pub(crate) fn last_errno() -> c_int {
-    LAST_ERRNO.with(|e| e.get())
+    LAST_ERRNO.get()
 }
 
 fn set_last_error(function: &str, e: &Error) {
-    LAST_ERRNO.with(|slot| slot.set(-e.errno()));
+    LAST_ERRNO.set(-e.errno());
     // Like fopen(): a constructor's NULL comes with errno set.
     // SAFETY: __errno_location returns the calling thread's errno slot.
     unsafe { *libc::__errno_location() = e.errno() };
     let text = format!("{function}: {}", e.message());
     LAST_ERROR.with(|slot| {
-        let mut slot = slot.borrow_mut();
+        // Busy only if formatting the message re-entered here: keep the first.
+        let Ok(mut slot) = slot.try_borrow_mut() else {
+            return;
+        };
         let mut len = text.len().min(LAST_ERROR_CAPACITY - 1);
         while !text.is_char_boundary(len) {
             len -= 1;

@@ -24,7 +24,10 @@ pub const AIOCTX_LOG_INFO: c_int = 0;
 pub const AIOCTX_LOG_WARNING: c_int = 1;
 
 /// Sends the library's log messages to `handler(opaque, level, message)`;
-/// NULL restores the default, which writes them to stderr. Any thread.
+/// NULL restores the default, which writes each one with `write(2)` to
+/// file descriptor 2, ignoring errors (a full disk, a closed pipe with
+/// SIGPIPE ignored): logging never fails or changes the call that logs.
+/// Any thread.
 ///
 /// The library logs when a `aioctx_poll_while`, an `aioctx_wait_begin` wait,
 /// or a drain, flush or handover waiting inside the library is still waiting

@@ -8,6 +8,8 @@ use super::boundary;
 /// none failed yet. Names the function and the object, and says how to fix
 /// the call. The pointer stays valid for the life of the calling thread; its
 /// text changes at the thread's next failing call. Every thread has its own.
+/// Also usable from `atexit()` handlers and pthread-key destructors, where
+/// it reports the failures of the calls made there.
 #[no_mangle]
 pub extern "C" fn aioctx_last_error() -> *const c_char {
     boundary::last_error()

@@ -46,6 +46,9 @@ pub extern "C" fn aioctx_iothread_context(it: *mut AioctxIoThread) -> *mut Aioct
 /// lives on without a home: the next thread that polls it — for instance a
 /// `aioctx_poll_while` or a graph-wide call waiting on one of its nodes —
 /// becomes its home and runs its work, instead of waiting forever.
+/// From an `atexit()` handler or a pthread-key destructor it stops the
+/// thread as anywhere else. In the child of a `fork()` (where the thread
+/// does not exist) it frees `it` at once, without a thread to stop.
 #[no_mangle]
 pub extern "C" fn aioctx_iothread_free(it: *mut AioctxIoThread) -> c_int {
     ffi("aioctx_iothread_free", || {

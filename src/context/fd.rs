@@ -88,6 +88,21 @@ impl FdHandlers {
         Ok(())
     }
 
+    /// Registers every handler's fd again, in a fresh `epoll`.
+    pub(crate) fn rearm(&self, epoll: &Epoll) {
+        let t = self.0.lock();
+        for (&fd, key) in &t.key_of_fd {
+            if let Some(h) = t.handlers.get(key) {
+                let interest = Interest {
+                    read: h.read.is_some(),
+                    write: h.write.is_some(),
+                };
+                // An fd closed since cannot be watched; its handler never runs.
+                let _ = epoll.add(fd, *key, interest);
+            }
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.0.lock().handlers.len()
     }

@@ -28,7 +28,6 @@ pub use timer::Timer;
 pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
 pub use waiters::{kick_all, Registration};
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
@@ -58,33 +57,31 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static ALL: Mutex<BTreeMap<u64, Weak<Context>>> = Mutex::new(BTreeMap::new());
 static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 
-thread_local! {
-    /// The context this thread is home of (the first one it claimed).
-    static CURRENT: RefCell<Weak<Context>> = const { RefCell::new(Weak::new()) };
-    /// Every context this thread claimed: disowned when the thread exits.
-    static HOMES: Homes = const { Homes(RefCell::new((0, Vec::new()))) };
-}
+/// The contexts each thread claimed, by token: its current context (the
+/// first it claimed that is still alive) first. A global map rather than a
+/// thread-local, so it works in calls made while the thread ends (after its
+/// thread-locals are destroyed); the thread's exit hook takes its entry out
+/// and disowns the contexts ([`thread_exited`]).
+static HOMES: Mutex<BTreeMap<u64, Vec<Weak<Context>>>> = Mutex::new(BTreeMap::new());
 
-/// The calling thread's home token and the contexts it claimed.
-struct Homes(RefCell<(u64, Vec<Weak<Context>>)>);
-
-impl Drop for Homes {
-    /// A thread that exits leaves its contexts without a home, so the next
-    /// thread that polls one (a wait on its work, say) runs it, instead of
-    /// every wait on it hanging.
-    fn drop(&mut self) {
-        let (token, homes) = &*self.0.borrow();
-        for ctx in homes.iter().filter_map(Weak::upgrade) {
-            if ctx
-                .home
-                .compare_exchange(*token, 0, AcqRel, Relaxed)
-                .is_ok()
-            {
-                ctx.home_thread.store(0, Relaxed);
-                ctx.wake_waiters();
-            }
+/// Called in a thread that ends: it leaves its contexts without a home, so
+/// the next thread that polls one (a wait on its work, say) runs it, instead
+/// of every wait on it hanging.
+pub(crate) fn thread_exited(token: u64) {
+    let homes = HOMES.lock().remove(&token).unwrap_or_default();
+    for ctx in homes.iter().filter_map(Weak::upgrade) {
+        if ctx.home.compare_exchange(token, 0, AcqRel, Relaxed).is_ok() {
+            ctx.wake_waiters();
         }
     }
+}
+
+/// Whether the thread of `token` owns the lock of some live context.
+pub(crate) fn owned_by(token: u64) -> bool {
+    ALL.lock()
+        .values()
+        .filter_map(Weak::upgrade)
+        .any(|c| c.lock.owner() == token)
 }
 
 /// How long a poll may block.
@@ -154,9 +151,6 @@ pub struct Context {
     /// Never-reused token ([`thread::unique`]) of the only thread allowed to
     /// poll (0: not yet claimed, or disowned).
     home: AtomicU64,
-    /// The home thread's lock token ([`thread::current`]), for the wait-for
-    /// graph (0: none).
-    home_thread: AtomicU64,
     bhs: BhQueue,
     timers: TimerList,
     handlers: FdHandlers,
@@ -176,6 +170,9 @@ pub struct Context {
     /// Dispatches started: one that sees it move on ran a nested poll.
     dispatches: AtomicU64,
     stats: Stats,
+    /// The `fork()` generation ([`thread::fork_generation`]) whose process
+    /// made `epoll` and `notifier`: in a child they are the parent's too.
+    fork_gen: AtomicU64,
 }
 
 impl Context {
@@ -210,7 +207,6 @@ impl Context {
             c_name,
             lock: ContextLock::with_id(id),
             home: AtomicU64::new(0),
-            home_thread: AtomicU64::new(0),
             bhs: BhQueue::default(),
             timers: TimerList::default(),
             handlers: FdHandlers::default(),
@@ -224,6 +220,7 @@ impl Context {
             ready: Mutex::new(Vec::new()),
             dispatches: AtomicU64::new(0),
             stats: Stats::default(),
+            fork_gen: AtomicU64::new(thread::fork_generation()),
         });
         ALL.lock().insert(id, Arc::downgrade(&ctx));
         Ok(ctx)
@@ -241,7 +238,13 @@ impl Context {
 
     /// The calling thread's current context, if it has one (no adoption).
     pub fn current_if_any() -> Option<Arc<Context>> {
-        CURRENT.with(|c| c.borrow().upgrade())
+        let me = thread::current();
+        let homes = HOMES.lock();
+        homes
+            .get(&me)?
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.home.load(Relaxed) == me)
     }
 
     /// The calling thread's current context: the one it is home of. A thread
@@ -344,39 +347,42 @@ impl Context {
     }
 
     /// Makes the calling thread the home thread (the only one that polls).
+    /// A home thread that no longer exists in this process (it did not
+    /// survive a `fork()`) is replaced.
     pub fn claim(self: &Arc<Self>) -> Result<()> {
         let me = thread::unique();
-        match self.home.compare_exchange(0, me, AcqRel, Acquire) {
-            Ok(_) => {
-                self.home_thread.store(thread::current(), Relaxed);
-                HOMES.with(|h| {
-                    let mut h = h.0.borrow_mut();
-                    h.0 = me;
-                    h.1.retain(|w| w.strong_count() > 0);
-                    h.1.push(Arc::downgrade(self));
-                });
-                CURRENT.with(|c| {
-                    let mut c = c.borrow_mut();
-                    if c.strong_count() == 0 {
-                        *c = Arc::downgrade(self);
-                    }
-                });
-                Ok(())
+        let mut home = self.home.load(Acquire);
+        loop {
+            if home == me {
+                return Ok(());
             }
-            Err(home) if home == me => Ok(()),
-            Err(home) => Err(not_permitted(format!(
-                "context '{}' belongs to thread {}: only its home thread may poll or claim it",
-                self.name,
-                thread::describe(home)
-            ))),
+            if home != 0 && thread::alive(home) {
+                return Err(not_permitted(format!(
+                    "context '{}' belongs to thread {}: only its home thread may poll or claim it",
+                    self.name,
+                    thread::describe(home)
+                )));
+            }
+            match self.home.compare_exchange(home, me, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(now) => home = now,
+            }
         }
+        let mut homes = HOMES.lock();
+        let mine = homes.entry(me).or_default();
+        mine.retain(|w| w.strong_count() > 0);
+        mine.push(Arc::downgrade(self));
+        drop(homes);
+        // Also after the thread's exit hook ran (a claim from a later
+        // pthread-key destructor): it runs again and disowns this one too.
+        thread::arm_exit_hook();
+        Ok(())
     }
 
     /// Forgets the home thread once it has exited (an IOThread that was
     /// freed): the next thread that polls the context becomes its home, so
     /// work still queued on it, or waited for, runs instead of hanging.
     pub(crate) fn disown(&self) {
-        self.home_thread.store(0, Relaxed);
         self.home.store(0, Release);
         // A waiter polling its own loop for this context's work must notice.
         self.wake_waiters();
@@ -384,7 +390,7 @@ impl Context {
 
     /// The home thread's lock token (0: none), for the wait-for graph.
     pub(crate) fn home_thread(&self) -> u64 {
-        self.home_thread.load(Relaxed)
+        self.home.load(Relaxed)
     }
 
     /// Whether the calling thread is the home thread.
@@ -394,7 +400,8 @@ impl Context {
 
     /// Whether some thread is the home thread.
     pub fn has_home(&self) -> bool {
-        self.home.load(Relaxed) != 0
+        let home = self.home.load(Relaxed);
+        home != 0 && thread::alive(home)
     }
 
     /// Whether a thread other than the caller runs this context: only then
@@ -416,6 +423,7 @@ impl Context {
     pub fn poll_wait(self: &Arc<Self>, wait: Wait) -> Result<bool> {
         self.claim()?;
         self.check_dispatch_depth()?;
+        self.renew_after_fork()?;
         self.stats.polls.fetch_add(1, Relaxed);
         // Taken, not locked: a callback may poll again (one level deeper).
         let mut ready = std::mem::take(&mut *self.ready.lock());
@@ -457,6 +465,42 @@ impl Context {
         }
         if self.lock.owner() == thread::current() && self.lock.depth() == u32::MAX {
             return Err(self.named(LockError::Overflow));
+        }
+        Ok(())
+    }
+
+    /// In a `fork()`'s child, the first poll gives the context an epoll
+    /// instance and a notifier of its own: shared with the parent, its
+    /// wake-ups could be eaten there (a hang). Same descriptor numbers.
+    fn renew_after_fork(&self) -> Result<()> {
+        let now = thread::fork_generation();
+        let made = self.fork_gen.load(Relaxed);
+        if made == now
+            || self
+                .fork_gen
+                .compare_exchange(made, now, AcqRel, Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let what = format!("context '{}': renewing its epoll after fork()", self.name);
+        self.notifier
+            .renew()
+            .and_then(|()| self.epoll.renew())
+            .and_then(|()| {
+                let notifier = Interest {
+                    read: true,
+                    write: false,
+                };
+                self.epoll.add(self.notifier.raw(), NOTIFIER_KEY, notifier)
+            })
+            .map_err(|e| Error::from_io(&what, e))?;
+        self.handlers.rearm(&self.epoll);
+        // A wake-up sent before the renewal went to the old notifier.
+        self.notified.store(false, Release);
+        self.notify_pending.store(true, Relaxed);
+        if self.embedded.load(Relaxed) {
+            self.notify();
         }
         Ok(())
     }
@@ -555,6 +599,8 @@ impl Context {
     /// pending or a handler's fd is ready. From the first call on, every
     /// `notify` writes the notifier, since nobody blocks in `poll`.
     pub fn fd(&self) -> RawFd {
+        // The number stays the same: an embedding loop keeps watching it.
+        let _ = self.renew_after_fork();
         if !self.embedded.swap(true, AcqRel) {
             self.notify_me.fetch_add(1, SeqCst);
             if self.bhs.has_pending() {

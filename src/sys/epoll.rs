@@ -55,6 +55,12 @@ impl Epoll {
         self.0.as_raw_fd()
     }
 
+    /// Replaces the instance with an empty one under the same descriptor
+    /// number (after `fork()`, the parent's instance is shared).
+    pub fn renew(&self) -> io::Result<()> {
+        super::replace_fd(self.raw(), Epoll::new()?.0)
+    }
+
     pub fn add(&self, fd: RawFd, key: u64, interest: Interest) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, key, interest)
     }

@@ -36,4 +36,10 @@ impl EventFd {
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
+
+    /// Replaces the counter with a fresh one (0) under the same descriptor
+    /// number (after `fork()`, the parent's counter is shared).
+    pub fn renew(&self) -> io::Result<()> {
+        super::replace_fd(self.raw(), EventFd::new()?.0)
+    }
 }

@@ -5,6 +5,20 @@
 pub mod epoll;
 pub mod eventfd;
 pub mod file;
+pub mod thread;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Makes descriptor number `old` refer to `fresh`'s file (close-on-exec),
+/// and closes `fresh`: for objects a `fork()`'s child shares with its parent
+/// and must not, replaced in place so the number others know stays valid.
+pub fn replace_fd(old: RawFd, fresh: OwnedFd) -> std::io::Result<()> {
+    // SAFETY: both are open descriptors; dup3 closes `old`'s file atomically.
+    if unsafe { libc::dup3(fresh.as_raw_fd(), old, libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 use std::ffi::CStr;
 
@@ -36,11 +50,4 @@ pub fn thread_name() -> String {
     CStr::from_bytes_until_nul(&buf)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// The calling thread's pthread_t: unique among live threads, one load.
-#[inline]
-pub fn pthread_self() -> u64 {
-    // SAFETY: pthread_self has no preconditions and cannot fail.
-    unsafe { libc::pthread_self() as u64 }
 }
