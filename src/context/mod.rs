@@ -16,9 +16,11 @@
 
 mod bh;
 mod fd;
+mod poll_params;
 mod timer;
 
 pub use bh::Bh;
+pub use poll_params::PollParams;
 pub use timer::Timer;
 
 use std::cell::RefCell;
@@ -157,6 +159,7 @@ pub struct Context {
     /// Scratch space for epoll results, reused across polls.
     ready: Mutex<Vec<Ready>>,
     stats: Stats,
+    poll_params: poll_params::PollParamsCell,
 }
 
 impl Context {
@@ -200,6 +203,7 @@ impl Context {
             embedded: AtomicBool::new(false),
             ready: Mutex::new(Vec::new()),
             stats: Stats::default(),
+            poll_params: Default::default(),
         });
         let mut all = ALL.lock();
         all.retain(|w| w.strong_count() > 0);
