@@ -67,9 +67,12 @@ typedef struct AioctxContext AioctxContext;
 /**
  * A graph of block nodes. Owned by the caller; `aioctx_graph_free` closes
  * every node. Graph-wide calls (`aioctx_graph_inactivate_all`,
- * `aioctx_graph_activate_all`, `aioctx_node_drain`, `aioctx_node_flush`) are
- * made from the home thread of the graph's main context (the first such
- * call claims it); from any other thread they fail with -EPERM.
+ * `aioctx_graph_activate_all`, `aioctx_graph_drain_all_begin`) are made
+ * from the home thread of the graph's main context (the first such call
+ * claims it); from any other thread they fail with -EPERM. Waits on one
+ * node (`aioctx_node_drain`, `aioctx_node_drained_begin`,
+ * `aioctx_node_flush`) are made from there or from the home thread of the
+ * node's context. Each function's comment says which threads may call it.
  */
 typedef struct AioctxGraph AioctxGraph;
 
@@ -154,8 +157,9 @@ typedef void (*AioctxLineCallback)(void *opaque, const char *line);
 
 /**
  * A node driver: optional callbacks, each called with the driver's opaque
- * pointer in the node's home thread with its context held. Return 0 or a
- * negative errno; NULL callbacks succeed without doing anything.
+ * pointer in the node's home thread with its context held (`close`: see
+ * `aioctx_graph_free`). Return 0 or a negative errno; NULL callbacks succeed
+ * without doing anything.
  */
 typedef struct AioctxDriver {
   /**
@@ -443,7 +447,7 @@ const char *aioctx_version(void);
 
 /**
  * Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
- * thread (NULL: `aioctx_main_context()`). NULL on failure.
+ * thread (NULL: `aioctx_main_context()`). Any thread. NULL on failure.
  */
 struct AioctxGraph *aioctx_graph_new(struct AioctxContext *main_ctx);
 
@@ -451,13 +455,16 @@ struct AioctxGraph *aioctx_graph_new(struct AioctxContext *main_ctx);
  * Closes every node once (its driver's `close`, called in the caller's
  * thread with the node's context held) and frees the graph; node pointers
  * become invalid. Drain or inactivate first: a request still in flight keeps
- * its node's resources until it completes. NULL is a no-op.
+ * its node's resources until it completes; a request queued by a drained
+ * section completes with -ECANCELED in its node's home thread. Any thread
+ * (normally the main loop's): it acquires each node's context in turn, so it
+ * waits for a callback running there. NULL is a no-op.
  */
 void aioctx_graph_free(struct AioctxGraph *g);
 
 /**
  * The node named `name`, borrowed (valid until the graph is freed), or NULL
- * (no such node: ENOENT; NULL argument: EINVAL).
+ * (no such node: ENOENT; NULL argument: EINVAL). Any thread.
  */
 struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
 
@@ -500,6 +507,28 @@ int aioctx_graph_inactivate_all(struct AioctxGraph *g);
 int aioctx_graph_activate_all(struct AioctxGraph *g);
 
 /**
+ * Begins a drained section on every node of `g` (QEMU's
+ * `bdrv_drain_all_begin`): first every node holds new requests back, as
+ * `aioctx_node_drained_begin` describes, then the call waits until no node
+ * has a request in flight. Nodes added before the matching
+ * `aioctx_graph_drain_all_end` start drained. Sections nest. From the main
+ * context's home thread only (the main loop); it polls that loop while it
+ * waits. Returns 0 with the section open. Errors leave no section open:
+ * -EPERM from another thread; -EDEADLK as `aioctx_node_drained_begin`, for
+ * any node; -EINVAL if `g` is NULL.
+ */
+int aioctx_graph_drain_all_begin(struct AioctxGraph *g);
+
+/**
+ * Ends an `aioctx_graph_drain_all_begin` section on every node it covers;
+ * each node's last end starts its queued requests, in order. Any thread; it
+ * never waits. Returns 0; -EINVAL without an open drain_all section (nothing
+ * changes) or if `g` is NULL; -EINVAL naming a node whose section was already
+ * ended with `aioctx_node_drained_end` (every other node is still ended).
+ */
+int aioctx_graph_drain_all_end(struct AioctxGraph *g);
+
+/**
  * Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
  * 15 bytes) that is the home of a new context of the same name and polls it.
  * Returns when the thread runs. NULL on failure (`name` NULL or empty:
@@ -528,9 +557,10 @@ int aioctx_iothread_free(struct AioctxIoThread *it);
 /**
  * Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s
  * home thread, driven by `drv` (copied; NULL: no callbacks) with `opaque`.
- * The node starts active and writable. Returns the node (borrowed, owned by
- * the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`, empty name), EEXIST
- * (name taken).
+ * The node starts active and writable (and drained while an
+ * `aioctx_graph_drain_all_begin` section is open). Any thread. Returns the
+ * node (borrowed, owned by the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`,
+ * empty name), EEXIST (name taken).
  */
 struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const struct AioctxDriver *drv, void *opaque);
 
@@ -540,23 +570,24 @@ struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, stru
  * lock (an open-file-description lock: no other process can then write or
  * activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
  * the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
- * Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
+ * Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
  * EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
  */
 struct AioctxNode *aioctx_node_open_file(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const char *path, unsigned int flags);
 
 /**
- * The node's name (valid as long as the node). NULL if `n` is NULL.
+ * The node's name (valid as long as the node). Any thread. NULL if `n` is NULL.
  */
 const char *aioctx_node_name(const struct AioctxNode *n);
 
 /**
- * The node's context, borrowed (the node holds a reference). NULL if `n` is NULL.
+ * The node's context, borrowed (the node holds a reference). Any thread.
+ * NULL if `n` is NULL.
  */
 struct AioctxContext *aioctx_node_context(const struct AioctxNode *n);
 
 /**
- * Adds the edge `parent → child` (both in one graph). Returns 0 (also if the
+ * Adds the edge `parent → child` (both in one graph). Any thread. Returns 0 (also if the
  * edge exists), -ELOOP if it would create a cycle (a self-edge included),
  * -EINVAL (NULL, or nodes of different graphs).
  */
@@ -566,41 +597,91 @@ int aioctx_node_attach_child(struct AioctxNode *parent, struct AioctxNode *child
  * Counts a request in flight on `n` (for drivers that do their own I/O).
  * Any thread. Returns 0; -EPERM for a write on an inactive or read-only node;
  * -EBUSY while `aioctx_graph_inactivate_all` runs; -EINVAL if `n` is NULL.
+ *
+ * In a drained section (`aioctx_node_drained_begin`, `aioctx_node_drain`,
+ * `aioctx_graph_drain_all_begin`) a request may not start, so that the drain
+ * ends even while completions keep starting new ones:
+ * - a thread that runs no aioctx event loop and holds no context (a vCPU
+ *   or worker thread) waits until the last section ends, then counts the
+ *   request and returns 0 (as a request entering a drained node waits in
+ *   QEMU). Such a thread must not have a request of `n` in flight that only
+ *   it will end: the drain would wait for it while it waits for the drain.
+ * - any other thread (an IOThread, the main loop, a callback, a thread
+ *   holding a context) gets -EBUSY at once, nothing counted, because
+ *   blocking it could stall the drain itself: retry after the section, or
+ *   use `aioctx_node_pread`/`aioctx_node_pwrite`, which queue instead.
  */
 int aioctx_node_start_request(struct AioctxNode *n, bool write);
 
 /**
  * Ends a request started with `aioctx_node_start_request`, after its
- * completion has been handled. Any thread; wakes waiters (drain). Without a
+ * completion has been handled. Any thread (also inside a drained section);
+ * wakes waiters (drain). Without a
  * request in flight, sets `aioctx_last_error()` and changes nothing.
  */
 void aioctx_node_end_request(struct AioctxNode *n);
 
 /**
- * The number of requests in flight, or -EINVAL if `n` is NULL.
+ * The number of requests in flight (not counting requests queued by a
+ * drained section). Any thread. -EINVAL if `n` is NULL.
  */
 int64_t aioctx_node_in_flight(const struct AioctxNode *n);
 
 /**
  * Whether the node is inactive (migrated away, or opened for an incoming
- * migration and not yet activated). False if `n` is NULL.
+ * migration and not yet activated). Any thread. False if `n` is NULL.
  */
 bool aioctx_node_is_inactive(const struct AioctxNode *n);
 
 /**
- * Waits until `n` has no request in flight, polling with
- * `aioctx_poll_while` (the node's context is released once while waiting).
- * From the graph's main context's home thread. Returns 0; -EDEADLK if the
- * caller holds the node's context more than once; -EPERM from another thread.
+ * Waits until `n` has no request in flight: `aioctx_node_drained_begin`
+ * then `aioctx_node_drained_end`. Requests submitted while it waits (by
+ * completions too) do not keep it waiting: they start after it returns.
+ * Threads: as `aioctx_node_drained_begin`. Returns 0, or its errors.
  */
 int aioctx_node_drain(struct AioctxNode *n);
 
 /**
+ * Begins a drained section of `n` (QEMU's `bdrv_drained_begin`): from now
+ * until the matching `aioctx_node_drained_end`, new requests are held back
+ * (`aioctx_node_pread`/`pwrite` queue theirs; `aioctx_node_start_request`
+ * waits or gives -EBUSY), then the call waits until the requests already in
+ * flight are done, including their completion callbacks. Sections nest (a
+ * counter, shared with `aioctx_graph_drain_all_begin`); each needs its end.
+ *
+ * Threads: the graph's main context's home thread (the first such call
+ * claims it), which waits by polling its own loop and releasing `n`'s
+ * context once if it holds it; or the home thread of `n`'s context (an
+ * IOThread's BH or callback), which waits by polling that context, so other
+ * callbacks of that context run meanwhile. Inside a completion callback of
+ * `n` the call does not wait for that completion itself.
+ *
+ * Returns 0 with the section open. Errors leave no section open: -EPERM from
+ * any other thread; -EDEADLK if the caller holds `n`'s context more than
+ * once, or holds it and another context (as `aioctx_poll_while`); -EINVAL if
+ * `n` is NULL.
+ */
+int aioctx_node_drained_begin(struct AioctxNode *n);
+
+/**
+ * Ends a drained section of `n`. Any thread; it never waits. The last end
+ * starts the requests queued meanwhile, in the order they were submitted
+ * (a queued request that can no longer start, say a write to a node
+ * inactivated meanwhile, completes with that error). Returns 0; -EINVAL
+ * without an open section (nothing changes) or if `n` is NULL.
+ */
+int aioctx_node_drained_end(struct AioctxNode *n);
+
+/**
  * Flushes `n` through its driver (raw file: `fdatasync` on a worker
- * thread), run in the node's home thread while the caller waits as in
- * `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw file: a
- * failed fdatasync, which stays failed for this open image, since the kernel
- * reports a lost write only once); -EDEADLK and -EPERM as `aioctx_node_drain`.
+ * thread) and waits for the result. Threads: as
+ * `aioctx_node_drained_begin`. From the node's home thread the driver's
+ * flush is called right there (with the context held); from the main loop
+ * thread it runs as a bottom half in the home thread while the caller waits
+ * as in `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw
+ * file: a failed fdatasync, which stays failed for this open image, since the
+ * kernel reports a lost write only once); -EDEADLK and -EPERM as
+ * `aioctx_node_drained_begin`.
  */
 int aioctx_node_flush(struct AioctxNode *n);
 
@@ -609,9 +690,14 @@ int aioctx_node_flush(struct AioctxNode *n);
  * Returns 0 once submitted; then the read runs on a worker thread and
  * `cb(opaque, ret)` runs in the node's home thread with its context held
  * (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
- * valid until then; `cb` may be NULL (fire and forget). Errors (no callback
- * then): -EINVAL, -EBUSY (handover in progress), -ENOTSUP (not a raw-file
- * node). An offset beyond the file size limit completes with -EINVAL.
+ * valid until then; `cb` may be NULL (fire and forget). In a drained
+ * section the request is queued instead (returns 0, not in flight) and
+ * started when the last section ends, in submission order; a completion
+ * may thus submit the next request without keeping a drain waiting.
+ * Errors (no callback then): -EINVAL, -EBUSY (handover in progress),
+ * -ENOTSUP (not a raw-file node). An offset beyond the file size limit
+ * completes with -EINVAL; a request still queued when the graph is freed
+ * completes with -ECANCELED.
  */
 int aioctx_node_pread(struct AioctxNode *n, void *buf, size_t len, uint64_t offset, AioctxIoDone cb, void *opaque);
 

@@ -33,6 +33,8 @@ struct Nodes {
     by_name: HashMap<String, Arc<Node>>,
     /// Creation order.
     all: Vec<Arc<Node>>,
+    /// Open `drain_all` sections: a node added meanwhile starts drained too.
+    drain_all: u32,
 }
 
 /// A block graph whose graph-wide calls run from `main`'s home thread.
@@ -117,6 +119,7 @@ impl Graph {
             ));
         }
         let node = Arc::new(make(nodes.all.len())?);
+        (0..nodes.drain_all).for_each(|_| node.enter_section());
         super::node::register(&node);
         nodes.by_name.insert(name.to_string(), node.clone());
         nodes.all.push(node.clone());
@@ -173,12 +176,75 @@ impl Graph {
         order
     }
 
+    /// Begins a drained section on every node (QEMU's
+    /// `bdrv_drain_all_begin`): all of them hold new requests back first,
+    /// then the call waits until none has a request in flight. Nodes added
+    /// before the matching [`drain_all_end`](Self::drain_all_end) start
+    /// drained. From the main context's home thread; on failure no section
+    /// is left open.
+    pub fn drain_all_begin(&self) -> Result<()> {
+        self.shared.claim_main().map_err(|e| {
+            Error::new(
+                e.errno(),
+                format!(
+                    "drain_all_begin: {}: call it from the graph's main loop thread",
+                    e.message()
+                ),
+            )
+        })?;
+        let all = {
+            let mut nodes = self.nodes.lock();
+            nodes.drain_all += 1;
+            nodes.all.iter().for_each(|n| n.enter_section());
+            nodes.all.clone()
+        };
+        // All held first, then waited for one by one: a node that reached
+        // zero stays there while the others drain.
+        let waited = all.iter().try_for_each(|node| {
+            node.waiter(None)
+                .and_then(|w| node.wait_quiet(w))
+                .map_err(|e| node.named("drain_all_begin", e))
+        });
+        if let Err(e) = waited {
+            // Cannot fail: the sections just opened are still open.
+            let _ = self.drain_all_end();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ends a [`drain_all_begin`](Self::drain_all_begin) section on every
+    /// node it covers; any thread. `EINVAL` without one. Each node's last
+    /// end starts its queued requests.
+    pub fn drain_all_end(&self) -> Result<()> {
+        let all = {
+            let mut nodes = self.nodes.lock();
+            if nodes.drain_all == 0 {
+                return Err(invalid(
+                    "drain_all_end without drain_all_begin: the graph has no drain_all section",
+                ));
+            }
+            nodes.drain_all -= 1;
+            nodes.all.clone()
+        };
+        // Every node, even after an error: a node whose section was ended
+        // behind the graph's back must not keep the others drained.
+        let mut first_error = None;
+        for node in &all {
+            if let Err(e) = node.drained_end() {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Closes every node once (driver `close`, in the caller's thread with the
     /// node's context held) and empties the graph.
     pub fn close_all(&self) {
         let all = std::mem::take(&mut *self.nodes.lock());
         for node in all.all.iter() {
             let _held = node.context().lock().guard();
+            node.cancel_queued();
             node.driver.close(node);
             node.children.lock().clear();
         }

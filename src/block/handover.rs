@@ -123,7 +123,7 @@ fn inactivate(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
 
 fn inactivate_quiesced(order: &[Arc<Node>], held: &ContextSet) -> Result<()> {
     for node in order {
-        node.drain_holding(Some(held))?;
+        node.wait_idle_holding(held)?;
     }
     // Pass 1, top-down: flush then driver inactivate. On failure, the nodes
     // already handed over are marked inactive too, so each node is in one
@@ -154,7 +154,7 @@ fn mark_all_inactive(nodes: &[Arc<Node>]) -> Result<()> {
 }
 
 fn hand_over(node: &Arc<Node>, held: &ContextSet) -> Result<()> {
-    node.flush_holding(Some(held))?;
+    node.flush_holding(held)?;
     node.run_in_home(Some(held), |node, done| done(node.driver.inactivate(node)))
         .map_err(|e| node.named("inactivate", e))
 }

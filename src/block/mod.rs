@@ -8,6 +8,7 @@
 //! graph-wide calls acquire contexts through a [`ContextSet`](crate::ContextSet).
 #![forbid(unsafe_code)]
 
+mod drain;
 mod file;
 mod graph;
 mod handover;

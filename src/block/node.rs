@@ -5,8 +5,9 @@ use std::ffi::{CStr, CString};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
+use super::drain::{Completing, Queued, Sections};
 use super::graph::GraphShared;
 use super::{Driver, IoDone, OpDone};
 use crate::context::Context;
@@ -35,6 +36,12 @@ pub struct Node {
     inactive: AtomicBool,
     /// Refuses new requests while `inactivate_all` drains and hands over.
     quiesced: AtomicBool,
+    /// Drained sections, and the requests they hold back.
+    pub(super) sections: Mutex<Sections>,
+    /// `sections.holds()`, read without the lock on every request.
+    pub(super) held: AtomicBool,
+    /// Signalled when the last drained section ends.
+    pub(super) resumed: Condvar,
     /// Whether the node may write at all (a raw file opened read-only may not).
     writable: bool,
     pub(super) children: Mutex<Vec<Arc<Node>>>,
@@ -61,6 +68,9 @@ impl Node {
             in_flight: AtomicI64::new(0),
             inactive: AtomicBool::new(inactive),
             quiesced: AtomicBool::new(false),
+            sections: Mutex::default(),
+            held: AtomicBool::new(false),
+            resumed: Condvar::new(),
             writable,
             children: Mutex::new(Vec::new()),
             driver,
@@ -93,10 +103,27 @@ impl Node {
     }
 
     /// Counts a request in flight. Refuses writes on an inactive or read-only
-    /// node (`EPERM`) and every request while a handover is in progress (`EBUSY`).
+    /// node (`EPERM`) and every request while a handover is in progress
+    /// (`EBUSY`). In a drained section a thread that runs no event loop and
+    /// holds no context waits until the last section ends, as a request
+    /// entering a drained node waits in QEMU; any other thread gets `EBUSY`
+    /// (it could be the one the drain waits for).
     pub fn start_request(&self, kind: RequestKind) -> Result<()> {
-        // Counted first, checked second: pairs with `quiesce`, so either we
-        // see the flag or the drain sees our request.
+        loop {
+            self.count(kind)?;
+            if !self.held.load(SeqCst) || self.sections.lock().open() == 0 {
+                return Ok(());
+            }
+            self.end_request_unchecked();
+            self.wait_for_drained_end()?;
+        }
+    }
+
+    /// Counts a request in flight unless it is refused outright.
+    pub(super) fn count(&self, kind: RequestKind) -> Result<()> {
+        // Counted first, checked second: pairs with `quiesce` and
+        // `enter_section`, so either we see the flag or the drain sees our
+        // request.
         self.in_flight.fetch_add(1, SeqCst);
         let refusal = if self.quiesced.load(SeqCst) {
             Some(busy(format!(
@@ -151,7 +178,9 @@ impl Node {
 
     /// Starts a read into, or a write from, `buf` at `offset` through the
     /// driver; `done` runs later in the home thread, and the request ends
-    /// after it. Refused like [`start_request`](Self::start_request).
+    /// after it. Refused like [`start_request`](Self::start_request), except
+    /// that in a drained section the request is queued (not in flight) and
+    /// started, in submission order, when the last section ends.
     pub fn submit(
         self: &Arc<Self>,
         kind: RequestKind,
@@ -159,12 +188,39 @@ impl Node {
         offset: u64,
         done: IoDone,
     ) -> Result<()> {
-        self.start_request(kind)?;
+        self.count(kind)?;
+        if self.held.load(SeqCst) {
+            let mut sections = self.sections.lock();
+            if sections.holds() {
+                sections.queue(Queued {
+                    kind,
+                    buf,
+                    offset,
+                    done,
+                });
+                drop(sections);
+                self.end_request_unchecked();
+                return Ok(());
+            }
+        }
+        self.start_counted(kind, buf, offset, done)
+    }
+
+    /// Hands a request already counted in flight to the driver.
+    pub(super) fn start_counted(
+        self: &Arc<Self>,
+        kind: RequestKind,
+        buf: IoBuf,
+        offset: u64,
+        done: IoDone,
+    ) -> Result<()> {
         let node = self.clone();
         // The request ends after the caller's completion has run, so a drain
         // that returns has seen every completion.
         let done: IoDone = Box::new(move |result, buf| {
+            let completing = Completing::enter(&node);
             done(result, buf);
+            drop(completing);
             node.end_request_unchecked();
         });
         self.driver
@@ -172,25 +228,23 @@ impl Node {
             .inspect_err(|_| self.end_request_unchecked())
     }
 
-    /// Waits until no request is in flight, from the graph's main context's
-    /// home thread (`EDEADLK` if the caller holds the node's context more
-    /// than once).
-    pub fn drain(&self) -> Result<()> {
-        self.drain_holding(None)
+    /// Waits until no request is in flight, holding new ones back meanwhile
+    /// (a drained section begun and ended): see
+    /// [`drained_begin`](Self::drained_begin) for who may call it.
+    pub fn drain(self: &Arc<Self>) -> Result<()> {
+        self.drained_begin()?;
+        self.drained_end()
     }
 
-    /// [`drain`](Self::drain) by a caller that holds `held` (see
-    /// [`Waiter::releasing`]).
-    pub(super) fn drain_holding(&self, held: Option<&ContextSet>) -> Result<()> {
-        self.graph
-            .claim_main()
-            .map_err(|e| self.named("drain", e))?;
-        self.waiter(held)
-            .and_then(|w| w.wait_while(&mut || self.in_flight() > 0))
+    /// Waits until no request is in flight, for a caller that holds `held`
+    /// (see [`Waiter::releasing`]) and has refused new requests itself.
+    pub(super) fn wait_idle_holding(&self, held: &ContextSet) -> Result<()> {
+        self.waiter(Some(held))
+            .and_then(|w| self.wait_quiet(w))
             .map_err(|e| self.named("drain", e))
     }
 
-    fn waiter(&self, held: Option<&ContextSet>) -> Result<Waiter> {
+    pub(super) fn waiter(&self, held: Option<&ContextSet>) -> Result<Waiter> {
         match held {
             Some(set) => Waiter::with_set(&self.ctx, WaitOptions::default(), set),
             None => Waiter::new(&self.ctx, WaitOptions::default()),
@@ -198,23 +252,22 @@ impl Node {
     }
 
     /// Flushes the node through its driver, in its home thread, from the
-    /// graph's main context's home thread.
+    /// graph's main context's home thread or the node's own home thread.
     pub fn flush(self: &Arc<Self>) -> Result<()> {
-        self.flush_holding(None)
-    }
-
-    pub(super) fn flush_holding(self: &Arc<Self>, held: Option<&ContextSet>) -> Result<()> {
-        self.graph
-            .claim_main()
-            .map_err(|e| self.named("flush", e))?;
-        self.run_in_home(held, |node, done| node.driver.flush(node, done))
+        self.may_wait("flush")?;
+        self.run_in_home(None, |node, done| node.driver.flush(node, done))
             .map_err(|e| self.named("flush", e))
     }
 
-    /// Runs `op` in the node's home thread with its context held, as a
-    /// bottom half, and waits for it to call `done`. Every check that could
-    /// refuse the wait happens before `op` is scheduled, so an error here
-    /// means `op` never ran.
+    pub(super) fn flush_holding(self: &Arc<Self>, held: &ContextSet) -> Result<()> {
+        self.run_in_home(Some(held), |node, done| node.driver.flush(node, done))
+            .map_err(|e| self.named("flush", e))
+    }
+
+    /// Runs `op` in the node's home thread with its context held and waits
+    /// for it to call `done`: right here when the caller is that thread, as
+    /// a bottom half otherwise. Every check that could refuse the wait
+    /// happens before `op` starts, so an error here means `op` never ran.
     pub(super) fn run_in_home(
         self: &Arc<Self>,
         held: Option<&ContextSet>,
@@ -222,14 +275,18 @@ impl Node {
     ) -> Result<()> {
         let waiter = self.waiter(held)?;
         let outcome: Arc<Mutex<Option<Result<()>>>> = Arc::default();
-        let (node, slot) = (self.clone(), outcome.clone());
-        self.ctx.schedule_once(move || {
-            let done: OpDone = Box::new(move |result| {
-                *slot.lock() = Some(result);
-                wait::kick();
-            });
-            op(&node, done)
+        let slot = outcome.clone();
+        let done: OpDone = Box::new(move |result| {
+            *slot.lock() = Some(result);
+            wait::kick();
         });
+        if self.ctx.is_home() {
+            let _held = self.ctx.lock().guard();
+            op(self, done);
+        } else {
+            let node = self.clone();
+            self.ctx.schedule_once(move || op(&node, done));
+        }
         waiter.wait_while(&mut || outcome.lock().is_none())?;
         let result = outcome.lock().take();
         result.unwrap_or_else(|| Err(Error::new(libc::EIO, "driver operation lost its result")))
@@ -290,7 +347,7 @@ impl Node {
             .map(|c| format!("'{}'", c.name()))
             .collect();
         format!(
-            "node '{}': context '{}' (id {}), {} in flight, {}, {}{}{}",
+            "node '{}': context '{}' (id {}), {} in flight, {}, {}{}{}{}",
             self.name,
             self.ctx.name(),
             self.ctx.id(),
@@ -310,12 +367,28 @@ impl Node {
             } else {
                 ""
             },
+            self.describe_sections(),
             if children.is_empty() {
                 String::new()
             } else {
                 format!(", children {}", children.join(", "))
             }
         )
+    }
+}
+
+impl Node {
+    /// Requests queued until the last drained section ends.
+    pub fn queued(&self) -> usize {
+        self.sections.lock().queued()
+    }
+
+    fn describe_sections(&self) -> String {
+        let s = self.sections.lock();
+        match (s.open(), s.queued()) {
+            (0, 0) => String::new(),
+            (open, queued) => format!(", {open} drained section(s), {queued} request(s) queued"),
+        }
     }
 }
 

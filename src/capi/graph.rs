@@ -12,9 +12,12 @@ use crate::context::Context;
 
 /// A graph of block nodes. Owned by the caller; `aioctx_graph_free` closes
 /// every node. Graph-wide calls (`aioctx_graph_inactivate_all`,
-/// `aioctx_graph_activate_all`, `aioctx_node_drain`, `aioctx_node_flush`) are
-/// made from the home thread of the graph's main context (the first such
-/// call claims it); from any other thread they fail with -EPERM.
+/// `aioctx_graph_activate_all`, `aioctx_graph_drain_all_begin`) are made
+/// from the home thread of the graph's main context (the first such call
+/// claims it); from any other thread they fail with -EPERM. Waits on one
+/// node (`aioctx_node_drain`, `aioctx_node_drained_begin`,
+/// `aioctx_node_flush`) are made from there or from the home thread of the
+/// node's context. Each function's comment says which threads may call it.
 pub struct AioctxGraph {
     _private: [u8; 0],
 }
@@ -25,7 +28,7 @@ impl Opaque for AioctxGraph {
 }
 
 /// Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
-/// thread (NULL: `aioctx_main_context()`). NULL on failure.
+/// thread (NULL: `aioctx_main_context()`). Any thread. NULL on failure.
 #[no_mangle]
 pub extern "C" fn aioctx_graph_new(main_ctx: *mut AioctxContext) -> *mut AioctxGraph {
     ffi("aioctx_graph_new", || {
@@ -41,7 +44,10 @@ pub extern "C" fn aioctx_graph_new(main_ctx: *mut AioctxContext) -> *mut AioctxG
 /// Closes every node once (its driver's `close`, called in the caller's
 /// thread with the node's context held) and frees the graph; node pointers
 /// become invalid. Drain or inactivate first: a request still in flight keeps
-/// its node's resources until it completes. NULL is a no-op.
+/// its node's resources until it completes; a request queued by a drained
+/// section completes with -ECANCELED in its node's home thread. Any thread
+/// (normally the main loop's): it acquires each node's context in turn, so it
+/// waits for a callback running there. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn aioctx_graph_free(g: *mut AioctxGraph) {
     ffi("aioctx_graph_free", || {
@@ -51,7 +57,7 @@ pub extern "C" fn aioctx_graph_free(g: *mut AioctxGraph) {
 }
 
 /// The node named `name`, borrowed (valid until the graph is freed), or NULL
-/// (no such node: ENOENT; NULL argument: EINVAL).
+/// (no such node: ENOENT; NULL argument: EINVAL). Any thread.
 #[no_mangle]
 pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) -> *mut AioctxNode {
     ffi("aioctx_graph_find", || {
@@ -108,6 +114,36 @@ pub extern "C" fn aioctx_graph_inactivate_all(g: *mut AioctxGraph) -> c_int {
 pub extern "C" fn aioctx_graph_activate_all(g: *mut AioctxGraph) -> c_int {
     ffi("aioctx_graph_activate_all", || {
         borrow(g)?.activate_all()?;
+        Ok(0)
+    })
+}
+
+/// Begins a drained section on every node of `g` (QEMU's
+/// `bdrv_drain_all_begin`): first every node holds new requests back, as
+/// `aioctx_node_drained_begin` describes, then the call waits until no node
+/// has a request in flight. Nodes added before the matching
+/// `aioctx_graph_drain_all_end` start drained. Sections nest. From the main
+/// context's home thread only (the main loop); it polls that loop while it
+/// waits. Returns 0 with the section open. Errors leave no section open:
+/// -EPERM from another thread; -EDEADLK as `aioctx_node_drained_begin`, for
+/// any node; -EINVAL if `g` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_drain_all_begin(g: *mut AioctxGraph) -> c_int {
+    ffi("aioctx_graph_drain_all_begin", || {
+        borrow(g)?.drain_all_begin()?;
+        Ok(0)
+    })
+}
+
+/// Ends an `aioctx_graph_drain_all_begin` section on every node it covers;
+/// each node's last end starts its queued requests, in order. Any thread; it
+/// never waits. Returns 0; -EINVAL without an open drain_all section (nothing
+/// changes) or if `g` is NULL; -EINVAL naming a node whose section was already
+/// ended with `aioctx_node_drained_end` (every other node is still ended).
+#[no_mangle]
+pub extern "C" fn aioctx_graph_drain_all_end(g: *mut AioctxGraph) -> c_int {
+    ffi("aioctx_graph_drain_all_end", || {
+        borrow(g)?.drain_all_end()?;
         Ok(0)
     })
 }

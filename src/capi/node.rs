@@ -27,8 +27,9 @@ impl Opaque for AioctxNode {
 pub type AioctxIoDone = Option<unsafe extern "C" fn(opaque: *mut c_void, ret: i64)>;
 
 /// A node driver: optional callbacks, each called with the driver's opaque
-/// pointer in the node's home thread with its context held. Return 0 or a
-/// negative errno; NULL callbacks succeed without doing anything.
+/// pointer in the node's home thread with its context held (`close`: see
+/// `aioctx_graph_free`). Return 0 or a negative errno; NULL callbacks succeed
+/// without doing anything.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct AioctxDriver {
@@ -102,9 +103,10 @@ fn node_ptr(node: &Node) -> *mut AioctxNode {
 
 /// Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s
 /// home thread, driven by `drv` (copied; NULL: no callbacks) with `opaque`.
-/// The node starts active and writable. Returns the node (borrowed, owned by
-/// the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`, empty name), EEXIST
-/// (name taken).
+/// The node starts active and writable (and drained while an
+/// `aioctx_graph_drain_all_begin` section is open). Any thread. Returns the
+/// node (borrowed, owned by the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`,
+/// empty name), EEXIST (name taken).
 #[no_mangle]
 pub extern "C" fn aioctx_node_new(
     g: *mut AioctxGraph,
@@ -132,7 +134,7 @@ pub extern "C" fn aioctx_node_new(
 /// lock (an open-file-description lock: no other process can then write or
 /// activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
 /// the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
-/// Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
+/// Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
 /// EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_open_file(
@@ -162,13 +164,14 @@ pub extern "C" fn aioctx_node_open_file(
     })
 }
 
-/// The node's name (valid as long as the node). NULL if `n` is NULL.
+/// The node's name (valid as long as the node). Any thread. NULL if `n` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_name(n: *const AioctxNode) -> *const c_char {
     ffi("aioctx_node_name", || Ok(borrow(n)?.c_name().as_ptr()))
 }
 
-/// The node's context, borrowed (the node holds a reference). NULL if `n` is NULL.
+/// The node's context, borrowed (the node holds a reference). Any thread.
+/// NULL if `n` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_context(n: *const AioctxNode) -> *mut AioctxContext {
     ffi("aioctx_node_context", || {
@@ -176,7 +179,7 @@ pub extern "C" fn aioctx_node_context(n: *const AioctxNode) -> *mut AioctxContex
     })
 }
 
-/// Adds the edge `parent → child` (both in one graph). Returns 0 (also if the
+/// Adds the edge `parent → child` (both in one graph). Any thread. Returns 0 (also if the
 /// edge exists), -ELOOP if it would create a cycle (a self-edge included),
 /// -EINVAL (NULL, or nodes of different graphs).
 #[no_mangle]
@@ -194,6 +197,19 @@ pub extern "C" fn aioctx_node_attach_child(
 /// Counts a request in flight on `n` (for drivers that do their own I/O).
 /// Any thread. Returns 0; -EPERM for a write on an inactive or read-only node;
 /// -EBUSY while `aioctx_graph_inactivate_all` runs; -EINVAL if `n` is NULL.
+///
+/// In a drained section (`aioctx_node_drained_begin`, `aioctx_node_drain`,
+/// `aioctx_graph_drain_all_begin`) a request may not start, so that the drain
+/// ends even while completions keep starting new ones:
+/// - a thread that runs no aioctx event loop and holds no context (a vCPU
+///   or worker thread) waits until the last section ends, then counts the
+///   request and returns 0 (as a request entering a drained node waits in
+///   QEMU). Such a thread must not have a request of `n` in flight that only
+///   it will end: the drain would wait for it while it waits for the drain.
+/// - any other thread (an IOThread, the main loop, a callback, a thread
+///   holding a context) gets -EBUSY at once, nothing counted, because
+///   blocking it could stall the drain itself: retry after the section, or
+///   use `aioctx_node_pread`/`aioctx_node_pwrite`, which queue instead.
 #[no_mangle]
 pub extern "C" fn aioctx_node_start_request(n: *mut AioctxNode, write: bool) -> c_int {
     ffi("aioctx_node_start_request", || {
@@ -208,44 +224,88 @@ pub extern "C" fn aioctx_node_start_request(n: *mut AioctxNode, write: bool) -> 
 }
 
 /// Ends a request started with `aioctx_node_start_request`, after its
-/// completion has been handled. Any thread; wakes waiters (drain). Without a
+/// completion has been handled. Any thread (also inside a drained section);
+/// wakes waiters (drain). Without a
 /// request in flight, sets `aioctx_last_error()` and changes nothing.
 #[no_mangle]
 pub extern "C" fn aioctx_node_end_request(n: *mut AioctxNode) {
     ffi("aioctx_node_end_request", || borrow(n)?.end_request())
 }
 
-/// The number of requests in flight, or -EINVAL if `n` is NULL.
+/// The number of requests in flight (not counting requests queued by a
+/// drained section). Any thread. -EINVAL if `n` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_in_flight(n: *const AioctxNode) -> i64 {
     ffi("aioctx_node_in_flight", || Ok(borrow(n)?.in_flight()))
 }
 
 /// Whether the node is inactive (migrated away, or opened for an incoming
-/// migration and not yet activated). False if `n` is NULL.
+/// migration and not yet activated). Any thread. False if `n` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_is_inactive(n: *const AioctxNode) -> bool {
     ffi("aioctx_node_is_inactive", || Ok(borrow(n)?.is_inactive()))
 }
 
-/// Waits until `n` has no request in flight, polling with
-/// `aioctx_poll_while` (the node's context is released once while waiting).
-/// From the graph's main context's home thread. Returns 0; -EDEADLK if the
-/// caller holds the node's context more than once; -EPERM from another thread.
+/// Waits until `n` has no request in flight: `aioctx_node_drained_begin`
+/// then `aioctx_node_drained_end`. Requests submitted while it waits (by
+/// completions too) do not keep it waiting: they start after it returns.
+/// Threads: as `aioctx_node_drained_begin`. Returns 0, or its errors.
 #[no_mangle]
 pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_drain", || {
-        let node = borrow_arc(n)?;
-        node.drain()?;
+        borrow_arc(n)?.drain()?;
+        Ok(0)
+    })
+}
+
+/// Begins a drained section of `n` (QEMU's `bdrv_drained_begin`): from now
+/// until the matching `aioctx_node_drained_end`, new requests are held back
+/// (`aioctx_node_pread`/`pwrite` queue theirs; `aioctx_node_start_request`
+/// waits or gives -EBUSY), then the call waits until the requests already in
+/// flight are done, including their completion callbacks. Sections nest (a
+/// counter, shared with `aioctx_graph_drain_all_begin`); each needs its end.
+///
+/// Threads: the graph's main context's home thread (the first such call
+/// claims it), which waits by polling its own loop and releasing `n`'s
+/// context once if it holds it; or the home thread of `n`'s context (an
+/// IOThread's BH or callback), which waits by polling that context, so other
+/// callbacks of that context run meanwhile. Inside a completion callback of
+/// `n` the call does not wait for that completion itself.
+///
+/// Returns 0 with the section open. Errors leave no section open: -EPERM from
+/// any other thread; -EDEADLK if the caller holds `n`'s context more than
+/// once, or holds it and another context (as `aioctx_poll_while`); -EINVAL if
+/// `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_drained_begin(n: *mut AioctxNode) -> c_int {
+    ffi("aioctx_node_drained_begin", || {
+        borrow_arc(n)?.drained_begin()?;
+        Ok(0)
+    })
+}
+
+/// Ends a drained section of `n`. Any thread; it never waits. The last end
+/// starts the requests queued meanwhile, in the order they were submitted
+/// (a queued request that can no longer start, say a write to a node
+/// inactivated meanwhile, completes with that error). Returns 0; -EINVAL
+/// without an open section (nothing changes) or if `n` is NULL.
+#[no_mangle]
+pub extern "C" fn aioctx_node_drained_end(n: *mut AioctxNode) -> c_int {
+    ffi("aioctx_node_drained_end", || {
+        borrow_arc(n)?.drained_end()?;
         Ok(0)
     })
 }
 
 /// Flushes `n` through its driver (raw file: `fdatasync` on a worker
-/// thread), run in the node's home thread while the caller waits as in
-/// `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw file: a
-/// failed fdatasync, which stays failed for this open image, since the kernel
-/// reports a lost write only once); -EDEADLK and -EPERM as `aioctx_node_drain`.
+/// thread) and waits for the result. Threads: as
+/// `aioctx_node_drained_begin`. From the node's home thread the driver's
+/// flush is called right there (with the context held); from the main loop
+/// thread it runs as a bottom half in the home thread while the caller waits
+/// as in `aioctx_node_drain`. Returns 0 or the driver's negative errno (raw
+/// file: a failed fdatasync, which stays failed for this open image, since the
+/// kernel reports a lost write only once); -EDEADLK and -EPERM as
+/// `aioctx_node_drained_begin`.
 #[no_mangle]
 pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_flush", || {
@@ -259,9 +319,14 @@ pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
 /// Returns 0 once submitted; then the read runs on a worker thread and
 /// `cb(opaque, ret)` runs in the node's home thread with its context held
 /// (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
-/// valid until then; `cb` may be NULL (fire and forget). Errors (no callback
-/// then): -EINVAL, -EBUSY (handover in progress), -ENOTSUP (not a raw-file
-/// node). An offset beyond the file size limit completes with -EINVAL.
+/// valid until then; `cb` may be NULL (fire and forget). In a drained
+/// section the request is queued instead (returns 0, not in flight) and
+/// started when the last section ends, in submission order; a completion
+/// may thus submit the next request without keeping a drain waiting.
+/// Errors (no callback then): -EINVAL, -EBUSY (handover in progress),
+/// -ENOTSUP (not a raw-file node). An offset beyond the file size limit
+/// completes with -EINVAL; a request still queued when the graph is freed
+/// completes with -ECANCELED.
 #[no_mangle]
 pub extern "C" fn aioctx_node_pread(
     n: *mut AioctxNode,
