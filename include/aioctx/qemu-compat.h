@@ -1227,14 +1227,6 @@ static inline void bdrv_invalidate_cache_all(Error **errp)
 
 /* ---- drained sections --------------------------------------------------------- */
 
-/* Declared again until <aioctx.h> has them (the drained-section functions
- * are added to the library separately); identical redeclarations are
- * harmless. */
-int aioctx_node_drained_begin(struct AioctxNode *n);
-int aioctx_node_drained_end(struct AioctxNode *n);
-int aioctx_graph_drain_all_begin(struct AioctxGraph *g);
-int aioctx_graph_drain_all_end(struct AioctxGraph *g);
-
 /* Quiesces bs: waits until it has no request in flight, and keeps new
  * requests from starting until bdrv_drained_end(). Nests. From the main
  * loop (holding bs's context at most once) or from bs's IOThread; aborts
