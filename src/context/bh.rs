@@ -9,6 +9,13 @@
 //! * an entry runs only if its ticket still matches, so a BH cancelled and
 //!   rescheduled runs once, at its new place;
 //! * a deleted BH never gets a ticket again.
+//!
+//! A dispatch takes the pending entries as a *slice*; slices wait in one
+//! list on the queue, not on the dispatcher's stack, so a callback that
+//! polls the context again (a drain from the IOThread, say) first runs what
+//! the outer dispatch took and has not run yet, as QEMU's nested `aio_poll`
+//! does. Otherwise the nested poll could wait forever for a completion
+//! sitting in the outer batch.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -43,14 +50,17 @@ enum Entry {
 struct Queue {
     next_ticket: u64,
     entries: VecDeque<Entry>,
+    /// Taken by dispatches in progress and not run yet, oldest first.
+    slices: VecDeque<VecDeque<Entry>>,
 }
 
 /// A context's pending bottom halves and one-shot jobs.
 #[derive(Default)]
 pub(crate) struct BhQueue(Mutex<Queue>);
 
-/// The pending entries taken at the start of one dispatch.
-pub(crate) struct Batch(VecDeque<Entry>);
+/// A dispatch in progress: it runs entries until no slice is left, its own
+/// and those of dispatches nested in it (which may also run its own).
+pub(crate) struct Batch(());
 
 /// Something due to run, taken from a [`Batch`].
 pub(crate) enum Runnable {
@@ -150,28 +160,42 @@ impl BhQueue {
         ticket != 0
     }
 
+    /// Whether something waits to run: scheduled, or taken by a dispatch
+    /// that has not run it yet (a nested poll must not block then).
     pub(crate) fn has_pending(&self) -> bool {
-        !self.0.lock().entries.is_empty()
+        let q = self.0.lock();
+        !q.entries.is_empty() || !q.slices.is_empty()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().entries.len()
+        let q = self.0.lock();
+        q.entries.len() + q.slices.iter().map(VecDeque::len).sum::<usize>()
     }
 
-    /// Takes every pending BH; those scheduled from now on wait for the next
-    /// dispatch, so a BH that reschedules itself cannot starve the loop.
+    /// Takes every pending BH as a new slice; those scheduled from now on
+    /// wait for the next dispatch, so a BH that reschedules itself cannot
+    /// starve the loop.
     pub(crate) fn take(&self) -> Batch {
-        Batch(std::mem::take(&mut self.0.lock().entries))
+        let mut q = self.0.lock();
+        let slice = std::mem::take(&mut q.entries);
+        if !slice.is_empty() {
+            q.slices.push_back(slice);
+        }
+        Batch(())
     }
 
-    /// Takes the next entry of `batch` to run (a BH is marked as run),
-    /// skipping BHs cancelled or deleted since the batch was taken.
-    pub(crate) fn next(&self, batch: &mut Batch) -> Option<Runnable> {
-        while let Some(entry) = batch.0.pop_front() {
+    /// Takes the next entry to run, oldest slice first (a BH is marked as
+    /// run), skipping BHs cancelled or deleted since they were taken.
+    pub(crate) fn next(&self, _batch: &mut Batch) -> Option<Runnable> {
+        let mut q = self.0.lock();
+        while let Some(slice) = q.slices.front_mut() {
+            let Some(entry) = slice.pop_front() else {
+                q.slices.pop_front();
+                continue;
+            };
             match entry {
                 Entry::Once(job) => return Some(Runnable::Once(job)),
                 Entry::Bh(ticket, bh) => {
-                    let _q = self.0.lock();
                     if bh.ticket.load(Relaxed) == ticket {
                         bh.ticket.store(0, Relaxed);
                         return Some(Runnable::Bh(bh.callback.clone()));
@@ -238,6 +262,30 @@ mod tests {
         assert!(ctx.poll(false).unwrap());
         assert_eq!(*log.lock().unwrap(), vec![1, 2, 4]);
         assert!(!ctx.poll(false).unwrap(), "each ran once");
+    }
+
+    #[test]
+    fn nested_poll_runs_what_the_outer_dispatch_took_first() {
+        let ctx = Context::new("bh-nested").unwrap();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let (c, l) = (ctx.clone(), log.clone());
+        // The first BH polls again (blocking, for at most 2 s) until the
+        // second has run: the second was taken by the outer dispatch, so only
+        // running the outer remainder in the nested poll lets it end early.
+        ctx.schedule_once(move || {
+            l.lock().unwrap().push(1);
+            let deadline = crate::sys::clock_ns() + 2_000_000_000;
+            while !l.lock().unwrap().contains(&2) && crate::sys::clock_ns() < deadline {
+                c.poll_wait(super::super::Wait::Until(deadline)).unwrap();
+            }
+            l.lock().unwrap().push(3);
+        });
+        let l = log.clone();
+        ctx.schedule_once(move || l.lock().unwrap().push(2));
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(*log.lock().unwrap(), vec![1, 2, 3]);
+        assert!(!ctx.poll(false).unwrap(), "each ran once");
+        assert!(!ctx.bhs.has_pending());
     }
 
     #[test]
