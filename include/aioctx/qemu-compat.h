@@ -25,7 +25,13 @@
  *    after a change always wakes it. aio_wait_kick() kicks the waiters
  *    only, without QEMU's empty BH on the main context.
  *  - bdrv_inactivate_all() returns -EDEADLK when the caller already holds a
- *    node's context, instead of hanging.
+ *    node's context, instead of hanging; so do blk_pread()/blk_pwrite() with
+ *    the node's context held twice.
+ *  - An embedded timer (aio_timer_init) owns an aioctx timer: release it
+ *    with timer_deinit().
+ *  - is_external and io_poll arguments are ignored (there is no
+ *    aio_disable_external(); drained sections quiesce the block layer).
+ * docs/PORTING.md lists every difference with its reason.
  *
  * Globals: QEMU defines error_abort, error_fatal and the block graph in its
  * own sources. Here they are weak definitions with GCC and Clang, so the
