@@ -633,6 +633,152 @@ static void test_errors(void)
     error_free(NULL);
 }
 
+/* Fails the way QEMU functions with an Error ** do. */
+static bool fail_with(int code, Error **errp)
+{
+    error_setg(errp, "step %d failed: %s", code, "disk full");
+    return false;
+}
+
+static void test_error_api(void)
+{
+    Error *err = NULL, *local = NULL, *first = NULL;
+    char longer[600];
+
+    ok(!fail_with(7, &err) && err != NULL, "error_setg fills *errp");
+    is_str(error_get_pretty(err), "step 7 failed: disk full", "with the formatted message");
+    error_free(err);
+    err = NULL;
+    fail_with(1, NULL); /* NULL: ignored */
+
+    memset(longer, 'x', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    error_setg(&err, "%s", longer);
+    is_int(strlen(error_get_pretty(err)), sizeof longer - 1, "a long message is kept whole");
+    error_free(err);
+    err = NULL;
+
+    error_propagate(&err, NULL);
+    ok(err == NULL, "error_propagate of no error: nothing");
+    fail_with(2, &local);
+    error_propagate(&err, local);
+    like(error_get_pretty(err), "step 2", "error_propagate moves the error");
+    local = NULL;
+    fail_with(3, &local);
+    first = err;
+    error_propagate(&err, local); /* already set: the first error wins, local is freed */
+    ok(err == first, "error_propagate into a set Error keeps the first");
+    like(error_get_pretty(err), "step 2", "the first error's message");
+    local = NULL;
+    fail_with(4, &local);
+    error_propagate(NULL, local); /* freed, not leaked (valgrind) */
+    error_free(err);
+}
+
+static void test_poll_params(void)
+{
+    AioContext *ctx = aio_context_new(&error_abort);
+    Error *err = NULL;
+
+    aio_context_set_poll_params(ctx, 32768, 2, 4, &err);
+    ok(err == NULL, "aio_context_set_poll_params with QEMU's values");
+    aio_context_set_poll_params(ctx, 0, 0, 0, &error_abort);
+    ok(1, "poll-max-ns 0 (polling off) is valid");
+    aio_context_set_poll_params(ctx, -1, 0, 0, &err);
+    ok(err != NULL, "a negative poll-max-ns fails with an Error");
+    like(error_get_pretty(err), "aio-context", "naming the context");
+    like(error_get_pretty(err), "max_ns -1", "and the value");
+    error_free(err);
+    err = NULL;
+    aio_context_set_poll_params(ctx, 0, -2, 0, &err);
+    like(error_get_pretty(err), "grow -2", "a negative grow fails");
+    error_free(err);
+    err = NULL;
+    aio_context_set_poll_params(ctx, 0, 0, -3, &err);
+    like(error_get_pretty(err), "shrink -3", "a negative shrink fails");
+    error_free(err);
+    is_int(aioctx_context_set_poll_params(NULL, 0, 0, 0), -EINVAL,
+           "aioctx_context_set_poll_params(NULL): -EINVAL");
+    is_int(aioctx_context_set_poll_params(ctx, INT64_MIN, 0, 0), -EINVAL,
+           "aioctx_context_set_poll_params: -EINVAL for a negative value");
+    like(aioctx_last_error(), "aioctx_context_set_poll_params", "the message names the call");
+    aio_context_unref(ctx);
+}
+
+struct embedded {
+    int before;
+    QEMUTimer timer;
+    int fired;
+};
+
+static void embedded_fire(void *opaque)
+{
+    ((struct embedded *)opaque)->fired++;
+}
+
+static void test_timer_extras(void)
+{
+    AioContext *ctx = qemu_get_aio_context();
+    struct embedded e = { 1, { 0 }, 0 };
+    int64_t now_ms;
+
+    drain_main();
+    timer_init_ms(&e.timer, QEMU_CLOCK_REALTIME, embedded_fire, &e);
+    ok(!timer_pending(&e.timer), "timer_init_ms: an embedded timer starts disarmed");
+    ok(timer_expired(&e.timer, 0), "timer_expired: a disarmed timer counts as expired (QEMU)");
+    now_ms = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    timer_mod(&e.timer, now_ms + 100000);
+    ok(!timer_expired(&e.timer, now_ms), "timer_expired: not before its time");
+    ok(timer_expired(&e.timer, now_ms + 100000), "timer_expired: at its time");
+    timer_mod_anticipate(&e.timer, now_ms + 200000);
+    is_int(timer_expire_time_ns(&e.timer), (now_ms + 100000) * SCALE_MS,
+           "timer_mod_anticipate does not postpone");
+    timer_mod_anticipate(&e.timer, now_ms + 50000);
+    is_int(timer_expire_time_ns(&e.timer), (now_ms + 50000) * SCALE_MS,
+           "timer_mod_anticipate brings the deadline forward");
+    timer_mod_anticipate(&e.timer, now_ms - 10);
+    ok(aio_poll(ctx, false) && e.fired == 1, "an anticipated past deadline fires at the next poll");
+    ok(!timer_pending(&e.timer), "and the timer is no longer pending");
+    timer_mod_anticipate(&e.timer, now_ms + 100000);
+    ok(timer_pending(&e.timer), "timer_mod_anticipate arms a disarmed timer");
+    timer_deinit(&e.timer);
+    ok(!aio_poll(ctx, false) && e.fired == 1 && e.before == 1,
+       "timer_deinit disarms the embedded timer and leaves its struct alone");
+
+    timer_init_ns(&e.timer, QEMU_CLOCK_VIRTUAL, embedded_fire, &e);
+    timer_mod_ns(&e.timer, 0);
+    ok(aio_poll(ctx, false) && e.fired == 2, "timer_init_ns: fires on the main context");
+    timer_deinit(&e.timer);
+    timer_init_us(&e.timer, QEMU_CLOCK_REALTIME, embedded_fire, &e);
+    timer_mod(&e.timer, qemu_clock_get_us(QEMU_CLOCK_REALTIME));
+    ok(aio_poll(ctx, false) && e.fired == 3, "timer_init_us: microsecond deadlines");
+    timer_deinit(&e.timer);
+}
+
+static void test_misc_names(void)
+{
+    AioContext *ctx = qemu_get_aio_context();
+    EventNotifier e;
+    int runs = 0;
+    QEMUBH *bh = aio_bh_new_full(ctx, count, &runs, "named", NULL);
+
+    drain_main();
+    qemu_bh_schedule(bh);
+    ok(aio_poll(ctx, false) && runs == 1, "aio_bh_new_full: a BH like aio_bh_new's");
+    qemu_bh_delete(bh);
+
+    is_int(event_notifier_init(&e, true), 0, "event_notifier_init(active)");
+    ok(event_notifier_test_and_clear(&e), "an active notifier starts set");
+    ok(!event_notifier_test_and_clear(&e), "and is clear once tested");
+    is_int(event_notifier_set(&e), 0, "event_notifier_set");
+    is_int(event_notifier_set(&e), 0, "set twice");
+    ok(event_notifier_test_and_clear(&e), "set");
+    ok(!event_notifier_test_and_clear(&e), "one clear clears both sets");
+    event_notifier_cleanup(&e);
+    event_notifier_cleanup(&e); /* twice: no-op */
+    ok(!e.initialized, "event_notifier_cleanup");
+}
+
 /* ---- block layer: the migration handover ----------------------------------- */
 
 struct drive_counts {
@@ -757,8 +903,8 @@ static void test_block(IOThread *it)
     err = NULL;
 
     atomic_store(&counts.fail_activate, 0);
-    bdrv_activate_all(&err);
-    ok(err == NULL, "bdrv_activate_all recovers");
+    bdrv_invalidate_cache_all(&err);
+    ok(err == NULL, "bdrv_activate_all recovers (by its pre-7.1 name, bdrv_invalidate_cache_all)");
     ok(!bdrv_is_inactive(d0) && !bdrv_is_inactive(d1), "both drives active again");
     is_int(atomic_load(&counts.wrong_thread), 0, "driver callbacks ran in the IOThread");
 
@@ -794,6 +940,10 @@ int main(void)
     test_timers();
     test_fd_and_notify();
     test_errors();
+    test_error_api();
+    test_poll_params();
+    test_timer_extras();
+    test_misc_names();
 
     it = iothread_create("compat-io", &error_abort);
     kicker_start();

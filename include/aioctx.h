@@ -410,6 +410,19 @@ int aioctx_context_fd(struct AioctxContext *ctx);
 int64_t aioctx_context_deadline_ns(struct AioctxContext *ctx);
 
 /**
+ * Sets `ctx`'s adaptive-polling parameters (QEMU's `poll-max-ns`,
+ * `poll-grow`, `poll-shrink`): busy-check for work for up to `max_ns`
+ * nanoseconds before sleeping (0: polling off), growing the poll time by
+ * the factor `grow` when polling found work and dividing it by `shrink`
+ * when it did not (0: the default for either). The values are validated
+ * and stored; polls do not busy-poll yet (a later version makes polling
+ * use them), so setting them changes no behaviour today. Any thread.
+ * Returns 0; -EINVAL if `ctx` is NULL or a value is negative (the message
+ * names the context and the value; nothing is changed).
+ */
+int aioctx_context_set_poll_params(struct AioctxContext *ctx, int64_t max_ns, int64_t grow, int64_t shrink);
+
+/**
  * Fills `*out` with the counters of `ctx`. Any thread; the counters are
  * read without stopping the loop, so they may be mid-update relative to
  * each other. Returns 0, or -EINVAL if an argument is NULL.

@@ -205,6 +205,28 @@ pub extern "C" fn aioctx_context_deadline_ns(ctx: *mut AioctxContext) -> i64 {
     })
 }
 
+/// Sets `ctx`'s adaptive-polling parameters (QEMU's `poll-max-ns`,
+/// `poll-grow`, `poll-shrink`): busy-check for work for up to `max_ns`
+/// nanoseconds before sleeping (0: polling off), growing the poll time by
+/// the factor `grow` when polling found work and dividing it by `shrink`
+/// when it did not (0: the default for either). The values are validated
+/// and stored; polls do not busy-poll yet (a later version makes polling
+/// use them), so setting them changes no behaviour today. Any thread.
+/// Returns 0; -EINVAL if `ctx` is NULL or a value is negative (the message
+/// names the context and the value; nothing is changed).
+#[no_mangle]
+pub extern "C" fn aioctx_context_set_poll_params(
+    ctx: *mut AioctxContext,
+    max_ns: i64,
+    grow: i64,
+    shrink: i64,
+) -> c_int {
+    ffi("aioctx_context_set_poll_params", || {
+        borrow(ctx)?.set_poll_params(max_ns, grow, shrink)?;
+        Ok(0)
+    })
+}
+
 /// A context's counters, filled by `aioctx_context_stats`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

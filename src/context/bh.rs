@@ -376,6 +376,30 @@ mod tests {
     }
 
     #[test]
+    fn nested_poll_runs_what_the_outer_dispatch_took_first() {
+        let ctx = Context::new("bh-nested").unwrap();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let (c, l) = (ctx.clone(), log.clone());
+        // The first BH polls again (blocking, for at most 2 s) until the
+        // second has run: the second was taken by the outer dispatch, so only
+        // running the outer remainder in the nested poll lets it end early.
+        ctx.schedule_once(move || {
+            l.lock().unwrap().push(1);
+            let deadline = crate::sys::clock_ns() + 2_000_000_000;
+            while !l.lock().unwrap().contains(&2) && crate::sys::clock_ns() < deadline {
+                c.poll_wait(super::super::Wait::Until(deadline)).unwrap();
+            }
+            l.lock().unwrap().push(3);
+        });
+        let l = log.clone();
+        ctx.schedule_once(move || l.lock().unwrap().push(2));
+        assert!(ctx.poll(false).unwrap());
+        assert_eq!(*log.lock().unwrap(), vec![1, 2, 3]);
+        assert!(!ctx.poll(false).unwrap(), "each ran once");
+        assert!(!ctx.bhs.has_pending());
+    }
+
+    #[test]
     fn self_rescheduling_bh_runs_once_per_poll() {
         let ctx = Context::new("bh-self").unwrap();
         let runs = Arc::new(AtomicU64::new(0));

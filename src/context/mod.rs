@@ -20,10 +20,12 @@
 
 mod bh;
 mod fd;
+mod poll_params;
 mod timer;
 mod waiters;
 
 pub use bh::Bh;
+pub use poll_params::PollParams;
 pub use timer::Timer;
 pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
 pub use waiters::{kick_all, Registration};
@@ -173,6 +175,7 @@ pub struct Context {
     /// The `fork()` generation ([`thread::fork_generation`]) whose process
     /// made `epoll` and `notifier`: in a child they are the parent's too.
     fork_gen: AtomicU64,
+    poll_params: poll_params::PollParamsCell,
 }
 
 impl Context {
@@ -221,6 +224,7 @@ impl Context {
             dispatches: AtomicU64::new(0),
             stats: Stats::default(),
             fork_gen: AtomicU64::new(thread::fork_generation()),
+            poll_params: Default::default(),
         });
         ALL.lock().insert(id, Arc::downgrade(&ctx));
         Ok(ctx)
