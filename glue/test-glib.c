@@ -9,9 +9,9 @@
 #include <aioctx-glib.h>
 #include <aioctx/qemu-compat.h>
 #include "test-util.h"
+#include "glue-test.h"
 
 #include <errno.h>
-#include <pthread.h>
 
 static char warning[512];
 
@@ -31,16 +31,6 @@ static bool iterate_until(GMainContext *gctx, atomic_int *flag)
     while (!atomic_load(flag) && tap_now_ns() < end)
         g_main_context_iteration(gctx, TRUE);
     return atomic_load(flag);
-}
-
-static int64_t timer_deadline;
-static atomic_int timer_early;
-
-static void on_timer(void *opaque)
-{
-    if (aioctx_clock_ns() < timer_deadline)
-        atomic_store(&timer_early, 1);
-    atomic_store((atomic_int *)opaque, 1);
 }
 
 static void test_runs_bh_and_timer(void)
@@ -70,35 +60,18 @@ static void test_runs_bh_and_timer(void)
     g_main_context_unref(gctx);
 }
 
-struct home {
-    AioctxContext *ctx;
-    atomic_int state; /* 1: claimed, 2: may exit */
-};
-
-static void *home_thread(void *arg)
-{
-    struct home *h = arg;
-    aioctx_context_claim(h->ctx);
-    atomic_store(&h->state, 1);
-    while (atomic_load(&h->state) != 2)
-        tap_sleep_ms(1);
-    return NULL;
-}
-
 static void test_wrong_thread(void)
 {
     GMainContext *gctx = g_main_context_new();
-    struct home h = {aioctx_context_new("elsewhere"), 0};
+    struct home h;
+    AioctxContext *ctx = aioctx_context_new("elsewhere");
     atomic_int ran = 0;
-    AioctxBh *bh = aioctx_bh_new(h.ctx, inc_cb, &ran);
-    pthread_t thread;
+    AioctxBh *bh = aioctx_bh_new(ctx, inc_cb, &ran);
     GSource *source;
     int64_t end = tap_now_ns() + long_timeout();
 
-    pthread_create(&thread, NULL, home_thread, &h);
-    while (atomic_load(&h.state) != 1)
-        tap_sleep_ms(1);
-    source = aioctx_glib_source_new(h.ctx);
+    home_start(&h, ctx);
+    source = aioctx_glib_source_new(ctx);
     g_source_attach(source, gctx);
     aioctx_bh_schedule(bh); /* makes the fd readable */
     g_log_set_default_handler(capture_log, NULL);
@@ -111,10 +84,9 @@ static void test_wrong_thread(void)
     is_int(atomic_load(&ran), 0, "the BH did not run in the wrong thread");
 
     g_source_unref(source);
-    atomic_store(&h.state, 2);
-    pthread_join(thread, NULL);
+    home_stop(&h);
     aioctx_bh_delete(bh);
-    aioctx_context_unref(h.ctx);
+    aioctx_context_unref(ctx);
     g_main_context_unref(gctx);
 }
 

@@ -8,9 +8,9 @@
 #include "tap.h"
 #include <aioctx-uv.h>
 #include "test-util.h"
+#include "glue-test.h"
 
 #include <errno.h>
-#include <pthread.h>
 
 /* Runs the loop until *flag is set or 5 s (scaled) pass. */
 static bool run_until(uv_loop_t *loop, atomic_int *flag)
@@ -19,16 +19,6 @@ static bool run_until(uv_loop_t *loop, atomic_int *flag)
     while (!atomic_load(flag) && tap_now_ns() < end)
         uv_run(loop, UV_RUN_ONCE);
     return atomic_load(flag);
-}
-
-static int64_t timer_deadline;
-static atomic_int timer_early;
-
-static void on_timer(void *opaque)
-{
-    if (aioctx_clock_ns() < timer_deadline)
-        atomic_store(&timer_early, 1);
-    atomic_store((atomic_int *)opaque, 1);
 }
 
 static void test_runs_bh_and_timer(void)
@@ -59,50 +49,33 @@ static void test_runs_bh_and_timer(void)
     aioctx_context_unref(ctx);
 }
 
-struct home {
-    AioctxContext *ctx;
-    atomic_int state; /* 1: claimed, 2: may exit */
-};
-
-static void *home_thread(void *arg)
-{
-    struct home *h = arg;
-    aioctx_context_claim(h->ctx);
-    atomic_store(&h->state, 1);
-    while (atomic_load(&h->state) != 2)
-        tap_sleep_ms(1);
-    return NULL;
-}
-
 static void test_wrong_thread(void)
 {
     uv_loop_t loop;
-    struct home h = {aioctx_context_new("elsewhere"), 0};
+    struct home h;
+    AioctxContext *ctx = aioctx_context_new("elsewhere");
     atomic_int ran = 0;
-    AioctxBh *bh = aioctx_bh_new(h.ctx, inc_cb, &ran);
+    AioctxBh *bh = aioctx_bh_new(ctx, inc_cb, &ran);
     AioctxUv *attached;
-    pthread_t thread;
 
-    pthread_create(&thread, NULL, home_thread, &h);
-    while (atomic_load(&h.state) != 1)
-        tap_sleep_ms(1);
+    home_start(&h, ctx);
     uv_loop_init(&loop);
-    attached = aioctx_uv_attach(h.ctx, &loop);
+    attached = aioctx_uv_attach(ctx, &loop);
     aioctx_bh_schedule(bh); /* makes the fd readable */
     /* The first wake-up fails (-EPERM) and stops the handles, so the loop
      * has nothing active left and uv_run returns (the watchdog catches a
      * spin). */
     uv_run(&loop, UV_RUN_DEFAULT);
-    ok(1, "polled from another thread than the home: the handles stopped, uv_run returned");
+    is_int(uv_loop_alive(&loop), 0,
+           "polled from another thread than the home: the handles stopped, uv_run returned");
     is_int(atomic_load(&ran), 0, "the BH did not run in the wrong thread");
     aioctx_uv_detach(attached);
     uv_run(&loop, UV_RUN_DEFAULT);
     is_int(uv_loop_close(&loop), 0, "detach still closes every handle");
 
-    atomic_store(&h.state, 2);
-    pthread_join(thread, NULL);
+    home_stop(&h);
     aioctx_bh_delete(bh);
-    aioctx_context_unref(h.ctx);
+    aioctx_context_unref(ctx);
 }
 
 int main(void)
