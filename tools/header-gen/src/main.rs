@@ -20,7 +20,11 @@ fn package_version(manifest: &str) -> Option<(u64, u64, u64)> {
                 let v = v.trim_start().strip_prefix('=')?.trim().trim_matches('"');
                 // "1.2.3" or "1.2.3-rc.1": the pre-release part is not in the macros.
                 let mut parts = v.split(['.', '-', '+']).map(|p| p.parse::<u64>());
-                return Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?));
+                return Some((
+                    parts.next()?.ok()?,
+                    parts.next()?.ok()?,
+                    parts.next()?.ok()?,
+                ));
             }
         }
     }
@@ -62,7 +66,10 @@ fn main() {
         }
     };
     let manifest = fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_else(|e| {
-        eprintln!("aioctx-header-gen: {}: {e}", dir.join("Cargo.toml").display());
+        eprintln!(
+            "aioctx-header-gen: {}: {e}",
+            dir.join("Cargo.toml").display()
+        );
         exit(1);
     });
     let Some(version) = package_version(&manifest) else {
