@@ -36,8 +36,9 @@ typedef struct AioctxUv AioctxUv;
  * hold a reference to ctx until aioctx_uv_detach.
  *
  * Returns NULL with errno set on failure: EINVAL if ctx or loop is NULL
- * (aioctx_last_error() says why for an invalid ctx), or the error of
- * uv_poll_init.
+ * (aioctx_last_error() says why for an invalid ctx), ENOMEM, or the error of
+ * uv_poll_init (then the two handles already set up close when the loop
+ * runs next).
  *
  * Since: 0.2
  */

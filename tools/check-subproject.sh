@@ -7,7 +7,8 @@
 # `dependency('aioctx')` resolves through meson.override_dependency, setup
 # needs no C++ compiler (CXX=false), only the library and the glue are
 # built (none of aioctx's tests), and the programs - shared, static
-# (`static: true`) and through the glue libraries - run.
+# (`static: true`) and through the glue libraries - run; once more with the
+# current meson and default_library=static.
 #
 # Each meson version is pip-installed into a venv under the build dir
 # (kept, so reruns are fast); one cargo target dir is shared by all. A
@@ -58,13 +59,16 @@ meson_for() {
     echo "$venv/bin/meson"
 }
 
-# check MESON LABEL: configures, builds and runs the outside project.
+# check MESON LABEL [SETUP-ARGS...]: configures, builds and runs the
+# outside project. With default_library=static, plain dependency('aioctx')
+# is the static library too.
 check() {
     local meson=$1 label=$2 build=$work/build-$2 log=$work/build-$2.log
+    shift 2
     rm -rf "$build"
     # forcefallback: an aioctx.pc on the system must not be picked instead.
     if ! CXX=false "$meson" setup "$build" "$proj" --wrap-mode=forcefallback \
-            -Daioctx:cargo_target_dir="$work/cargo-target" >"$log" 2>&1; then
+            -Daioctx:cargo_target_dir="$work/cargo-target" "$@" >"$log" 2>&1; then
         diag <"$log"
         ok 1 "meson $label: setup with aioctx as a subproject (no C++ compiler)"
         return
@@ -92,8 +96,16 @@ check() {
             ok 1 "meson $label: $prog runs"
         fi
     done
-    grep -q "^library $build/subprojects/aioctx/libaioctx.so" "$build/outside.out"
-    ok $? "meson $label: outside loaded the subproject's libaioctx.so"
+    case " $* " in
+    *" -Ddefault_library=static "*)
+        grep -qx "library static" "$build/outside.out"
+        ok $? "meson $label: outside (dependency('aioctx')) is linked statically"
+        ;;
+    *)
+        grep -q "^library $build/subprojects/aioctx/libaioctx.so" "$build/outside.out"
+        ok $? "meson $label: outside loaded the subproject's libaioctx.so"
+        ;;
+    esac
     grep -qx "library static" "$build/outside-static.out"
     ok $? "meson $label: outside-static needs no libaioctx.so"
 }
@@ -106,7 +118,9 @@ for v in "${versions[@]}"; do
         skip "meson $v: could not pip-install it into a venv (no network?)"
     fi
 done
-check "$current_meson" "$("$current_meson" --version)"
+current=$("$current_meson" --version)
+check "$current_meson" "$current"
+check "$current_meson" "$current-static" -Ddefault_library=static
 
 echo "1..$n"
 [ "$failed" -eq 0 ]
