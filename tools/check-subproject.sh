@@ -53,7 +53,7 @@ meson_for() {
     if [ ! -x "$venv/bin/meson" ] || [ "$("$venv/bin/meson" --version)" != "$1" ]; then
         rm -rf "$venv"
         python3 -m venv "$venv" >"$work/venv-$1.log" 2>&1 &&
-            timeout 300 "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            timeout 300 "$venv/bin/pip" install --quiet --disable-pip-version-check --retries 1 --timeout 20 \
                 "meson==$1" >>"$work/venv-$1.log" 2>&1 || return 1
     fi
     echo "$venv/bin/meson"
