@@ -39,6 +39,25 @@
 #include <stdint.h>
 
 /**
+ * The version of this header: 0.2.0. aioctx_version() gives the
+ * version of the library loaded at run time, which may be newer.
+ */
+#define AIOCTX_VERSION_MAJOR 0
+#define AIOCTX_VERSION_MINOR 2
+#define AIOCTX_VERSION_MICRO 0
+
+/**
+ * True (1) when this header is version major.minor.micro or newer, for code
+ * that builds against several versions: `#if AIOCTX_CHECK_VERSION(0, 2, 0)`.
+ * Functions added after 0.1 say "Since: X.Y" in their documentation.
+ */
+#define AIOCTX_CHECK_VERSION(major, minor, micro) \
+    (AIOCTX_VERSION_MAJOR > (major) || \
+     (AIOCTX_VERSION_MAJOR == (major) && AIOCTX_VERSION_MINOR > (minor)) || \
+     (AIOCTX_VERSION_MAJOR == (major) && AIOCTX_VERSION_MINOR == (minor) && \
+      AIOCTX_VERSION_MICRO >= (micro)))
+
+/**
  * Log level: information.
  */
 #define AIOCTX_LOG_INFO 0
@@ -496,7 +515,9 @@ const char *aioctx_last_error(void);
 int aioctx_last_errno(void);
 
 /**
- * The library version, e.g. "0.1.0". Static storage.
+ * The version of the library loaded at run time, e.g. "0.2.0"
+ * (`AIOCTX_VERSION_MAJOR.MINOR.MICRO` of the header it was built with; the
+ * pkg-config version). Static storage.
  */
 const char *aioctx_version(void);
 

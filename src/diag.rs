@@ -11,7 +11,9 @@ use parking_lot::RwLock;
 /// Severity of a log message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// Information (`AIOCTX_LOG_INFO`).
     Info = 0,
+    /// Something is wrong or slow (`AIOCTX_LOG_WARNING`).
     Warning = 1,
 }
 

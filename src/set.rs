@@ -17,7 +17,7 @@ use crate::thread;
 /// Membership is an open-addressing hash on the contexts' addresses, so an
 /// add never reads the context itself (a cache miss per node with thousands
 /// of contexts); members are sorted by id once, when the set is acquired.
-/// Up to [`SMALL`] members need no table: a scan of them is as quick, and
+/// Up to `SMALL` (8) members need no table: a scan of them is as quick, and
 /// the common set (a few IOThreads) then costs one allocation.
 #[derive(Default)]
 pub struct ContextSet {
@@ -46,6 +46,7 @@ pub struct Checkpoint {
 }
 
 impl ContextSet {
+    /// An empty set.
     pub fn new() -> Self {
         ContextSet {
             sorted: true,
@@ -157,14 +158,17 @@ impl ContextSet {
         self.reindex();
     }
 
+    /// How many distinct contexts the set has.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    /// True when the set has no member.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
+    /// True if the calling thread holds the set (acquired and not released).
     pub fn is_held(&self) -> bool {
         self.holder != 0 && self.holder == thread::current()
     }
@@ -265,6 +269,16 @@ impl Drop for SetGuard<'_> {
         if self.set.is_held() {
             let _ = self.set.release();
         }
+    }
+}
+
+/// The held set, e.g. for [`Waiter::with_set`](crate::Waiter::with_set),
+/// which gives it back while it polls.
+impl std::ops::Deref for SetGuard<'_> {
+    type Target = ContextSet;
+
+    fn deref(&self) -> &ContextSet {
+        self.set
     }
 }
 

@@ -37,6 +37,7 @@ def main():
     p.add_argument("--target-dir", required=True)
     p.add_argument("--profile", choices=["dev", "release"], required=True)
     p.add_argument("--soname", required=True, help="e.g. libaioctx.so.0")
+    p.add_argument("--real-name", required=True, help="e.g. libaioctx.so.0.2.0")
     p.add_argument("--out-dir", required=True)
     a = p.parse_args()
 
@@ -52,8 +53,10 @@ def main():
         return r.returncode
 
     built = os.path.join(a.target_dir, "debug" if a.profile == "dev" else "release")
-    # The real file carries the SONAME; libaioctx.so is the link-time name.
-    copy_if_changed(os.path.join(built, "libaioctx.so"), os.path.join(a.out_dir, a.soname))
+    # The usual chain: the real file carries the full version, the SONAME
+    # link is what programs load, libaioctx.so is the link-time name.
+    copy_if_changed(os.path.join(built, "libaioctx.so"), os.path.join(a.out_dir, a.real_name))
+    symlink(a.real_name, os.path.join(a.out_dir, a.soname))
     symlink(a.soname, os.path.join(a.out_dir, "libaioctx.so"))
     copy_if_changed(os.path.join(built, "libaioctx.a"), os.path.join(a.out_dir, "libaioctx.a"))
     return 0

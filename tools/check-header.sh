@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 generated=$(bash tools/generated-header.sh)
+trap 'rm -f "$generated"' EXIT
 if ! diff -u include/aioctx.h "$generated"; then
     echo "include/aioctx.h is out of date; run tools/update-header.sh and commit it" >&2
     exit 1

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Installs the build into a temporary DESTDIR and uses it like a C library
 # from outside the tree (a meson test, TAP output):
-#   - `meson install` puts libaioctx.so.N (with that SONAME), the
-#     libaioctx.so link, libaioctx.a, aioctx.h, aioctx/qemu-compat.h and
-#     aioctx.pc under the prefix;
+#   - `meson install` puts libaioctx.so.X.Y.Z (SONAME libaioctx.so.X), the
+#     libaioctx.so.X and libaioctx.so links, libaioctx.a, aioctx.h,
+#     aioctx/qemu-compat.h and aioctx.pc under the prefix, and the glue
+#     libraries that were built (libaioctx-glib, libaioctx-uv: library,
+#     header, .pc);
 #   - one version everywhere: Cargo.toml's, meson's project version, the .pc
-#     file's, aioctx_version() of the installed library, and the SONAME's
-#     major number;
-#   - capi-tests/install/outside.c builds with
-#     `pkg-config --cflags --libs aioctx` against the installed copy (strict
-#     C11) and runs with LD_LIBRARY_PATH set to the installed lib dir only;
-#   - the same program links statically with `pkg-config --static` flags.
+#     files', the header's AIOCTX_VERSION_* macros, aioctx_version() of the
+#     installed library, and the file name and SONAME of the library;
+#   - capi-tests/install/ is an outside plain-Makefile project: copied out of
+#     the tree, `make` builds outside.c with `pkg-config --cflags --libs
+#     aioctx` against the installed copy (strict C11), and again statically
+#     (libaioctx.a + `pkg-config --static` flags), and the glue programs with
+#     `pkg-config ... aioctx-glib` / `aioctx-uv`; each runs with
+#     LD_LIBRARY_PATH set to the installed lib dir only.
 #
 # Under `meson test --setup valgrind` meson runs this script in valgrind,
 # which would check bash, not aioctx: the script leaves valgrind (an exec is
@@ -54,7 +58,7 @@ bail() {
     exit 1
 }
 
-for tool in pkg-config readelf "${CC:-cc}"; do
+for tool in pkg-config readelf make "${CC:-cc}"; do
     command -v "$tool" >/dev/null || { echo "1..0 # SKIP $tool not found"; exit 0; }
 done
 
@@ -78,7 +82,10 @@ ok 0 "meson install --destdir $destdir"
 [ ${#run_wrapper[@]} -gt 0 ] && echo "# the programs run in: ${run_wrapper[*]}"
 
 # ---- what is installed ------------------------------------------------------
-ok "$([ -f "$lib/$soname" ] && [ ! -L "$lib/$soname" ]; echo $?)" "$libdir/$soname is the library"
+real_name=libaioctx.so.$meson_version
+ok "$([ -f "$lib/$real_name" ] && [ ! -L "$lib/$real_name" ]; echo $?)" "$libdir/$real_name is the library"
+ok "$([ "$(readlink "$lib/$soname")" = "$real_name" ]; echo $?)" \
+    "$libdir/$soname is a symlink to $real_name"
 ok "$([ "$(readlink "$lib/libaioctx.so")" = "$soname" ]; echo $?)" \
     "$libdir/libaioctx.so is a symlink to $soname"
 ok "$([ -f "$lib/libaioctx.a" ]; echo $?)" "$libdir/libaioctx.a"
@@ -87,9 +94,26 @@ ok "$([ -f "$inc/aioctx/qemu-compat.h" ]; echo $?)" "$includedir/aioctx/qemu-com
 ok "$([ -f "$lib/pkgconfig/aioctx.pc" ]; echo $?)" "$libdir/pkgconfig/aioctx.pc"
 ok "$(cmp -s "$inc/aioctx.h" "$src/include/aioctx.h"; echo $?)" \
     "the installed aioctx.h is the committed one"
+# Nothing from the tests, benchmarks or examples.
+extra=$(find "$root" -type f | grep -v -e '/libaioctx' -e '/pkgconfig/aioctx' -e '/aioctx[^/]*\.h$' -e '/aioctx/qemu-compat\.h$')
+ok "$([ -z "$extra" ]; echo $?)" "nothing else is installed"
+[ -n "$extra" ] && diag <<<"$extra"
 
-elf_soname=$(readelf -d "$lib/$soname" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
+elf_soname=$(readelf -d "$lib/$real_name" 2>/dev/null | sed -n 's/.*(SONAME).*\[\(.*\)\].*/\1/p')
 ok "$([ "$elf_soname" = "$soname" ]; echo $?)" "SONAME is $soname (got '$elf_soname')"
+
+# The glue libraries that were built (meson's introspection lists them).
+glue=()
+for name in glib uv; do
+    if ls "$build"/libaioctx-$name.* >/dev/null 2>&1; then
+        glue+=("$name")
+        ok "$([ -f "$lib/libaioctx-$name.so.$meson_version" ] || [ -f "$lib/libaioctx-$name.a" ]; echo $?)" \
+            "$libdir/libaioctx-$name"
+        ok "$([ -f "$inc/aioctx-$name.h" ]; echo $?)" "$includedir/aioctx-$name.h"
+        ok "$([ -f "$lib/pkgconfig/aioctx-$name.pc" ]; echo $?)" "$libdir/pkgconfig/aioctx-$name.pc"
+    fi
+done
+echo "# glue libraries built: ${glue[*]:-none}"
 
 # ---- one version ----------------------------------------------------------------
 cargo_version=$(sed -n '/^\[package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$src/Cargo.toml")
@@ -98,63 +122,76 @@ ok "$([ "$meson_version" = "$cargo_version" ]; echo $?)" \
     "meson.build's project version ($meson_version) is Cargo.toml's"
 ok "$([ "$soname" = "libaioctx.so.${cargo_version%%.*}" ]; echo $?)" \
     "the SONAME carries Cargo.toml's major version"
+header_version=$(for part in MAJOR MINOR MICRO; do
+    sed -n "s/^#define AIOCTX_VERSION_$part \([0-9]*\)$/\1/p" "$inc/aioctx.h"
+done | paste -sd.)
+ok "$([ "$header_version" = "$cargo_version" ]; echo $?)" \
+    "the installed header's AIOCTX_VERSION_MAJOR.MINOR.MICRO: $header_version"
 
-# Only the installed .pc file, relocated to DESTDIR.
-pc() {
-    PKG_CONFIG_LIBDIR=$lib/pkgconfig PKG_CONFIG_PATH= \
-        pkg-config --define-variable=prefix="$root" "$@" aioctx
-}
+# The installed .pc files with their prefix moved to DESTDIR (per file: the
+# system's glib-2.0.pc and libuv.pc must keep theirs), searched first.
+mkdir -p "$tmp/pc"
+for f in "$lib"/pkgconfig/aioctx*.pc; do
+    sed "s|^prefix=.*|prefix=$root|" "$f" >"$tmp/pc/${f##*/}"
+done
+export PKG_CONFIG_PATH=$tmp/pc
+pc() { pkg-config "$@" aioctx; }
 pc_version=$(pc --modversion 2>&1)
 ok "$([ "$pc_version" = "$cargo_version" ]; echo $?)" "pkg-config --modversion aioctx: $pc_version"
+for name in "${glue[@]}"; do
+    v=$(pkg-config --modversion "aioctx-$name" 2>&1)
+    ok "$([ "$v" = "$cargo_version" ]; echo $?)" "pkg-config --modversion aioctx-$name: $v"
+done
 
-# ---- an outside program, built against the installed copy ---------------------
-cc=${CC:-cc}
+# ---- an outside Makefile project, built against the installed copy -------------
 cflags=$(pc --cflags)
-libs=$(pc --libs)
 echo "# cflags: $cflags"
-echo "# libs:   $libs"
+echo "# libs:   $(pc --libs)"
+echo "# static: $(pc --static --libs)"
 ok "$(case " $cflags " in *" -I$inc "*) echo 0 ;; *) echo 1 ;; esac)" \
     "pkg-config --cflags points into the installed tree"
-cp "$src/capi-tests/install/outside.c" "$tmp/outside.c"
-strict=(-std=c11 -Wall -Wextra -Werror -Wpedantic)
-# shellcheck disable=SC2086 # pkg-config output is a word list
-if (cd "$tmp" && "$cc" "${strict[@]}" $cflags outside.c -o outside $libs) >"$tmp/cc.log" 2>&1; then
-    ok 0 "outside.c builds with pkg-config --cflags --libs aioctx"
-    # The installed lib dir only: not the build dir meson's test env points at.
-    if env LD_LIBRARY_PATH="$lib" "${run_wrapper[@]}" "$tmp/outside" >"$tmp/run.log" 2>&1; then
-        ok 0 "it runs against the installed library"
-    else
-        ok 1 "it runs against the installed library"
-    fi
-    diag <"$tmp/run.log"
-    ok "$(grep -qx "library $lib/$soname" "$tmp/run.log"; echo $?)" \
-        "the library it loaded is the installed $soname"
-    ok "$(grep -qx "version $cargo_version" "$tmp/run.log"; echo $?)" \
-        "aioctx_version() of the installed library is $cargo_version"
-else
-    diag <"$tmp/cc.log"
-    ok 1 "outside.c builds with pkg-config --cflags --libs aioctx"
-fi
+proj=$tmp/project
+cp -r "$src/capi-tests/install" "$proj"
 
-# ---- and statically -------------------------------------------------------------
-static_libs=$(pc --static --libs-only-l | sed 's/-laioctx//g')
-echo "# static: $lib/libaioctx.a $static_libs"
-# shellcheck disable=SC2086
-if (cd "$tmp" && "$cc" "${strict[@]}" $cflags outside.c -o outside-static \
-        "$lib/libaioctx.a" $static_libs) >"$tmp/cc-static.log" 2>&1; then
-    ok 0 "outside.c links libaioctx.a with pkg-config --static --libs"
-    if env -u LD_LIBRARY_PATH "${run_wrapper[@]}" "$tmp/outside-static" >"$tmp/run-static.log" 2>&1; then
-        ok 0 "the static program runs"
+# build TARGET: make TARGET in the outside project.
+build() {
+    if make -C "$proj" CC="${CC:-cc}" "$1" >"$tmp/make-$1.log" 2>&1; then
+        ok 0 "make $1"
     else
-        ok 1 "the static program runs"
+        diag <"$tmp/make-$1.log"
+        ok 1 "make $1"
+        return 1
     fi
-    diag <"$tmp/run-static.log"
-    ok "$(grep -qx "library static" "$tmp/run-static.log"; echo $?)" \
-        "and needs no libaioctx.so"
-else
-    diag <"$tmp/cc-static.log"
-    ok 1 "outside.c links libaioctx.a with pkg-config --static --libs"
+}
+# run PROGRAM: runs it with the installed lib dir only on the library path
+# (not the build dir meson's test env points at); its output goes to
+# $tmp/PROGRAM.out.
+run() {
+    if env LD_LIBRARY_PATH="$lib" "${run_wrapper[@]}" "$proj/$1" >"$tmp/$1.out" 2>&1; then
+        ok 0 "$1 runs against the installed library"
+    else
+        ok 1 "$1 runs against the installed library"
+    fi
+    diag <"$tmp/$1.out"
+}
+
+if build outside; then
+    run outside
+    ok "$(grep -qx "library $lib/$real_name" "$tmp/outside.out"; echo $?)" \
+        "the library it loaded is the installed $real_name"
+    ok "$(grep -qx "version $cargo_version" "$tmp/outside.out"; echo $?)" \
+        "aioctx_version() of the installed library is $cargo_version"
+    ok "$(grep -qx "header $cargo_version" "$tmp/outside.out"; echo $?)" \
+        "the AIOCTX_VERSION_* macros it was compiled with say $cargo_version"
 fi
+if build outside-static; then
+    run outside-static
+    ok "$(grep -qx "library static" "$tmp/outside-static.out"; echo $?)" \
+        "outside-static needs no libaioctx.so"
+fi
+for name in "${glue[@]}"; do
+    build "outside-$name" && run "outside-$name"
+done
 
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -20,13 +20,17 @@ ensure_meson() {
     }
 }
 
-# Configures build/ (or refreshes it) and builds everything.
+# Configures build/ (or refreshes it) and builds the library; `meson test`
+# builds the tests it runs. build/ is a debug build (an unoptimized Rust
+# library, quick to rebuild in the test cycle); a plain `meson setup DIR`
+# is optimized (debugoptimized), for installing.
 meson_build() {
     if [ -f build/build.ninja ]; then
         # A build dir from another meson version cannot be reconfigured.
-        meson setup --reconfigure build || meson setup --wipe build
+        meson setup --reconfigure build --buildtype=debug ||
+            meson setup --wipe build --buildtype=debug
     else
-        meson setup build
+        meson setup build --buildtype=debug
     fi
-    meson compile -C build
+    meson compile -C build "$@"
 }

@@ -3,7 +3,8 @@
  * tools/check-install.sh compiles it with `pkg-config --cflags --libs aioctx`
  * (and once more against the static library) and runs it.
  *
- * It prints "version <aioctx_version()>" and "library <path of the
+ * It prints "header <AIOCTX_VERSION_MAJOR.MINOR.MICRO>", "version
+ * <aioctx_version()>" and "library <path of the
  * libaioctx mapped into the process, or 'static'>", then uses both installed
  * headers: a BH on its own loop, and the QEMU-name compat header waiting for
  * an IOThread. Exit status 0 only if all of that worked.
@@ -14,6 +15,12 @@
 
 #include <stdio.h>
 #include <string.h>
+
+/* The version macros work in #if, and the header is at least 0.2.0. */
+#if !AIOCTX_CHECK_VERSION(0, 2, 0) || AIOCTX_CHECK_VERSION(AIOCTX_VERSION_MAJOR, \
+                                                          AIOCTX_VERSION_MINOR + 1, 0)
+#error "AIOCTX_CHECK_VERSION disagrees with AIOCTX_VERSION_*"
+#endif
 
 /* The path of the shared libaioctx this process runs, or "static". */
 static void print_library(void)
@@ -52,6 +59,7 @@ int main(void)
     AioctxBh *bh;
     IOThread *it;
 
+    printf("header %d.%d.%d\n", AIOCTX_VERSION_MAJOR, AIOCTX_VERSION_MINOR, AIOCTX_VERSION_MICRO);
     printf("version %s\n", aioctx_version());
     print_library();
 

@@ -1399,3 +1399,14 @@ static inline int blk_flush(BlockBackend *blk)
 }
 
 #endif /* AIOCTX_QEMU_COMPAT_H */
+
+/* aio_get_g_source, when <aioctx-glib.h> (libaioctx-glib) was included
+ * before this header. Unlike QEMU, each call makes a new GSource (holding a
+ * reference to ctx): attach one per context, and g_source_unref it. */
+#if defined(AIOCTX_GLIB_H) && !defined(AIOCTX_QEMU_COMPAT_GLIB)
+#define AIOCTX_QEMU_COMPAT_GLIB
+static inline GSource *aio_get_g_source(AioContext *ctx)
+{
+    return aioctx_glib_source_new(ctx);
+}
+#endif

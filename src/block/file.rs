@@ -84,6 +84,7 @@ impl FileDriver {
         Ok(driver)
     }
 
+    /// The image's path, as given to [`FileDriver::open`].
     pub fn path(&self) -> &str {
         &self.path
     }

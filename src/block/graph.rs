@@ -62,6 +62,8 @@ impl Graph {
         &self.shared
     }
 
+    /// The context whose home thread makes the graph-wide calls (drain,
+    /// flush, inactivate_all / activate_all).
     pub fn main_context(&self) -> &Arc<Context> {
         &self.shared.main
     }
@@ -127,14 +129,17 @@ impl Graph {
         Ok(node)
     }
 
+    /// The node called `name`, if any.
     pub fn find(&self, name: &str) -> Option<Arc<Node>> {
         self.nodes.lock().by_name.get(name).cloned()
     }
 
+    /// How many nodes the graph has.
     pub fn len(&self) -> usize {
         self.nodes.lock().all.len()
     }
 
+    /// True when the graph has no node.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

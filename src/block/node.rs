@@ -19,7 +19,9 @@ use crate::wait::{WaitOptions, Waiter};
 /// Direction of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
+    /// Reads from the image (allowed on an inactive node).
     Read,
+    /// Writes to the image (refused on an inactive or read-only node).
     Write,
 }
 
@@ -77,10 +79,12 @@ impl Node {
         })
     }
 
+    /// The node's name, unique in its graph.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The name as a C string.
     pub fn c_name(&self) -> &CStr {
         &self.c_name
     }
@@ -95,10 +99,13 @@ impl Node {
         self.in_flight.load(SeqCst)
     }
 
+    /// True while the node is inactive (handed over, or not yet activated
+    /// on an incoming migration): no writes, no image write lock.
     pub fn is_inactive(&self) -> bool {
         self.inactive.load(SeqCst)
     }
 
+    /// True if the node was opened for writing.
     pub fn is_writable(&self) -> bool {
         self.writable
     }

@@ -24,7 +24,9 @@ pub extern "C" fn aioctx_last_errno() -> c_int {
     boundary::last_errno()
 }
 
-/// The library version, e.g. "0.1.0". Static storage.
+/// The version of the library loaded at run time, e.g. "0.2.0"
+/// (`AIOCTX_VERSION_MAJOR.MINOR.MICRO` of the header it was built with; the
+/// pkg-config version). Static storage.
 #[no_mangle]
 pub extern "C" fn aioctx_version() -> *const c_char {
     const V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");

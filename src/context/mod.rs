@@ -274,6 +274,7 @@ impl Context {
         self.id
     }
 
+    /// The name given at creation (shown in dumps and errors).
     pub fn name(&self) -> &str {
         &self.name
     }

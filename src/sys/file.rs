@@ -6,8 +6,15 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// A buffer an I/O request reads into or writes from: owned by Rust, or
 /// lent by a C caller for the duration of the request.
 pub enum IoBuf {
+    /// A buffer owned by Rust.
     Owned(Vec<u8>),
-    Lent { ptr: *mut u8, len: usize },
+    /// A C caller's buffer; made only by the unsafe [`IoBuf::lent`].
+    Lent {
+        /// Start of the buffer.
+        ptr: *mut u8,
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 // SAFETY: a lent buffer is, per the C API contract, valid and untouched by
@@ -24,6 +31,7 @@ impl IoBuf {
         IoBuf::Lent { ptr, len }
     }
 
+    /// The buffer's length in bytes.
     pub fn len(&self) -> usize {
         match self {
             IoBuf::Owned(v) => v.len(),
@@ -31,6 +39,7 @@ impl IoBuf {
         }
     }
 
+    /// True for a zero-length buffer.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
