@@ -1358,7 +1358,10 @@ static int make_socket(const char *path)
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    size_t len = strlen(path);
+    if (len >= sizeof sa.sun_path)
+        return -1;
+    memcpy(sa.sun_path, path, len + 1);
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     if (s < 0 || bind(s, (struct sockaddr *)&sa, sizeof sa) != 0)
         return -1;

@@ -27,11 +27,12 @@ static int64_t slack(void)
     return 50 * MS * tap_scale();
 }
 
-/* Takes `ctx` as soon as the waiter gives it back, holds it for `hold_ms`
- * or, with `mutex`, until it can lock that mutex. */
+/* Takes `ctx` as soon as the waiter gives it back and holds it until the
+ * waiter let it go (`let_go`), or, with `mutex`, until it can lock that
+ * mutex. */
 struct grabber {
     AioctxContext *ctx;
-    int hold_ms;
+    atomic_int let_go;
     pthread_mutex_t *mutex;
     atomic_int holding;
 };
@@ -45,7 +46,8 @@ static void *grabber_thread(void *arg)
         pthread_mutex_lock(g->mutex);
         pthread_mutex_unlock(g->mutex);
     } else {
-        tap_sleep_ms(g->hold_ms);
+        while (!atomic_load(&g->let_go))
+            tap_sleep_ms(1);
     }
     aioctx_release(g->ctx);
     return NULL;
@@ -65,7 +67,7 @@ static void test_retake_bounded(pthread_mutex_t *mutex, const char *what)
 {
     AioctxIoThread *io = aioctx_iothread_new("to-io");
     AioctxContext *io_ctx = aioctx_iothread_context(io);
-    struct grabber g = { io_ctx, 1500, mutex, 0 };
+    struct grabber g = { io_ctx, 0, mutex, 0 };
     pthread_t th;
     int64_t timeout = 200 * MS * tap_scale();
     aioctx_acquire(io_ctx);
@@ -83,6 +85,7 @@ static void test_retake_bounded(pthread_mutex_t *mutex, const char *what)
         aioctx_release(io_ctx);
     }
     ok(atomic_load(&warnings) > before, "%s: AIOCTX_WAIT_WARN_MS logged a warning", what);
+    atomic_store(&g.let_go, 1);
     if (mutex)
         pthread_mutex_unlock(mutex);
     pthread_join(th, NULL);
@@ -95,7 +98,7 @@ static void test_dispatch_bounded(void)
 {
     AioctxContext *ctx = aioctx_context_new("to-own");
     aioctx_context_claim(ctx);
-    struct grabber g = { ctx, 1500, NULL, 0 };
+    struct grabber g = { ctx, 0, NULL, 0 };
     pthread_t th;
     pthread_create(&th, NULL, grabber_thread, &g);
     while (!atomic_load(&g.holding))
@@ -106,6 +109,7 @@ static void test_dispatch_bounded(void)
     int rc = aioctx_poll_while(ctx, always, NULL, timeout, 0);
     check_timely(rc, start, timeout, "own context held by another thread");
     is_int(aioctx_lock_depth(ctx), 0, "own context: nothing left held");
+    atomic_store(&g.let_go, 1);
     pthread_join(th, NULL);
     aioctx_context_unref(ctx);
 }
@@ -118,7 +122,7 @@ int main(void)
     aioctx_set_log_handler(count_warnings, NULL);
     main_ctx = aioctx_main_context();
     is_int(aioctx_context_claim(main_ctx), 0, "main thread claims the main context");
-    test_retake_bounded(NULL, "holder keeps it 1.5 s");
+    test_retake_bounded(NULL, "holder keeps it past the deadline");
     pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&m);
     test_retake_bounded(&m, "holder blocks on a mutex the waiter owns");

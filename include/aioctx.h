@@ -741,8 +741,8 @@ int aioctx_node_drain(struct AioctxNode *n);
  *
  * Returns 0 with the section open. Errors leave no section open: -EPERM from
  * any other thread; -EDEADLK if the caller holds `n`'s context more than
- * once, or holds it and another context (as `aioctx_poll_while`); -EINVAL if
- * `n` is NULL.
+ * once, or on a wait-for cycle (as `aioctx_poll_while`); -EINVAL if `n` is
+ * NULL.
  */
 int aioctx_node_drained_begin(struct AioctxNode *n);
 

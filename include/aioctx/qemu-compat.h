@@ -993,8 +993,8 @@ static inline int aio_wait_while_fn(AioContext *ctx, AioctxCond cond, void *opaq
 
 /* Wakes threads waiting in AIO_WAIT_WHILE so they evaluate their condition
  * again. Call it after changing what a condition reads, as in QEMU (state
- * changed by an aioctx callback needs none: every poll that runs a callback
- * kicks). A waiter is registered before it first evaluates its condition,
+ * changed by a callback of the waited-for context, or a request of a node on
+ * it ending, needs none: those wake its waiters). A waiter is registered before it first evaluates its condition,
  * so a kick right after it began is not lost. Any thread. Before QEMU 4.0
  * it takes the AioWait of the waited-for object; every waiter is woken
  * whichever it names. */

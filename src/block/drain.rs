@@ -60,10 +60,24 @@ impl Sections {
     }
 }
 
+/// The most completions one thread's stack can be inside at once that a
+/// drain there still tells apart (deeper nesting is not a real program).
+const MAX_NESTED_COMPLETIONS: usize = 32;
+
+/// The nodes (by address) whose completion callbacks run on a thread's
+/// stack: each is still counted in flight until its callback returns. Plain
+/// data with no destructor, so it works in calls made while the thread ends.
+struct Stack {
+    keys: [usize; MAX_NESTED_COMPLETIONS],
+    len: usize,
+    /// Entries beyond `keys`, not recorded.
+    overflow: usize,
+}
+
 thread_local! {
-    /// The nodes (by address) whose completion callbacks run on this thread's
-    /// stack: each is still counted in flight until its callback returns.
-    static COMPLETING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static COMPLETING: RefCell<Stack> = const {
+        RefCell::new(Stack { keys: [0; MAX_NESTED_COMPLETIONS], len: 0, overflow: 0 })
+    };
 }
 
 /// Marks a node's completion as running on this thread while it lives.
@@ -81,7 +95,16 @@ impl Completing {
     }
 
     pub(super) fn by_key(key: usize) -> Completing {
-        COMPLETING.with(|c| c.borrow_mut().push(key));
+        COMPLETING.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len < MAX_NESTED_COMPLETIONS {
+                let len = c.len;
+                c.keys[len] = key;
+                c.len += 1;
+            } else {
+                c.overflow += 1;
+            }
+        });
         Completing(key)
     }
 }
@@ -90,8 +113,14 @@ impl Drop for Completing {
     fn drop(&mut self) {
         COMPLETING.with(|c| {
             let mut c = c.borrow_mut();
-            if let Some(i) = c.iter().rposition(|&k| k == self.0) {
-                c.remove(i);
+            if c.overflow > 0 {
+                c.overflow -= 1;
+                return;
+            }
+            let len = c.len;
+            if let Some(i) = c.keys[..len].iter().rposition(|&k| k == self.0) {
+                c.keys.copy_within(i + 1..len, i);
+                c.len -= 1;
             }
         });
     }
@@ -102,7 +131,10 @@ impl Drop for Completing {
 /// must not wait for those: they end only after the drain returns.
 fn completing_here(node: &Node) -> i64 {
     let key = Completing::key(node);
-    COMPLETING.with(|c| c.borrow().iter().filter(|&&k| k == key).count() as i64)
+    COMPLETING.with(|c| {
+        let c = c.borrow();
+        c.keys[..c.len].iter().filter(|&&k| k == key).count() as i64
+    })
 }
 
 impl Node {

@@ -278,8 +278,8 @@ pub extern "C" fn aioctx_node_drain(n: *mut AioctxNode) -> c_int {
 ///
 /// Returns 0 with the section open. Errors leave no section open: -EPERM from
 /// any other thread; -EDEADLK if the caller holds `n`'s context more than
-/// once, or holds it and another context (as `aioctx_poll_while`); -EINVAL if
-/// `n` is NULL.
+/// once, or on a wait-for cycle (as `aioctx_poll_while`); -EINVAL if `n` is
+/// NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_node_drained_begin(n: *mut AioctxNode) -> c_int {
     ffi("aioctx_node_drained_begin", || {

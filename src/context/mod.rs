@@ -468,7 +468,7 @@ impl Context {
         if tests::AT_DEPTH_LIMIT.with(|f| f.get()) {
             return Err(self.named(LockError::Overflow));
         }
-        if self.lock.owner() == thread::current() && self.lock.depth() == u32::MAX {
+        if self.lock.owner() == thread::current() && self.lock.depth() == crate::lock::max_depth() {
             return Err(self.named(LockError::Overflow));
         }
         Ok(())
