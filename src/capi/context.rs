@@ -156,8 +156,9 @@ pub extern "C" fn aioctx_lock_depth(ctx: *const AioctxContext) -> c_int {
 /// timer, a bottom half or `aioctx_notify`, then runs — with `ctx` held — the
 /// BHs pending when the dispatch began, ready fd handlers and due timers.
 /// A BH scheduled during the poll runs in the next one.
-/// Returns 1 if a callback ran, 0 if none (a blocking poll woken only by
-/// `aioctx_notify` returns 0), -EPERM if the caller is not the home thread
+/// A blocking poll does not block when an `aioctx_notify` came since the
+/// last poll. Returns 1 if a callback ran, 0 if none (a blocking poll woken
+/// only by `aioctx_notify` returns 0), -EPERM if the caller is not the home thread
 /// (the first poll makes the caller the home), -EINVAL if `ctx` is NULL.
 /// A callback may poll `ctx` again (a nested poll); fd readiness that poll
 /// used up is not handed to the outer poll's fd handlers.
@@ -173,8 +174,12 @@ pub extern "C" fn aioctx_poll(ctx: *mut AioctxContext, blocking: bool) -> c_int 
     })
 }
 
-/// Wakes a blocking `aioctx_poll` of `ctx`. Any thread. Makes no system call
-/// when nobody is blocked in a poll of `ctx` (and `ctx` is not embedded).
+/// Wakes a blocking `aioctx_poll` of `ctx`. Any thread. A notify is never
+/// lost: made while nobody polls `ctx`, it keeps the next poll (blocking or
+/// not) from blocking, and that poll consumes it (returning 0 if no callback
+/// ran), so `while (!flag) aioctx_poll(ctx, true);` against
+/// `flag = 1; aioctx_notify(ctx);` cannot hang. Makes no system call when
+/// nobody is blocked in a poll of `ctx` (and `ctx` is not embedded).
 /// Returns 0, or -EINVAL if `ctx` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_notify(ctx: *mut AioctxContext) -> c_int {
