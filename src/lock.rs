@@ -114,24 +114,17 @@ impl ContextLock {
     /// Blocks until the calling thread owns the lock; recursive.
     #[inline]
     pub fn acquire(&self) -> Result<()> {
-        let me = thread::current();
-        if self.owner() == me {
-            return self.deepen();
-        }
-        if self
-            .state
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            self.acquire_slow(me, None)?;
-        }
-        self.depth.store(1, Ordering::Relaxed);
-        Ok(())
+        self.acquire_by(None)
     }
 
     /// Like [`acquire`](Self::acquire), but gives up with `TimedOut` once
     /// CLOCK_MONOTONIC reaches `deadline` (ns) while another thread owns it.
     pub fn acquire_until(&self, deadline: i64) -> Result<()> {
+        self.acquire_by(Some(deadline))
+    }
+
+    #[inline(always)]
+    fn acquire_by(&self, deadline: Option<i64>) -> Result<()> {
         let me = thread::current();
         if self.owner() == me {
             return self.deepen();
@@ -141,7 +134,7 @@ impl ContextLock {
             .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            self.acquire_slow(me, Some(deadline))?;
+            self.acquire_slow(me, deadline)?;
         }
         self.depth.store(1, Ordering::Relaxed);
         Ok(())

@@ -17,18 +17,7 @@ if [ $# -ne 3 ]; then
 fi
 meson=$1 src=$2 work=$3
 
-n=0
-failed=0
-ok() { # ok CONDITION-EXIT-STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-diag() { sed 's/^/# /'; }
+source "$(dirname "$0")/tap.sh"
 
 rm -rf "$work"
 mkdir -p "$work"

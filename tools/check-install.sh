@@ -41,22 +41,7 @@ read -r -a run_wrapper <<<"${AIOCTX_INSTALL_VALGRIND:-}"
 
 meson=$1 build=$2 src=$3 prefix=$4 libdir=$5 includedir=$6 meson_version=$7 soname=$8
 
-n=0
-failed=0
-ok() { # ok CONDITION-EXIT-STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-diag() { sed 's/^/# /'; }
-bail() {
-    echo "Bail out! $*"
-    exit 1
-}
+source "$(dirname "$0")/tap.sh"
 
 for tool in pkg-config readelf make "${CC:-cc}"; do
     command -v "$tool" >/dev/null || { echo "1..0 # SKIP $tool not found"; exit 0; }

@@ -15,18 +15,7 @@ fi
 src=$1 build=$2
 readme=$src/README.md
 
-n=0
-failed=0
-ok() { # ok CONDITION-EXIT-STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
-diag() { sed 's/^/# /'; }
+source "$(dirname "$0")/tap.sh"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/aioctx-readme.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT

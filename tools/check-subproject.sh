@@ -24,19 +24,8 @@ fi
 src=$1 work=$2 current_meson=$3
 versions=(1.0.1 1.3.2)
 
-n=0
-failed=0
-ok() { # ok CONDITION-EXIT-STATUS DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" -eq 0 ]; then
-        echo "ok $n - $2"
-    else
-        echo "not ok $n - $2"
-        failed=$((failed + 1))
-    fi
-}
+source "$(dirname "$0")/tap.sh"
 skip() { n=$((n + 1)); echo "ok $n # SKIP $1"; }
-diag() { sed 's/^/# /'; }
 
 mkdir -p "$work"
 # One outside project for every version (so cargo sees one manifest path
