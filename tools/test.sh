@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: Rust unit tests, header drift check, the meson
-# build, the C tests, the C tests again built with AddressSanitizer
+# build, the C tests and source checks (import-circles: the layers of src/
+# import only downwards), the C tests again built with AddressSanitizer
 # (build-asan/; AIOCTX_SKIP_ASAN=1 skips it), and under valgrind
 # (AIOCTX_SKIP_VALGRIND=1 skips that last stage).
 #
@@ -122,7 +123,7 @@ else
     stage "C tests with AddressSanitizer (build-asan/, -Db_sanitize=address)"
     if asan_build; then
         run_meson_tests build-asan build-asan/meson-logs/testlog.json \
-            --no-suite install --no-suite symbols
+            --no-suite install --no-suite symbols --no-suite source
     else
         echo "-- ASan build failed; its C tests not run"
         count 0 1

@@ -9,101 +9,17 @@
 //! counting API.
 #![forbid(unsafe_code)]
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::node::{Node, RequestKind};
-use super::IoDone;
+use super::node::Node;
+use super::request::IoDone;
+use super::sections::{completing_here, Queued};
 use crate::context::{held_by_caller, Context};
 use crate::error::{busy, invalid, not_permitted, Error, Result};
 use crate::sys::file::IoBuf;
-
-/// A request submitted during a drained section, started after it.
-pub(super) struct Queued {
-    pub(super) kind: RequestKind,
-    pub(super) buf: IoBuf,
-    pub(super) offset: u64,
-    pub(super) done: IoDone,
-}
-
-/// A node's drained sections and what waits for their end.
-#[derive(Default)]
-pub(super) struct Sections {
-    /// Open sections (begins not yet ended), of the node's own and of the graph's.
-    open: u32,
-    /// Submitted during a section, in submission order.
-    queued: VecDeque<Queued>,
-    /// The last end is starting `queued`: later submissions still queue behind.
-    restarting: bool,
-}
-
-impl Sections {
-    /// Whether a new asynchronous request must queue.
-    pub(super) fn holds(&self) -> bool {
-        self.open > 0 || self.restarting
-    }
-
-    pub(super) fn open(&self) -> u32 {
-        self.open
-    }
-
-    pub(super) fn queue(&mut self, request: Queued) {
-        self.queued.push_back(request);
-    }
-
-    pub(super) fn queued(&self) -> usize {
-        self.queued.len()
-    }
-}
-
-thread_local! {
-    /// The nodes (by address) whose completion callbacks run on this thread's
-    /// stack: each is still counted in flight until its callback returns.
-    static COMPLETING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Marks a node's completion as running on this thread while it lives.
-pub(super) struct Completing(usize);
-
-impl Completing {
-    pub(super) fn enter(node: &Node) -> Completing {
-        Completing::by_key(Completing::key(node))
-    }
-
-    /// A node's identity here: its address, valid while it has a request
-    /// in flight (every completion holds the node).
-    pub(super) fn key(node: &Node) -> usize {
-        node as *const Node as usize
-    }
-
-    pub(super) fn by_key(key: usize) -> Completing {
-        COMPLETING.with(|c| c.borrow_mut().push(key));
-        Completing(key)
-    }
-}
-
-impl Drop for Completing {
-    fn drop(&mut self) {
-        COMPLETING.with(|c| {
-            let mut c = c.borrow_mut();
-            if let Some(i) = c.iter().rposition(|&k| k == self.0) {
-                c.remove(i);
-            }
-        });
-    }
-}
-
-/// How many of `node`'s completions run on the calling thread's stack, or
-/// wait behind one in the same bottom half. A drain from inside one of them
-/// must not wait for those: they end only after the drain returns.
-fn completing_here(node: &Node) -> i64 {
-    let key = Completing::key(node);
-    COMPLETING.with(|c| c.borrow().iter().filter(|&&k| k == key).count() as i64)
-}
 
 impl Node {
     /// Begins a drained section: new requests are held (see
@@ -177,7 +93,7 @@ impl Node {
     /// Waits (polling as `waiter` does) until no request is in flight, but
     /// for the completions running on the caller's own stack.
     pub(super) fn wait_quiet(&self, waiter: crate::wait::Waiter) -> Result<()> {
-        waiter.wait_while(&mut || self.in_flight() > completing_here(self))
+        waiter.wait_while(&mut || self.in_flight() > completing_here(self.completion_key()))
     }
 
     /// `EPERM` unless the caller may wait for this node: the graph's main
@@ -270,6 +186,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::block::RequestKind;
     use crate::block::{Driver, Graph, NullDriver, OpDone};
     use crate::iothread::IoThread;
     use crate::wait::{poll_while, WaitOptions};

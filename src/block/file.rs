@@ -11,16 +11,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::node::RequestKind;
+use super::node::{Driver, Node};
+use super::pool;
+use super::request::{io_error, IoDone, OpDone, RequestKind};
 use super::writer::WriteQueue;
-use super::{pool, Driver, IoDone, Node, OpDone};
 use crate::error::{Error, Result};
 use crate::sys::file::{pread_cached, pread_full, set_write_lock, IoBuf};
-
-/// A failed read or write of the image at `path`.
-pub(super) fn io_error(path: &str, e: std::io::Error) -> Error {
-    Error::from_io(&format!("I/O on '{path}'"), e)
-}
 
 /// How to open an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

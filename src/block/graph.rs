@@ -8,25 +8,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::file::{FileDriver, OpenFlags};
-use super::{Driver, Node};
+use super::node::{Driver, GraphShared, Node};
 use crate::context::Context;
 use crate::error::{invalid, Error, Result};
-
-/// What nodes need of their graph (nodes do not keep the graph alive).
-pub(super) struct GraphShared {
-    main: Arc<Context>,
-    /// Serialises edge changes, so a cycle check and its insert agree.
-    edges: Mutex<()>,
-    /// An inactivate_all or activate_all is running (refuses re-entry).
-    pub(super) handover: std::sync::atomic::AtomicBool,
-}
-
-impl GraphShared {
-    /// Claims the main context for the caller: graph-wide calls run there.
-    pub(super) fn claim_main(&self) -> Result<()> {
-        self.main.claim()
-    }
-}
 
 #[derive(Default)]
 struct Nodes {

@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use super::{Graph, Node};
+use super::graph::Graph;
+use super::node::Node;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use crate::diag;

@@ -39,7 +39,11 @@ struct Pool {
 }
 
 static POOL: Lazy<Pool> = Lazy::new(|| {
-    crate::thread::watch_fork();
+    crate::thread::on_fork(crate::sys::thread::ForkHandlers {
+        prepare: before_fork,
+        parent: after_fork_in_parent,
+        child: after_fork_in_child,
+    });
     Pool {
         queue: Mutex::new(Queue::default()),
         work: Condvar::new(),

@@ -5,10 +5,16 @@ use std::sync::Arc;
 
 use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, str_arg, CFn, Opaque};
 use super::context::AioctxContext;
-use super::graph::{AioctxGraph, AIOCTX_OPEN_INACTIVE, AIOCTX_OPEN_RDWR};
+use super::graph::AioctxGraph;
 use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
 use crate::error::{invalid, Error, Result};
 use crate::sys::file::IoBuf;
+
+/// `aioctx_node_open_file` flag: open for writing and take the image write lock.
+pub const AIOCTX_OPEN_RDWR: c_uint = 1;
+/// `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
+/// without the write lock, until `aioctx_graph_activate_all`.
+pub const AIOCTX_OPEN_INACTIVE: c_uint = 2;
 
 /// A node of a block graph, owned by the graph: pointers are borrowed and
 /// valid until `aioctx_graph_free`.
@@ -99,6 +105,22 @@ impl Driver for CDriver {
 
 fn node_ptr(node: &Node) -> *mut AioctxNode {
     (node as *const Node).cast_mut().cast()
+}
+
+/// The node named `name`, borrowed (valid until the graph is freed), or NULL
+/// (no such node: ENOENT; NULL argument: EINVAL). Any thread.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) -> *mut AioctxNode {
+    ffi("aioctx_graph_find", || {
+        let name = str_arg(name, "name")?;
+        let node = borrow(g)?.find(name).ok_or_else(|| {
+            crate::Error::new(
+                libc::ENOENT,
+                format!("no node named '{name}' in this graph"),
+            )
+        })?;
+        Ok(borrowed_arc_ptr(&node))
+    })
 }
 
 /// Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s

@@ -203,6 +203,11 @@ impl Context {
             )
             .map_err(|e| Error::from_io(&format!("{what}: epoll_ctl"), e))?;
         waitfor::set_on_block(waiters::on_block);
+        thread::on_exit(thread::ExitHooks {
+            exited: thread_exited,
+            owns: owned_by,
+        });
+        crate::diag::add_describer(crate::diag::Section::Contexts, describe_all);
         let id = NEXT_ID.fetch_add(1, Relaxed);
         let ctx = Arc::new(Context {
             id,
