@@ -160,7 +160,7 @@ impl Node {
     /// Completes a queued request that will never start with `e`.
     fn fail_later(&self, done: IoDone, e: Error) {
         self.context()
-            .schedule_once(move || done(Err(e), IoBuf::Owned(Vec::new())));
+            .schedule_once(move || done(Err(e), IoBuf::from(Vec::new())));
     }
 
     /// The graph is closing: queued requests complete with `ECANCELED`.
@@ -236,7 +236,7 @@ mod tests {
     }
 
     fn write(node: &Arc<Node>, offset: u64, done: IoDone) -> Result<()> {
-        node.submit(RequestKind::Write, IoBuf::Owned(vec![0; 8]), offset, done)
+        node.submit(RequestKind::Write, IoBuf::from(vec![0; 8]), offset, done)
     }
 
     fn count_into(c: &Arc<AtomicUsize>) -> IoDone {
@@ -392,13 +392,8 @@ mod tests {
                     d.fetch_add(1, SeqCst);
                 }
             });
-            node.submit(
-                RequestKind::Write,
-                IoBuf::Owned(vec![1; 512]),
-                w * 512,
-                done,
-            )
-            .unwrap();
+            node.submit(RequestKind::Write, IoBuf::from(vec![1; 512]), w * 512, done)
+                .unwrap();
         }
         wait_for(&main, || drained.load(SeqCst) == WRITES as usize);
         assert_eq!(node.in_flight(), 0);

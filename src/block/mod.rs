@@ -243,7 +243,7 @@ mod tests {
                     // No assert here: a panic would take the IOThread down.
                     c.lock()[n * WRITES + w] += usize::from(matches!(r, Ok(512)));
                 });
-                let block = IoBuf::Owned(vec![w as u8 ^ n as u8; 512]);
+                let block = IoBuf::from(vec![w as u8 ^ n as u8; 512]);
                 node.submit(RequestKind::Write, block, (w * 512) as u64, done)
                     .unwrap();
             }
@@ -286,7 +286,7 @@ mod tests {
         let d = done.clone();
         node.submit(
             RequestKind::Write,
-            IoBuf::Owned(vec![7u8; 4096]),
+            IoBuf::from(vec![7u8; 4096]),
             4096,
             Box::new(move |r, _| *d.lock() = Some(r)),
         )

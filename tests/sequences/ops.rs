@@ -1768,7 +1768,7 @@ impl<'a> Run<'a> {
                     };
                     let r = self.nodes[n].handle.as_ref().unwrap().submit(
                         kind,
-                        IoBuf::Owned(vec![0u8; 512]),
+                        IoBuf::from(vec![0u8; 512]),
                         0,
                         Box::new(|_, _| panic!("a refused submit must not complete")),
                     );
