@@ -2,7 +2,7 @@
 
 use std::ffi::c_int;
 
-use super::boundary::{borrow, clone_arc, ffi, into_box_ptr, take_box, Opaque};
+use super::boundary::{borrow, clone_arc, ffi, into_box_ptr, opaque, take_box};
 use super::context::AioctxContext;
 use crate::block::Graph;
 use crate::context::Context;
@@ -19,10 +19,7 @@ pub struct AioctxGraph {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxGraph {
-    type Rust = Graph;
-    const WHAT: &'static str = "graph";
-}
+opaque!(AioctxGraph => Graph, BoxOwned, "graph");
 
 /// Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
 /// thread (NULL: `aioctx_main_context()`). Any thread. NULL on failure.

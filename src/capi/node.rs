@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
-use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, str_arg, CFn, Opaque};
+use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, opaque, optional, str_arg, CFn};
 use super::context::AioctxContext;
 use super::graph::AioctxGraph;
 use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
@@ -22,10 +22,7 @@ pub struct AioctxNode {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxNode {
-    type Rust = Node;
-    const WHAT: &'static str = "node";
-}
+opaque!(AioctxNode => Node, ArcLent, "node");
 
 /// `void (*)(void *opaque, int64_t ret)`: completion of `aioctx_node_pread`
 /// and `aioctx_node_pwrite`; `ret` is the byte count (short only at end of
@@ -139,8 +136,7 @@ pub extern "C" fn aioctx_node_new(
 ) -> *mut AioctxNode {
     ffi("aioctx_node_new", || {
         let (graph, name, ctx) = (borrow(g)?, str_arg(name, "name")?, borrow_arc(ctx)?);
-        // SAFETY: a non-NULL `drv` points to a driver table for this call.
-        let table = unsafe { drv.as_ref() }.copied().unwrap_or(AioctxDriver {
+        let table = optional(drv).copied().unwrap_or(AioctxDriver {
             flush: None,
             inactivate: None,
             activate: None,
