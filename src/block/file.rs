@@ -161,7 +161,7 @@ impl Driver for FileDriver {
         true
     }
 
-    fn set_write_permission(&self, _node: &Node, write: bool) -> Result<()> {
+    fn set_write_permission(&self, _node: &Arc<Node>, write: bool) -> Result<()> {
         self.set_lock(write)
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::file::{FileDriver, OpenFlags};
-use super::node::{Driver, GraphShared, Node};
+use super::node::{Driver, GraphShared, Node, NodeSpec};
 use crate::context::Context;
 use crate::error::{invalid, Error, Result};
 
@@ -59,16 +59,14 @@ impl Graph {
         ctx: &Arc<Context>,
         driver: Box<dyn Driver>,
     ) -> Result<Arc<Node>> {
-        self.insert(name, |index| {
-            Node::new(
+        self.insert(name, || {
+            Ok(NodeSpec {
                 name,
-                ctx.clone(),
-                self.shared.clone(),
-                index,
+                ctx: ctx.clone(),
                 driver,
-                true,
-                false,
-            )
+                writable: true,
+                inactive: false,
+            })
         })
     }
 
@@ -80,21 +78,24 @@ impl Graph {
         path: &str,
         flags: OpenFlags,
     ) -> Result<Arc<Node>> {
-        self.insert(name, |index| {
-            let driver = FileDriver::open(path, flags)?;
-            Node::new(
+        self.insert(name, || {
+            Ok(NodeSpec {
                 name,
-                ctx.clone(),
-                self.shared.clone(),
-                index,
-                Box::new(driver),
-                flags.rdwr,
-                flags.inactive,
-            )
+                ctx: ctx.clone(),
+                driver: Box::new(FileDriver::open(path, flags)?),
+                writable: flags.rdwr,
+                inactive: flags.inactive,
+            })
         })
     }
 
-    fn insert(&self, name: &str, make: impl FnOnce(usize) -> Result<Node>) -> Result<Arc<Node>> {
+    /// Adds the node `make` describes, once `name` is known to be free (so
+    /// a taken name opens no file).
+    fn insert<'a>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<NodeSpec<'a>>,
+    ) -> Result<Arc<Node>> {
         if name.is_empty() {
             return Err(invalid("node name is empty: name every node uniquely"));
         }
@@ -105,7 +106,8 @@ impl Graph {
                 format!("a node named '{name}' already exists: names are unique"),
             ));
         }
-        let node = Arc::new(make(nodes.all.len())?);
+        let index = nodes.all.len();
+        let node = Arc::new(Node::new(make()?, self.shared.clone(), index)?);
         (0..nodes.drain_all).for_each(|_| node.enter_section());
         super::node::register(&node);
         nodes.by_name.insert(name.to_string(), node.clone());

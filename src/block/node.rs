@@ -33,6 +33,8 @@ impl GraphShared {
 
 /// What a node does. Every method runs in the node's home thread with its
 /// context held; the defaults do nothing and succeed (I/O: `ENOTSUP`).
+/// Every method gets the node as `&Arc<Node>`, so a driver that finishes
+/// later (on a worker, in a BH) can keep it alive by cloning.
 pub trait Driver: Send + Sync {
     /// Makes written data durable; calls `done` when finished (possibly later).
     fn flush(&self, _node: &Arc<Node>, done: OpDone) {
@@ -52,12 +54,12 @@ pub trait Driver: Send + Sync {
 
     /// Takes (`true`) or gives up the right to write the image, e.g. a lock
     /// shared with other processes. May run in any thread; must not block.
-    fn set_write_permission(&self, _node: &Node, _write: bool) -> Result<()> {
+    fn set_write_permission(&self, _node: &Arc<Node>, _write: bool) -> Result<()> {
         Ok(())
     }
 
     /// Called once when the graph is freed.
-    fn close(&self, _node: &Node) {}
+    fn close(&self, _node: &Arc<Node>) {}
 
     /// Whether [`submit`](Self::submit) does I/O. Requests to a node whose
     /// driver does not are refused with `ENOTSUP` at once, also in a drained
@@ -121,16 +123,29 @@ pub struct Node {
     pub(super) driver: Box<dyn Driver>,
 }
 
+/// What a new node is, as its graph's caller describes it.
+pub(super) struct NodeSpec<'a> {
+    /// Unique in the graph.
+    pub name: &'a str,
+    /// Where its driver's callbacks run.
+    pub ctx: Arc<Context>,
+    pub driver: Box<dyn Driver>,
+    /// Requests may write (the image was opened for writing).
+    pub writable: bool,
+    /// Starts inactive (an incoming migration's image).
+    pub inactive: bool,
+}
+
 impl Node {
-    pub(super) fn new(
-        name: &str,
-        ctx: Arc<Context>,
-        graph: Arc<GraphShared>,
-        index: usize,
-        driver: Box<dyn Driver>,
-        writable: bool,
-        inactive: bool,
-    ) -> Result<Node> {
+    /// The node `spec` describes, the `index`th of `graph`.
+    pub(super) fn new(spec: NodeSpec<'_>, graph: Arc<GraphShared>, index: usize) -> Result<Node> {
+        let NodeSpec {
+            name,
+            ctx,
+            driver,
+            writable,
+            inactive,
+        } = spec;
         let c_name = CString::new(name).map_err(|_| invalid("node name contains a NUL byte"))?;
         Ok(Node {
             name: name.to_string(),

@@ -92,7 +92,7 @@ impl Driver for CDriver {
         self.call(self.table.activate, node, "activate")
     }
 
-    fn close(&self, node: &Node) {
+    fn close(&self, node: &Arc<Node>) {
         if let Some(close) = self.table.close {
             // SAFETY: as in `call`.
             unsafe { close(node_ptr(node), self.opaque) }

@@ -467,14 +467,14 @@ impl Driver for Recorder {
     fn activate(&self, node: &Arc<Node>) -> aioctx::Result<()> {
         self.note("activate", node.name(), F_ACTIVATE)
     }
-    fn set_write_permission(&self, node: &Node, write: bool) -> aioctx::Result<()> {
+    fn set_write_permission(&self, node: &Arc<Node>, write: bool) -> aioctx::Result<()> {
         if write {
             self.note("perm1", node.name(), F_TAKE)
         } else {
             self.note("perm0", node.name(), F_DROP)
         }
     }
-    fn close(&self, node: &Node) {
+    fn close(&self, node: &Arc<Node>) {
         self.log
             .lock()
             .unwrap()
