@@ -20,7 +20,6 @@
 //! forgetting its name) runs from a pthread-key destructor
 //! ([`crate::sys::thread::arm_exit_hook`]), which also covers calls made by
 //! other pthread-key destructors of the ending thread.
-#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::collections::BTreeMap;

@@ -7,6 +7,10 @@ block/mod, ...): those two directories are where layering inside a layer
 matters. The layers are meant to import only downwards, and a circle is the
 first sign that one of them reaches up; see docs/DESIGN.md.
 
+It also fails when a file other than src/lib.rs allows `unsafe_code`:
+the crate root denies it and allows it for `sys` and `capi` only, and an
+allow further down would quietly let unsafe code into a safe module.
+
 Every `crate::` path, `super::` path and (in a mod.rs) child-module path in
 code counts, tests included: a test that needs an upper layer belongs to
 that upper layer or to tests/. Comments and string literals are skipped.
@@ -113,10 +117,13 @@ def main():
     known = {tuple(unit_of(f)) for f in files}
     edges = {}
     where = {}
+    bad_allows = []
     for f in sorted(files):
         base = unit_of(f)
         src = node_of(base, known)
         text = strip(open(f, encoding="utf-8").read())
+        if base and re.search(r"allow\s*\([^)]*\bunsafe_code\b", text):
+            bad_allows.append(f)
         children = set(re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", text, re.M))
         # The inline `mod x { ... }` blocks open at each offset: `super::`
         # inside one is relative to it.
@@ -211,9 +218,12 @@ def main():
     if "-v" in sys.argv:
         for v in nodes:
             print("%s -> %s" % (v, ", ".join(sorted(edges.get(v, ())))))
+    for f in bad_allows:
+        print("%s allows unsafe_code: only src/lib.rs decides where unsafe "
+              "code may be (sys and capi)" % f)
     if not comps:
         print("no import circle among %d modules of src/" % len(nodes))
-        return 0
+        return 1 if bad_allows else 0
     for comp in comps:
         print("import circle among: " + ", ".join(comp))
         for a in comp:

@@ -7,7 +7,6 @@
 //! Asynchronous requests submitted meanwhile are queued, in order, and
 //! started when the last section ends; see [`Node::start_request`] for the
 //! counting API.
-#![forbid(unsafe_code)]
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;

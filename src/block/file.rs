@@ -1,7 +1,6 @@
 //! The built-in raw-file driver: real `preadv`/`pwritev`/`fdatasync` on the
 //! worker pool, completions as bottom halves in the node's context, and an
 //! image write lock shared with other processes.
-#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;

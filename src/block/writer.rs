@@ -7,7 +7,6 @@
 //! would cost a worker wake-up and a wake-up of the node's home thread. One
 //! writer that takes what is queued pays those two wake-ups once per batch.
 //! At queue depth 1 a batch is one write: the same path as a single request.
-#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::fs::File;

@@ -110,7 +110,7 @@ impl Run<'_> {
                     }
                     let got = match mode % 3 {
                         0 => ctx.poll(false),
-                        1 => ctx.poll_wait(Wait::Until(0)),
+                        1 => ctx.poll_wait(Blocking::Until(0)),
                         _ if self.has_work(c) => ctx.poll(true),
                         _ => ctx.poll(false),
                     };

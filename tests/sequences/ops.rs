@@ -60,8 +60,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use aioctx::block::OpDone;
 use aioctx::{
-    poll_while, Bh, Context, ContextSet, Driver, Graph, IoBuf, IoThread, Node, NullDriver,
-    RequestKind, Timer, Wait, WaitOptions, Waiter,
+    poll_while, Bh, Blocking, Context, ContextSet, Driver, Graph, IoBuf, IoThread, Node,
+    NullDriver, RequestKind, Timer, WaitOptions, Waiter,
 };
 
 /// At most this many operations are decoded from one input.
@@ -1010,11 +1010,11 @@ impl<'a> Run<'a> {
             | Op::Restore { .. }
             | Op::Poll { .. }
             | Op::PollWhile { .. }
-            | Op::StartIo { .. }
-            | Op::StopIo { .. }
-            | Op::DropIo { .. }
-            | Op::Dump { .. } => self.exec_context(op),
-            Op::NewSet { .. }
+            | Op::StartIo
+            | Op::StopIo
+            | Op::DropIo
+            | Op::Dump => self.exec_context(op),
+            Op::NewSet
             | Op::DropSet { .. }
             | Op::SetAdd { .. }
             | Op::SetAcquire { .. }
@@ -1028,7 +1028,7 @@ impl<'a> Run<'a> {
             | Op::TimerMod { .. }
             | Op::TimerDel { .. }
             | Op::TimerDrop { .. } => self.exec_timer(op),
-            Op::NewGraph { .. }
+            Op::NewGraph
             | Op::DropGraph { .. }
             | Op::CloseAll { .. }
             | Op::AddNode { .. }
