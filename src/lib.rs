@@ -1,7 +1,7 @@
 //! aioctx: hang-free AioContext-style event loops, context sets and
 //! block-layer quiesce for virtual machine monitors, with a C ABI.
 //!
-//! Module map (see DESIGN.md):
+//! Module map (docs/DESIGN.md explains the layers, their rules and why):
 //! * [`lock`]: the recursive per-context lock;
 //! * [`set`]: context sets, acquired each once in one global order;
 //! * [`context`]: event loops with bottom halves, timers, fd handlers, notify;
