@@ -4,8 +4,9 @@
  *
  *  1. another thread acquires one IOThread context at a time (plain acquire);
  *  2. another thread holds the two IOThread contexts through an AioctxSet
- *     (DESIGN.md: "two threads acquiring overlapping sets can never deadlock
- *     ABBA-style"), while main's handover holds the same two through its set;
+ *     (docs/DESIGN.md, "Sets": one global acquisition order, so overlapping
+ *     sets never deadlock ABBA-style), while main's handover holds the same
+ *     two through its set;
  *  3. two graphs with different main contexts (each graph-wide call from its
  *     own main context's home thread, as the header allows), nodes on the same
  *     two IOThreads, handing over concurrently.

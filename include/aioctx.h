@@ -544,12 +544,6 @@ struct AioctxGraph *aioctx_graph_new(struct AioctxContext *main_ctx);
 void aioctx_graph_free(struct AioctxGraph *g);
 
 /**
- * The node named `name`, borrowed (valid until the graph is freed), or NULL
- * (no such node: ENOENT; NULL argument: EINVAL). Any thread.
- */
-struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
-
-/**
  * Hands the graph over to a migration destination. From the main context's
  * home thread:
  * 1. acquire the contexts of all active nodes, each exactly once (a set);
@@ -637,6 +631,12 @@ struct AioctxContext *aioctx_iothread_context(struct AioctxIoThread *it);
  * does not exist) it frees `it` at once, without a thread to stop.
  */
 int aioctx_iothread_free(struct AioctxIoThread *it);
+
+/**
+ * The node named `name`, borrowed (valid until the graph is freed), or NULL
+ * (no such node: ENOENT; NULL argument: EINVAL). Any thread.
+ */
+struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
 
 /**
  * Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s

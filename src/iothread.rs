@@ -1,5 +1,4 @@
 //! IOThreads: named OS threads that each run one context's loop.
-#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering::*};
 use std::sync::Arc;

@@ -11,7 +11,6 @@
 //! back), but a thread blocked in `acquire` is woken the moment the owner's
 //! depth reaches 0. `poll_while` always blocks in a poll between release
 //! and re-acquire, which is what lets an IOThread in.
-#![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 

@@ -20,11 +20,11 @@
 //! forgetting its name) runs from a pthread-key destructor
 //! ([`crate::sys::thread::arm_exit_hook`]), which also covers calls made by
 //! other pthread-key destructors of the ending thread.
-#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
@@ -80,14 +80,67 @@ fn assign() -> u64 {
     token
 }
 
+/// What a layer above does around a `fork()` (the block layer's worker
+/// pool: it quiesces before, and restarts after). This module sits below
+/// those layers and must not name them, so they register here.
+static FORK_HOOKS: OnceLock<sys::thread::ForkHandlers> = OnceLock::new();
+/// Whether this fork's prepare ran the hooks: they are registered while
+/// other threads may fork, and a parent or child hook whose prepare did not
+/// run would release what was never taken. `fork()`s are serialised by libc.
+static FORK_HOOKS_PREPARED: AtomicBool = AtomicBool::new(false);
+
+/// What a layer above does when a thread ends: `exited(token)` gives up what
+/// the thread was home of, `owns(token)` says whether it still holds a lock
+/// (its name is then kept for the dump). Registered by the context layer.
+#[derive(Clone, Copy)]
+pub(crate) struct ExitHooks {
+    pub exited: fn(u64),
+    pub owns: fn(u64) -> bool,
+}
+static EXIT_HOOKS: OnceLock<ExitHooks> = OnceLock::new();
+
+/// Registers the upper layer's fork hooks (the first call counts) and the
+/// library's `fork()` handlers.
+pub(crate) fn on_fork(hooks: sys::thread::ForkHandlers) {
+    let _ = FORK_HOOKS.set(hooks);
+    watch_fork();
+}
+
+/// Registers what runs when a thread ends (the first call counts).
+pub(crate) fn on_exit(hooks: ExitHooks) {
+    let _ = EXIT_HOOKS.set(hooks);
+}
+
 /// Registers the library's `fork()` handlers (once): before there are
 /// tokens or pool workers, a fork needs none.
-pub(crate) fn watch_fork() {
+fn watch_fork() {
     sys::thread::at_fork(sys::thread::ForkHandlers {
-        prepare: crate::block::before_fork,
-        parent: crate::block::after_fork_in_parent,
+        prepare: fork_prepare,
+        parent: fork_parent,
         child: forked,
     });
+}
+
+fn fork_prepare() {
+    if let Some(hooks) = FORK_HOOKS.get() {
+        (hooks.prepare)();
+        FORK_HOOKS_PREPARED.store(true, Relaxed);
+    }
+}
+
+/// The registered hook of a side of the fork, if its prepare ran.
+fn prepared_hooks() -> Option<&'static sys::thread::ForkHandlers> {
+    if FORK_HOOKS_PREPARED.swap(false, Relaxed) {
+        FORK_HOOKS.get()
+    } else {
+        None
+    }
+}
+
+fn fork_parent() {
+    if let Some(hooks) = prepared_hooks() {
+        (hooks.parent)();
+    }
 }
 
 /// Records the calling thread's name for [`describe`]; a no-op once done
@@ -116,9 +169,12 @@ pub fn arm_exit_hook() {
 /// a context, so the dump can say which thread left it held.
 fn exited(token: u64) {
     ARMED.set(false);
-    crate::context::thread_exited(token);
+    let hooks = EXIT_HOOKS.get();
+    if let Some(hooks) = hooks {
+        (hooks.exited)(token);
+    }
     let mut names = NAMES.lock();
-    if crate::context::owned_by(token) {
+    if hooks.is_some_and(|h| (h.owns)(token)) {
         if let Some(name) = names.get_mut(&token) {
             if !name.ends_with("(exited)") {
                 name.push_str(" (exited)");
@@ -149,7 +205,9 @@ fn forked() {
     FORK_SURVIVOR.store(MINE.get(), Relaxed);
     FIRST_AFTER_FORK.store(NEXT.load(Relaxed), Relaxed);
     FORK_GENERATION.fetch_add(1, Relaxed);
-    crate::block::after_fork_in_child();
+    if let Some(hooks) = prepared_hooks() {
+        (hooks.child)();
+    }
 }
 
 /// "'name' (tid N)" for a thread, for messages that say who holds what.
@@ -185,29 +243,5 @@ mod tests {
         // Gone and not holding anything: forgotten.
         assert!(describe(other.0).contains("gone"), "{}", describe(other.0));
         assert!(alive(me) && alive(other.0));
-    }
-
-    #[test]
-    fn an_ended_thread_gives_up_its_homes_and_is_named_while_it_holds() {
-        use crate::context::Context;
-        let home = Context::new("ended-home").unwrap();
-        let held = Context::new("ended-held").unwrap();
-        let (h, k) = (home.clone(), held.clone());
-        let token = std::thread::Builder::new()
-            .name("ender".into())
-            .spawn(move || {
-                h.claim().unwrap();
-                k.acquire().unwrap();
-                current()
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        assert!(!home.has_home(), "disowned when its thread ended");
-        home.claim().unwrap();
-        assert_eq!(held.lock().owner(), token, "still held by the ended thread");
-        assert_eq!(held.lock().depth(), 0, "by nobody else");
-        let who = describe(token);
-        assert!(who.contains("'ender'") && who.contains("(exited)"), "{who}");
     }
 }

@@ -15,12 +15,11 @@
 //! it changed is not taken for one) lends the context the cycle needs: for
 //! one poll before it reports `EDEADLK` naming the cycle (so every lock is
 //! back as on entry), or around every poll with `release_held`.
-#![forbid(unsafe_code)]
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use crate::context::{self, describe_cycle, find_cycle, Context, Hop, Registration, Wait};
+use crate::context::{self, describe_cycle, find_cycle, Blocking, Context, Hop, Registration};
 use crate::diag::{self, Level};
 use crate::error::{invalid, not_permitted, Error, Result};
 use crate::lock::LockError;
@@ -202,13 +201,13 @@ impl Waiter {
             .flatten()
             .min()
         {
-            Some(t) => Wait::Until(t),
-            None => Wait::Forever,
+            Some(t) => Blocking::Until(t),
+            None => Blocking::Forever,
         };
         if self.choose_poll_ctx()? {
             // A kick may have gone to the old loop after the caller's last
             // check: look again before blocking on the new one.
-            wait = Wait::No;
+            wait = Blocking::No;
         }
         let held = if self.release {
             self.ctx.lock().release_all()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: Rust unit tests, header drift check, the meson
-# build, the C tests, the C tests again built with AddressSanitizer
+# build, the C tests and source checks (import-circles: the layers of src/
+# import only downwards), the C tests again built with AddressSanitizer
 # (build-asan/; AIOCTX_SKIP_ASAN=1 skips it), and under valgrind
 # (AIOCTX_SKIP_VALGRIND=1 skips that last stage).
 #
@@ -51,13 +52,16 @@ stage "tools: meson and ninja"
 ensure_meson
 echo "meson $(meson --version), ninja $(ninja --version)"
 
-stage "Rust tests: cargo test --all-targets"
+# --all-targets leaves out the doc tests, and with them the compile_fail
+# tests that prove safe Rust cannot build a wild I/O buffer: run them too.
+stage "Rust tests: cargo test --all-targets, then --doc"
 locked=()
 [ -f Cargo.lock ] && locked=(--locked)
 cargo_log=$(mktemp)
 trap 'rm -f "$cargo_log"' EXIT
 cargo_rc=0
 cargo test "${locked[@]}" --all-targets --no-fail-fast 2>&1 | tee "$cargo_log" || cargo_rc=$?
+cargo test "${locked[@]}" --doc --no-fail-fast 2>&1 | tee -a "$cargo_log" || cargo_rc=$?
 read -r p f < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$cargo_log")
 [ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
 echo "-- cargo: $p passed, $f failed"
@@ -122,7 +126,7 @@ else
     stage "C tests with AddressSanitizer (build-asan/, -Db_sanitize=address)"
     if asan_build; then
         run_meson_tests build-asan build-asan/meson-logs/testlog.json \
-            --no-suite install --no-suite symbols
+            --no-suite install --no-suite symbols --no-suite source
     else
         echo "-- ASan build failed; its C tests not run"
         count 0 1

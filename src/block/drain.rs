@@ -7,135 +7,18 @@
 //! Asynchronous requests submitted meanwhile are queued, in order, and
 //! started when the last section ends; see [`Node::start_request`] for the
 //! counting API.
-#![forbid(unsafe_code)]
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::node::{Node, RequestKind};
-use super::IoDone;
+use super::node::Node;
+use super::request::IoDone;
+use super::sections::{completing_here, Queued};
 use crate::context::{held_by_caller, Context};
 use crate::error::{busy, invalid, not_permitted, Error, Result};
 use crate::sys::file::IoBuf;
-
-/// A request submitted during a drained section, started after it.
-pub(super) struct Queued {
-    pub(super) kind: RequestKind,
-    pub(super) buf: IoBuf,
-    pub(super) offset: u64,
-    pub(super) done: IoDone,
-}
-
-/// A node's drained sections and what waits for their end.
-#[derive(Default)]
-pub(super) struct Sections {
-    /// Open sections (begins not yet ended), of the node's own and of the graph's.
-    open: u32,
-    /// Submitted during a section, in submission order.
-    queued: VecDeque<Queued>,
-    /// The last end is starting `queued`: later submissions still queue behind.
-    restarting: bool,
-}
-
-impl Sections {
-    /// Whether a new asynchronous request must queue.
-    pub(super) fn holds(&self) -> bool {
-        self.open > 0 || self.restarting
-    }
-
-    pub(super) fn open(&self) -> u32 {
-        self.open
-    }
-
-    pub(super) fn queue(&mut self, request: Queued) {
-        self.queued.push_back(request);
-    }
-
-    pub(super) fn queued(&self) -> usize {
-        self.queued.len()
-    }
-}
-
-/// The most completions one thread's stack can be inside at once that a
-/// drain there still tells apart (deeper nesting is not a real program).
-const MAX_NESTED_COMPLETIONS: usize = 32;
-
-/// The nodes (by address) whose completion callbacks run on a thread's
-/// stack: each is still counted in flight until its callback returns. Plain
-/// data with no destructor, so it works in calls made while the thread ends.
-struct Stack {
-    keys: [usize; MAX_NESTED_COMPLETIONS],
-    len: usize,
-    /// Entries beyond `keys`, not recorded.
-    overflow: usize,
-}
-
-thread_local! {
-    static COMPLETING: RefCell<Stack> = const {
-        RefCell::new(Stack { keys: [0; MAX_NESTED_COMPLETIONS], len: 0, overflow: 0 })
-    };
-}
-
-/// Marks a node's completion as running on this thread while it lives.
-pub(super) struct Completing(usize);
-
-impl Completing {
-    pub(super) fn enter(node: &Node) -> Completing {
-        Completing::by_key(Completing::key(node))
-    }
-
-    /// A node's identity here: its address, valid while it has a request
-    /// in flight (every completion holds the node).
-    pub(super) fn key(node: &Node) -> usize {
-        node as *const Node as usize
-    }
-
-    pub(super) fn by_key(key: usize) -> Completing {
-        COMPLETING.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len < MAX_NESTED_COMPLETIONS {
-                let len = c.len;
-                c.keys[len] = key;
-                c.len += 1;
-            } else {
-                c.overflow += 1;
-            }
-        });
-        Completing(key)
-    }
-}
-
-impl Drop for Completing {
-    fn drop(&mut self) {
-        COMPLETING.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.overflow > 0 {
-                c.overflow -= 1;
-                return;
-            }
-            let len = c.len;
-            if let Some(i) = c.keys[..len].iter().rposition(|&k| k == self.0) {
-                c.keys.copy_within(i + 1..len, i);
-                c.len -= 1;
-            }
-        });
-    }
-}
-
-/// How many of `node`'s completions run on the calling thread's stack, or
-/// wait behind one in the same bottom half. A drain from inside one of them
-/// must not wait for those: they end only after the drain returns.
-fn completing_here(node: &Node) -> i64 {
-    let key = Completing::key(node);
-    COMPLETING.with(|c| {
-        let c = c.borrow();
-        c.keys[..c.len].iter().filter(|&&k| k == key).count() as i64
-    })
-}
 
 impl Node {
     /// Begins a drained section: new requests are held (see
@@ -209,7 +92,7 @@ impl Node {
     /// Waits (polling as `waiter` does) until no request is in flight, but
     /// for the completions running on the caller's own stack.
     pub(super) fn wait_quiet(&self, waiter: crate::wait::Waiter) -> Result<()> {
-        waiter.wait_while(&mut || self.in_flight() > completing_here(self))
+        waiter.wait_while(&mut || self.in_flight() > completing_here(self.completion_key()))
     }
 
     /// `EPERM` unless the caller may wait for this node: the graph's main
@@ -276,7 +159,7 @@ impl Node {
     /// Completes a queued request that will never start with `e`.
     fn fail_later(&self, done: IoDone, e: Error) {
         self.context()
-            .schedule_once(move || done(Err(e), IoBuf::Owned(Vec::new())));
+            .schedule_once(move || done(Err(e), IoBuf::from(Vec::new())));
     }
 
     /// The graph is closing: queued requests complete with `ECANCELED`.
@@ -302,6 +185,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::block::RequestKind;
     use crate::block::{Driver, Graph, NullDriver, OpDone};
     use crate::iothread::IoThread;
     use crate::wait::{poll_while, WaitOptions};
@@ -351,7 +235,7 @@ mod tests {
     }
 
     fn write(node: &Arc<Node>, offset: u64, done: IoDone) -> Result<()> {
-        node.submit(RequestKind::Write, IoBuf::Owned(vec![0; 8]), offset, done)
+        node.submit(RequestKind::Write, IoBuf::from(vec![0; 8]), offset, done)
     }
 
     fn count_into(c: &Arc<AtomicUsize>) -> IoDone {
@@ -507,13 +391,8 @@ mod tests {
                     d.fetch_add(1, SeqCst);
                 }
             });
-            node.submit(
-                RequestKind::Write,
-                IoBuf::Owned(vec![1; 512]),
-                w * 512,
-                done,
-            )
-            .unwrap();
+            node.submit(RequestKind::Write, IoBuf::from(vec![1; 512]), w * 512, done)
+                .unwrap();
         }
         wait_for(&main, || drained.load(SeqCst) == WRITES as usize);
         assert_eq!(node.in_flight(), 0);

@@ -1,7 +1,6 @@
 //! The built-in raw-file driver: real `preadv`/`pwritev`/`fdatasync` on the
 //! worker pool, completions as bottom halves in the node's context, and an
 //! image write lock shared with other processes.
-#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -11,16 +10,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::node::RequestKind;
+use super::node::{Driver, Node};
+use super::pool;
+use super::request::{io_error, IoDone, OpDone, RequestKind};
 use super::writer::WriteQueue;
-use super::{pool, Driver, IoDone, Node, OpDone};
 use crate::error::{Error, Result};
 use crate::sys::file::{pread_cached, pread_full, set_write_lock, IoBuf};
-
-/// A failed read or write of the image at `path`.
-pub(super) fn io_error(path: &str, e: std::io::Error) -> Error {
-    Error::from_io(&format!("I/O on '{path}'"), e)
-}
 
 /// How to open an image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,7 +160,7 @@ impl Driver for FileDriver {
         true
     }
 
-    fn set_write_permission(&self, _node: &Node, write: bool) -> Result<()> {
+    fn set_write_permission(&self, _node: &Arc<Node>, write: bool) -> Result<()> {
         self.set_lock(write)
     }
 

@@ -1,6 +1,5 @@
 //! The graph: unique node names, parent → child edges without cycles, and
 //! the handover order.
-#![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -8,25 +7,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::file::{FileDriver, OpenFlags};
-use super::{Driver, Node};
+use super::node::{Driver, GraphShared, Node, NodeSpec};
 use crate::context::Context;
 use crate::error::{invalid, Error, Result};
-
-/// What nodes need of their graph (nodes do not keep the graph alive).
-pub(super) struct GraphShared {
-    main: Arc<Context>,
-    /// Serialises edge changes, so a cycle check and its insert agree.
-    edges: Mutex<()>,
-    /// An inactivate_all or activate_all is running (refuses re-entry).
-    pub(super) handover: std::sync::atomic::AtomicBool,
-}
-
-impl GraphShared {
-    /// Claims the main context for the caller: graph-wide calls run there.
-    pub(super) fn claim_main(&self) -> Result<()> {
-        self.main.claim()
-    }
-}
 
 #[derive(Default)]
 struct Nodes {
@@ -75,16 +58,14 @@ impl Graph {
         ctx: &Arc<Context>,
         driver: Box<dyn Driver>,
     ) -> Result<Arc<Node>> {
-        self.insert(name, |index| {
-            Node::new(
+        self.insert(name, || {
+            Ok(NodeSpec {
                 name,
-                ctx.clone(),
-                self.shared.clone(),
-                index,
+                ctx: ctx.clone(),
                 driver,
-                true,
-                false,
-            )
+                writable: true,
+                inactive: false,
+            })
         })
     }
 
@@ -96,21 +77,24 @@ impl Graph {
         path: &str,
         flags: OpenFlags,
     ) -> Result<Arc<Node>> {
-        self.insert(name, |index| {
-            let driver = FileDriver::open(path, flags)?;
-            Node::new(
+        self.insert(name, || {
+            Ok(NodeSpec {
                 name,
-                ctx.clone(),
-                self.shared.clone(),
-                index,
-                Box::new(driver),
-                flags.rdwr,
-                flags.inactive,
-            )
+                ctx: ctx.clone(),
+                driver: Box::new(FileDriver::open(path, flags)?),
+                writable: flags.rdwr,
+                inactive: flags.inactive,
+            })
         })
     }
 
-    fn insert(&self, name: &str, make: impl FnOnce(usize) -> Result<Node>) -> Result<Arc<Node>> {
+    /// Adds the node `make` describes, once `name` is known to be free (so
+    /// a taken name opens no file).
+    fn insert<'a>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<NodeSpec<'a>>,
+    ) -> Result<Arc<Node>> {
         if name.is_empty() {
             return Err(invalid("node name is empty: name every node uniquely"));
         }
@@ -121,7 +105,8 @@ impl Graph {
                 format!("a node named '{name}' already exists: names are unique"),
             ));
         }
-        let node = Arc::new(make(nodes.all.len())?);
+        let index = nodes.all.len();
+        let node = Arc::new(Node::new(make()?, self.shared.clone(), index)?);
         (0..nodes.drain_all).for_each(|_| node.enter_section());
         super::node::register(&node);
         nodes.by_name.insert(name.to_string(), node.clone());
@@ -306,4 +291,25 @@ fn reaches(from: &Arc<Node>, to: &Arc<Node>) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::node::{registered, NullDriver};
+    use super::*;
+
+    /// Registering walks no list: a node leaves the registry of live nodes
+    /// when it is dropped, not when a later node is registered.
+    #[test]
+    fn a_dropped_node_leaves_the_registry() {
+        let ctx = Context::new("registry").unwrap();
+        let graph = Graph::new(ctx.clone());
+        let node = graph.add_node("probe", &ctx, Box::new(NullDriver)).unwrap();
+        let serial = node.serial();
+        assert!(registered(serial));
+        drop(node);
+        graph.close_all();
+        drop(graph);
+        assert!(!registered(serial), "the dropped node is still listed");
+    }
 }

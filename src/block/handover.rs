@@ -9,11 +9,11 @@
 //! same holds when a call unwinds (a panic, caught at the C boundary): the
 //! held set, the quiesce flags, the nodes handed over and the running flag
 //! are guards, undone on the way out.
-#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
-use super::{Graph, Node};
+use super::graph::Graph;
+use super::node::Node;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use crate::diag;

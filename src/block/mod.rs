@@ -6,104 +6,35 @@
 //! a [`Waiter`](crate::wait::Waiter), releasing the node's context once. That
 //! is the pattern that hangs when a context is held twice, which is why the
 //! graph-wide calls acquire contexts through a [`ContextSet`](crate::ContextSet).
-#![forbid(unsafe_code)]
 
+// Inside the layer, files use each other one way only (checked by
+// tools/check-imports.py): request and sections are leaves, node holds
+// them, drain / file / writer / graph build on node, handover on graph,
+// and this file only re-exports.
 mod drain;
 mod file;
 mod graph;
 mod handover;
 mod node;
 mod pool;
+mod request;
+mod sections;
 mod writer;
 
 pub use file::{FileDriver, OpenFlags};
 pub use graph::{attach, Graph};
-pub use node::{describe_all_nodes, Node, RequestKind};
-pub(crate) use pool::{after_fork_in_child, after_fork_in_parent, before_fork};
-
-use std::sync::Arc;
-
-use crate::error::{Error, Result};
-use crate::sys::file::IoBuf;
-
-/// Completion of an asynchronous read or write: bytes transferred or an
-/// error, and the buffer back.
-pub type IoDone = Box<dyn FnOnce(Result<usize>, IoBuf) + Send>;
-
-/// Called once with the outcome of an asynchronous driver operation.
-pub type OpDone = Box<dyn FnOnce(Result<()>) + Send>;
-
-/// What a node does. Every method runs in the node's home thread with its
-/// context held; the defaults do nothing and succeed (I/O: `ENOTSUP`).
-pub trait Driver: Send + Sync {
-    /// Makes written data durable; calls `done` when finished (possibly later).
-    fn flush(&self, _node: &Arc<Node>, done: OpDone) {
-        done(Ok(()))
-    }
-
-    /// Called by `inactivate_all` after the node's flush, before it is marked
-    /// inactive: stop caching, hand the image over.
-    fn inactivate(&self, _node: &Arc<Node>) -> Result<()> {
-        Ok(())
-    }
-
-    /// Called by `activate_all` after write permission is back.
-    fn activate(&self, _node: &Arc<Node>) -> Result<()> {
-        Ok(())
-    }
-
-    /// Takes (`true`) or gives up the right to write the image, e.g. a lock
-    /// shared with other processes. May run in any thread; must not block.
-    fn set_write_permission(&self, _node: &Node, _write: bool) -> Result<()> {
-        Ok(())
-    }
-
-    /// Called once when the graph is freed.
-    fn close(&self, _node: &Node) {}
-
-    /// Whether [`submit`](Self::submit) does I/O. Requests to a node whose
-    /// driver does not are refused with `ENOTSUP` at once, also in a drained
-    /// section, where other requests wait in a queue.
-    fn does_io(&self) -> bool {
-        false
-    }
-
-    /// Starts an asynchronous read or write; `done` runs later in the node's
-    /// home thread. Returns an error (and does not call `done`) if it cannot start.
-    fn submit(
-        &self,
-        node: &Arc<Node>,
-        _kind: RequestKind,
-        _buf: IoBuf,
-        _offset: u64,
-        _done: IoDone,
-    ) -> Result<()> {
-        Err(no_io(node))
-    }
-}
-
-/// The refusal of I/O on a node whose driver does none.
-pub(crate) fn no_io(node: &Node) -> Error {
-    Error::new(
-        libc::ENOTSUP,
-        format!(
-            "node '{}' has no I/O driver: open the image with the raw-file driver",
-            node.name()
-        ),
-    )
-}
-
-/// A driver with no behaviour: a node that only tracks requests and state.
-pub struct NullDriver;
-
-impl Driver for NullDriver {}
+pub use node::{describe_all_nodes, Driver, Node, NullDriver};
+pub use request::{IoDone, OpDone, RequestKind};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::context::Context;
+    use crate::error::{Error, Result};
     use crate::iothread::IoThread;
+    use crate::sys::file::IoBuf;
     use parking_lot::Mutex;
+    use std::sync::Arc;
 
     /// Records "op:node" for every callback, and fails `fail_on` if set.
     struct Recorder {
@@ -311,7 +242,7 @@ mod tests {
                     // No assert here: a panic would take the IOThread down.
                     c.lock()[n * WRITES + w] += usize::from(matches!(r, Ok(512)));
                 });
-                let block = IoBuf::Owned(vec![w as u8 ^ n as u8; 512]);
+                let block = IoBuf::from(vec![w as u8 ^ n as u8; 512]);
                 node.submit(RequestKind::Write, block, (w * 512) as u64, done)
                     .unwrap();
             }
@@ -354,7 +285,7 @@ mod tests {
         let d = done.clone();
         node.submit(
             RequestKind::Write,
-            IoBuf::Owned(vec![7u8; 4096]),
+            IoBuf::from(vec![7u8; 4096]),
             4096,
             Box::new(move |r, _| *d.lock() = Some(r)),
         )

@@ -1,32 +1,107 @@
 //! A block node: name, context, in-flight requests, state flags, children.
-#![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::*};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::drain::{Completing, Queued, Sections};
-use super::graph::GraphShared;
-use super::{Driver, IoDone, OpDone};
+use super::request::{IoDone, OpDone, RequestKind};
+use super::sections::{Completing, Queued, Sections};
 use crate::context::Context;
 use crate::error::{busy, invalid, not_permitted, Error, Result};
 use crate::set::ContextSet;
 use crate::sys::file::IoBuf;
 use crate::wait::{WaitOptions, Waiter};
 
-/// Direction of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Reads from the image (allowed on an inactive node).
-    Read,
-    /// Writes to the image (refused on an inactive or read-only node).
-    Write,
+/// What nodes need of their graph (nodes do not keep the graph alive).
+pub(super) struct GraphShared {
+    pub(super) main: Arc<Context>,
+    /// Serialises edge changes, so a cycle check and its insert agree.
+    pub(super) edges: Mutex<()>,
+    /// An inactivate_all or activate_all is running (refuses re-entry).
+    pub(super) handover: std::sync::atomic::AtomicBool,
 }
+
+impl GraphShared {
+    /// Claims the main context for the caller: graph-wide calls run there.
+    pub(super) fn claim_main(&self) -> Result<()> {
+        self.main.claim()
+    }
+}
+
+/// What a node does. Every method runs in the node's home thread with its
+/// context held; the defaults do nothing and succeed (I/O: `ENOTSUP`).
+/// Every method gets the node as `&Arc<Node>`, so a driver that finishes
+/// later (on a worker, in a BH) can keep it alive by cloning.
+pub trait Driver: Send + Sync {
+    /// Makes written data durable; calls `done` when finished (possibly later).
+    fn flush(&self, _node: &Arc<Node>, done: OpDone) {
+        done(Ok(()))
+    }
+
+    /// Called by `inactivate_all` after the node's flush, before it is marked
+    /// inactive: stop caching, hand the image over.
+    fn inactivate(&self, _node: &Arc<Node>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called by `activate_all` after write permission is back.
+    fn activate(&self, _node: &Arc<Node>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Takes (`true`) or gives up the right to write the image, e.g. a lock
+    /// shared with other processes. May run in any thread; must not block.
+    fn set_write_permission(&self, _node: &Arc<Node>, _write: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once when the graph is freed.
+    fn close(&self, _node: &Arc<Node>) {}
+
+    /// Whether [`submit`](Self::submit) does I/O. Requests to a node whose
+    /// driver does not are refused with `ENOTSUP` at once, also in a drained
+    /// section, where other requests wait in a queue.
+    fn does_io(&self) -> bool {
+        false
+    }
+
+    /// Starts an asynchronous read or write; `done` runs later in the node's
+    /// home thread. Returns an error (and does not call `done`) if it cannot start.
+    fn submit(
+        &self,
+        node: &Arc<Node>,
+        _kind: RequestKind,
+        _buf: IoBuf,
+        _offset: u64,
+        _done: IoDone,
+    ) -> Result<()> {
+        Err(no_io(node))
+    }
+}
+
+/// The refusal of I/O on a node whose driver does none.
+fn no_io(node: &Node) -> Error {
+    Error::new(
+        libc::ENOTSUP,
+        format!(
+            "node '{}' has no I/O driver: open the image with the raw-file driver",
+            node.name()
+        ),
+    )
+}
+
+/// A driver with no behaviour: a node that only tracks requests and state.
+pub struct NullDriver;
+
+impl Driver for NullDriver {}
 
 /// A node of a block graph. Shared: `Arc<Node>`.
 pub struct Node {
+    /// Unique in the process, for the registry of live nodes.
+    serial: u64,
     name: String,
     c_name: CString,
     ctx: Arc<Context>,
@@ -50,18 +125,32 @@ pub struct Node {
     pub(super) driver: Box<dyn Driver>,
 }
 
+/// What a new node is, as its graph's caller describes it.
+pub(super) struct NodeSpec<'a> {
+    /// Unique in the graph.
+    pub name: &'a str,
+    /// Where its driver's callbacks run.
+    pub ctx: Arc<Context>,
+    pub driver: Box<dyn Driver>,
+    /// Requests may write (the image was opened for writing).
+    pub writable: bool,
+    /// Starts inactive (an incoming migration's image).
+    pub inactive: bool,
+}
+
 impl Node {
-    pub(super) fn new(
-        name: &str,
-        ctx: Arc<Context>,
-        graph: Arc<GraphShared>,
-        index: usize,
-        driver: Box<dyn Driver>,
-        writable: bool,
-        inactive: bool,
-    ) -> Result<Node> {
+    /// The node `spec` describes, the `index`th of `graph`.
+    pub(super) fn new(spec: NodeSpec<'_>, graph: Arc<GraphShared>, index: usize) -> Result<Node> {
+        let NodeSpec {
+            name,
+            ctx,
+            driver,
+            writable,
+            inactive,
+        } = spec;
         let c_name = CString::new(name).map_err(|_| invalid("node name contains a NUL byte"))?;
         Ok(Node {
+            serial: NEXT_SERIAL.fetch_add(1, Relaxed),
             name: name.to_string(),
             c_name,
             ctx,
@@ -200,7 +289,7 @@ impl Node {
         self.count(kind)?;
         if !self.driver.does_io() {
             self.end_request_unchecked();
-            return Err(super::no_io(self));
+            return Err(no_io(self));
         }
         if self.held.load(SeqCst) {
             let mut sections = self.sections.lock();
@@ -231,7 +320,7 @@ impl Node {
         // The request ends after the caller's completion has run, so a drain
         // that returns has seen every completion.
         let done: IoDone = Box::new(move |result, buf| {
-            let completing = Completing::enter(&node);
+            let completing = Completing::by_key(node.completion_key());
             done(result, buf);
             drop(completing);
             node.end_request_unchecked();
@@ -327,22 +416,32 @@ impl Node {
     }
 }
 
-/// Every node ever created that is still alive, for diagnostics.
-static NODES: Mutex<Vec<std::sync::Weak<Node>>> = Mutex::new(Vec::new());
+/// Every live node, for diagnostics, by serial (creation order). A node
+/// takes its entry out when it is dropped, so adding one never scans the
+/// others. A BTreeMap: memory checkers see its nodes as plainly reachable.
+static NODES: Mutex<BTreeMap<u64, Weak<Node>>> = Mutex::new(BTreeMap::new());
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 pub(super) fn register(node: &Arc<Node>) {
-    let mut nodes = NODES.lock();
-    nodes.retain(|n| n.strong_count() > 0);
-    nodes.push(Arc::downgrade(node));
+    crate::diag::add_describer(crate::diag::Section::Nodes, describe_all_nodes);
+    NODES.lock().insert(node.serial, Arc::downgrade(node));
+}
+
+/// Whether the registry still lists the node with `serial`.
+#[cfg(test)]
+pub(super) fn registered(serial: u64) -> bool {
+    NODES.lock().contains_key(&serial)
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        NODES.lock().remove(&self.serial);
+    }
 }
 
 /// Every live node, one line each ("" when there are none).
 pub fn describe_all_nodes() -> String {
-    let nodes: Vec<_> = NODES
-        .lock()
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .collect();
+    let nodes: Vec<_> = NODES.lock().values().filter_map(Weak::upgrade).collect();
     nodes
         .iter()
         .map(|n| n.describe())
@@ -402,6 +501,19 @@ impl Node {
             (0, 0) => String::new(),
             (open, queued) => format!(", {open} drained section(s), {queued} request(s) queued"),
         }
+    }
+}
+
+impl Node {
+    #[cfg(test)]
+    pub(super) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The node's identity for [`Completing`]: its address, valid while it
+    /// has a request in flight (every completion holds the node).
+    pub(super) fn completion_key(&self) -> usize {
+        self as *const Node as usize
     }
 }
 

@@ -10,7 +10,6 @@
 //! std's futex-based mutex and condition variable, not parking_lot's: those
 //! keep their sleepers in a process-wide table, which in the child still
 //! lists the parent's idle workers, and a notify there can hang.
-#![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,7 +21,7 @@ use once_cell::sync::Lazy;
 type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
-struct Queue {
+struct PoolState {
     jobs: VecDeque<Job>,
     workers: usize,
     idle: usize,
@@ -31,7 +30,7 @@ struct Queue {
 }
 
 struct Pool {
-    queue: Mutex<Queue>,
+    queue: Mutex<PoolState>,
     work: Condvar,
     /// Signalled when `running` drops to 0 while a fork waits for it.
     quiet: Condvar,
@@ -39,9 +38,13 @@ struct Pool {
 }
 
 static POOL: Lazy<Pool> = Lazy::new(|| {
-    crate::thread::watch_fork();
+    crate::thread::on_fork(crate::sys::thread::ForkHandlers {
+        prepare: before_fork,
+        parent: after_fork_in_parent,
+        child: after_fork_in_child,
+    });
     Pool {
-        queue: Mutex::new(Queue::default()),
+        queue: Mutex::new(PoolState::default()),
         work: Condvar::new(),
         quiet: Condvar::new(),
         max_workers: std::env::var("AIOCTX_IO_WORKERS")
@@ -55,17 +58,17 @@ static POOL: Lazy<Pool> = Lazy::new(|| {
 thread_local! {
     /// The queue, held by the forking thread from before `fork()` until
     /// after it, in the parent and in the child.
-    static HELD_FOR_FORK: RefCell<Option<MutexGuard<'static, Queue>>> =
+    static HELD_FOR_FORK: RefCell<Option<MutexGuard<'static, PoolState>>> =
         const { RefCell::new(None) };
 }
 
 /// The queue; a job that panicked does not make it unusable.
-fn lock() -> MutexGuard<'static, Queue> {
+fn lock() -> MutexGuard<'static, PoolState> {
     POOL.queue.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sleeps on `cv` (a condition variable of the pool) until notified.
-fn wait<'a>(cv: &Condvar, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+fn wait<'a>(cv: &Condvar, q: MutexGuard<'a, PoolState>) -> MutexGuard<'a, PoolState> {
     cv.wait(q).unwrap_or_else(|e| e.into_inner())
 }
 
@@ -83,21 +86,28 @@ pub(crate) fn submit(job: impl FnOnce() + Send + 'static) {
     if q.idle > 0 {
         POOL.work.notify_one();
     } else if q.workers < POOL.max_workers {
-        // A worker that cannot start leaves the job to the existing ones;
-        // with none at all, run it here rather than lose it.
+        // The slot is taken under the lock, the thread started outside it:
+        // creating a thread takes a while (mmap of its stack, clone), and
+        // every submitter and worker would wait for it meanwhile.
+        q.workers += 1;
+        drop(q);
         let started = std::thread::Builder::new()
             .name("aioctx-io".into())
             .spawn(worker);
-        match started {
-            Ok(_) => q.workers += 1,
-            Err(_) if q.workers == 0 => {
-                let job = q.jobs.pop_back();
-                drop(q);
-                if let Some(job) = job {
-                    job();
-                }
+        if started.is_err() {
+            // A worker that cannot start leaves the job to the existing
+            // ones; with none at all, run it here rather than lose it.
+            let mut q = lock();
+            q.workers -= 1;
+            let job = if q.workers == 0 {
+                q.jobs.pop_back()
+            } else {
+                None
+            };
+            drop(q);
+            if let Some(job) = job {
+                job();
             }
-            Err(_) => {}
         }
     }
 }
@@ -109,10 +119,10 @@ fn worker() {
             Some(job) => {
                 q.running += 1;
                 drop(q);
-                // Counted back even if the job panics, or a fork would wait forever.
-                let unwinding = Finished;
-                job();
-                std::mem::forget(unwinding);
+                // A job that panics must not end the worker: its slot would
+                // stay counted, and once every slot is a dead worker no job
+                // ever runs again. The panic hook has already reported it.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 q = lock();
                 q.finished();
             }
@@ -125,16 +135,7 @@ fn worker() {
     }
 }
 
-/// Ends a job's `running` count if the job unwinds.
-struct Finished;
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        lock().finished();
-    }
-}
-
-impl Queue {
+impl PoolState {
     fn finished(&mut self) {
         self.running -= 1;
         if self.running == 0 {
@@ -181,5 +182,38 @@ pub(crate) fn after_fork_in_child() {
     drop(q);
     for job in jobs {
         submit(job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Runs `job` on the pool and waits (generously) until it has started.
+    fn runs(job: impl FnOnce() + Send + 'static) -> bool {
+        let (tx, rx) = mpsc::channel();
+        submit(move || {
+            tx.send(()).unwrap();
+            job();
+        });
+        rx.recv_timeout(Duration::from_secs(20)).is_ok()
+    }
+
+    /// More jobs panic, one after the other, than there are worker slots;
+    /// each, and a job after them, still finds a worker. (A worker that a
+    /// panic ended kept its slot: once every slot was a dead worker, no job
+    /// ran again.)
+    #[test]
+    fn a_panicking_job_keeps_its_worker() {
+        for i in 0..=POOL.max_workers {
+            assert!(
+                runs(|| panic!("a job that panics (expected by this test)")),
+                "panicking job {i} found no worker"
+            );
+        }
+        assert!(runs(|| ()), "no worker left after the panics");
     }
 }

@@ -7,7 +7,6 @@
 //! would cost a worker wake-up and a wake-up of the node's home thread. One
 //! writer that takes what is queued pays those two wake-ups once per batch.
 //! At queue depth 1 a batch is one write: the same path as a single request.
-#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,9 +15,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::drain::Completing;
-use super::file::io_error;
-use super::{pool, IoDone, Node};
+use super::node::Node;
+use super::pool;
+use super::request::{io_error, IoDone};
+use super::sections::Completing;
 use crate::context::Context;
 use crate::error::Result;
 use crate::sys::file::{pwrite_full, IoBuf};
@@ -97,7 +97,7 @@ impl WriteQueue {
             })
             .collect();
         let ctx = node.context().clone();
-        let key = Completing::key(&node);
+        let key = node.completion_key();
         // Decide before completing: a completion may submit more writes.
         if self.finished() {
             // Let go of the file and node first, as `FileDriver::offload`

@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::{
-    borrow, borrow_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
+    borrow, borrow_arc, ffi, into_arc_ptr, opaque, required_callback, take_arc, AioctxCallback,
 };
 use super::context::AioctxContext;
 use crate::context::Bh;
@@ -15,10 +15,7 @@ pub struct AioctxBh {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxBh {
-    type Rust = Bh;
-    const WHAT: &'static str = "bh";
-}
+opaque!(AioctxBh => Bh, ArcOwned, "bh");
 
 /// Creates a bottom half that calls `cb(opaque)` in the home thread of `ctx`
 /// each time it is scheduled and then polled. The BH keeps no reference on

@@ -141,12 +141,48 @@ fn panic_error(panic: Box<dyn std::any::Any + Send>) -> Error {
     )
 }
 
+/// How C holds the objects behind one opaque type's pointers. Declared once
+/// per type ([`opaque!`]), so a helper for the wrong kind (freeing an
+/// Arc-owned pointer as a Box, adopting a borrowed node's reference) does not
+/// compile.
+pub(crate) trait Ownership {}
+/// C owns the object outright: `_new` boxes it, `_free` drops the box.
+pub(crate) enum BoxOwned {}
+/// C owns one reference of an `Arc`: `_new`/`_ref` hand one out, `_unref`
+/// or `_free` give it back.
+pub(crate) enum ArcOwned {}
+/// The object lives in an `Arc` someone else keeps (a node, owned by its
+/// graph): C's pointers are borrowed, never owned.
+pub(crate) enum ArcLent {}
+impl Ownership for BoxOwned {}
+impl Ownership for ArcOwned {}
+impl Ownership for ArcLent {}
+/// The kinds whose object lives in an `Arc`.
+pub(crate) trait InArc: Ownership {}
+impl InArc for ArcOwned {}
+impl InArc for ArcLent {}
+
 /// A C type whose pointers carry a Rust object.
 pub(crate) trait Opaque {
     type Rust;
+    /// How C holds it.
+    type Ownership: Ownership;
     /// What the C type is called in messages, e.g. "ctx".
     const WHAT: &'static str;
 }
+
+/// Declares how a C type carries its Rust object, in one line:
+/// `opaque!(AioctxContext => Context, ArcOwned, "ctx");`.
+macro_rules! opaque {
+    ($c:ty => $rust:ty, $ownership:ident, $what:literal) => {
+        impl $crate::capi::boundary::Opaque for $c {
+            type Rust = $rust;
+            type Ownership = $crate::capi::boundary::$ownership;
+            const WHAT: &'static str = $what;
+        }
+    };
+}
+pub(crate) use opaque;
 
 fn null_error<C: Opaque>() -> Error {
     invalid(format!("{} is NULL: pass a valid pointer", C::WHAT))
@@ -154,35 +190,45 @@ fn null_error<C: Opaque>() -> Error {
 
 /// Borrows the object behind a pointer handed out by this library.
 pub(crate) fn borrow<'a, C: Opaque>(ptr: *const C) -> Result<&'a C::Rust> {
-    // SAFETY: a non-NULL pointer of type C was created by `into_arc_ptr` or
-    // `into_box_ptr` and, per the C API contract, not yet freed.
+    // SAFETY: a non-NULL pointer of type C was created by `into_arc_ptr`,
+    // `borrowed_arc_ptr` or `into_box_ptr` and, per the C API contract, not
+    // yet freed.
     unsafe { ptr.cast::<C::Rust>().as_ref() }.ok_or_else(null_error::<C>)
 }
 
 /// Mutably borrows a Box-owned object.
-pub(crate) fn borrow_mut<'a, C: Opaque>(ptr: *mut C) -> Result<&'a mut C::Rust> {
+pub(crate) fn borrow_mut<'a, C: Opaque<Ownership = BoxOwned>>(
+    ptr: *mut C,
+) -> Result<&'a mut C::Rust> {
     // SAFETY: as in `borrow`; Box-owned objects are used by one thread at a
-    // time per the C API contract.
+    // time per the C API contract, and nothing else holds a reference.
     unsafe { ptr.cast::<C::Rust>().as_mut() }.ok_or_else(null_error::<C>)
 }
 
-/// Hands a reference-counted object to C.
-pub(crate) fn into_arc_ptr<C: Opaque>(obj: Arc<C::Rust>) -> *mut C {
+/// Hands a reference-counted object to C, with one reference C owns.
+pub(crate) fn into_arc_ptr<C: Opaque<Ownership = ArcOwned>>(obj: Arc<C::Rust>) -> *mut C {
     Arc::into_raw(obj) as *mut C
 }
 
 /// A pointer C may use without owning a reference (kept alive elsewhere).
-pub(crate) fn borrowed_arc_ptr<C: Opaque>(obj: &Arc<C::Rust>) -> *mut C {
+pub(crate) fn borrowed_arc_ptr<C: Opaque>(obj: &Arc<C::Rust>) -> *mut C
+where
+    C::Ownership: InArc,
+{
     Arc::as_ptr(obj) as *mut C
 }
 
 /// A new strong reference to the object behind a C pointer.
-pub(crate) fn clone_arc<C: Opaque>(ptr: *const C) -> Result<Arc<C::Rust>> {
+pub(crate) fn clone_arc<C: Opaque>(ptr: *const C) -> Result<Arc<C::Rust>>
+where
+    C::Ownership: InArc,
+{
     if ptr.is_null() {
         return Err(null_error::<C>());
     }
-    // SAFETY: the pointer came from `into_arc_ptr`/`borrowed_arc_ptr` and its
-    // object is alive, so bumping the count and adopting that count is sound.
+    // SAFETY: the type lives in an Arc (`InArc`): the pointer came from
+    // `into_arc_ptr`/`borrowed_arc_ptr` and its object is alive, so bumping
+    // the count and adopting that count is sound.
     unsafe {
         Arc::increment_strong_count(ptr.cast::<C::Rust>());
         Ok(Arc::from_raw(ptr.cast::<C::Rust>()))
@@ -191,32 +237,92 @@ pub(crate) fn clone_arc<C: Opaque>(ptr: *const C) -> Result<Arc<C::Rust>> {
 
 /// The `Arc` behind a C pointer, without touching its count: for calls that
 /// need `&Arc` only for their duration (cloning it only if they keep it).
-pub(crate) fn borrow_arc<C: Opaque>(ptr: *const C) -> Result<std::mem::ManuallyDrop<Arc<C::Rust>>> {
+pub(crate) fn borrow_arc<C: Opaque>(ptr: *const C) -> Result<std::mem::ManuallyDrop<Arc<C::Rust>>>
+where
+    C::Ownership: InArc,
+{
     if ptr.is_null() {
         return Err(null_error::<C>());
     }
-    // SAFETY: the pointer came from `into_arc_ptr`/`borrowed_arc_ptr` and its
-    // object is alive; ManuallyDrop never gives the borrowed count back.
+    // SAFETY: the type lives in an Arc (`InArc`) and its object is alive;
+    // ManuallyDrop never gives the borrowed count back.
     Ok(std::mem::ManuallyDrop::new(unsafe {
         Arc::from_raw(ptr.cast::<C::Rust>())
     }))
 }
 
 /// Takes back the reference C owned (NULL: nothing).
-pub(crate) fn take_arc<C: Opaque>(ptr: *const C) -> Option<Arc<C::Rust>> {
-    // SAFETY: the pointer came from `into_arc_ptr`, and C gives up its reference.
+pub(crate) fn take_arc<C: Opaque<Ownership = ArcOwned>>(ptr: *const C) -> Option<Arc<C::Rust>> {
+    // SAFETY: the pointer came from `into_arc_ptr` (the only maker of an
+    // ArcOwned pointer C owns), and C gives up its reference.
     (!ptr.is_null()).then(|| unsafe { Arc::from_raw(ptr.cast::<C::Rust>()) })
 }
 
 /// Hands a uniquely owned object to C.
-pub(crate) fn into_box_ptr<C: Opaque>(obj: C::Rust) -> *mut C {
+pub(crate) fn into_box_ptr<C: Opaque<Ownership = BoxOwned>>(obj: C::Rust) -> *mut C {
     Box::into_raw(Box::new(obj)) as *mut C
 }
 
 /// Takes back an object C owned (NULL: nothing).
-pub(crate) fn take_box<C: Opaque>(ptr: *mut C) -> Option<Box<C::Rust>> {
+pub(crate) fn take_box<C: Opaque<Ownership = BoxOwned>>(ptr: *mut C) -> Option<Box<C::Rust>> {
     // SAFETY: the pointer came from `into_box_ptr`, and C gives up ownership.
     (!ptr.is_null()).then(|| unsafe { Box::from_raw(ptr.cast::<C::Rust>()) })
+}
+
+/// An out parameter: where a call writes its result. NULL is `EINVAL`
+/// naming `what`.
+pub(crate) fn out_param<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T> {
+    // SAFETY: the C caller passes writable storage for a `T`, or NULL.
+    unsafe { ptr.as_mut() }
+        .ok_or_else(|| invalid(format!("{what} is NULL: pass where to store the result")))
+}
+
+/// An optional input (NULL: `None`), read for the duration of the call.
+pub(crate) fn optional<'a, T>(ptr: *const T) -> Option<&'a T> {
+    // SAFETY: the C caller passes a valid `T` for the call, or NULL.
+    unsafe { ptr.as_ref() }
+}
+
+/// An array argument of `n` elements (`n == 0`: empty, the pointer unread).
+/// NULL with `n > 0`, or an `n` no array can have, is `EINVAL` naming `what`.
+pub(crate) fn slice_arg<'a, T>(ptr: *const T, n: usize, what: &str) -> Result<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(invalid(format!(
+            "{what} is NULL: pass an array of {n} elements"
+        )));
+    }
+    // A slice may not span more than isize::MAX bytes; no array that large exists.
+    if n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(invalid(format!(
+            "n = {n} is larger than any array of {what}: pass the array's length"
+        )));
+    }
+    // SAFETY: the caller lends an array of `n` elements at `ptr` for the
+    // call, and its size fits in isize (checked above).
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+/// An output buffer of `size` bytes, `None` for NULL with size 0 (a call
+/// that only asks for the length). NULL with `size > 0` is `EINVAL`.
+pub(crate) fn out_bytes<'a>(
+    ptr: *mut c_char,
+    size: usize,
+    what: &str,
+) -> Result<Option<&'a mut [u8]>> {
+    if ptr.is_null() {
+        return if size == 0 {
+            Ok(None)
+        } else {
+            Err(invalid(format!("{what} is NULL but size is not 0")))
+        };
+    }
+    // SAFETY: the caller lends `size` writable bytes at `ptr` for the call.
+    Ok(Some(unsafe {
+        std::slice::from_raw_parts_mut(ptr.cast::<u8>(), size)
+    }))
 }
 
 /// A C string argument as UTF-8.
@@ -269,4 +375,45 @@ pub(crate) fn required_callback(
     what: &str,
 ) -> Result<Callback> {
     callback(f, opaque).ok_or_else(|| invalid(format!("{what} is NULL: pass a function")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_helpers_refuse_null_and_impossible_lengths() {
+        let none: *const u64 = std::ptr::null();
+        assert_eq!(slice_arg(none, 0, "xs").unwrap(), &[] as &[u64]);
+        let e = slice_arg(none, 3, "xs").unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(e.message().contains("xs is NULL"), "{}", e.message());
+        let xs = [1u64, 2, 3];
+        assert_eq!(slice_arg(xs.as_ptr(), 2, "xs").unwrap(), &[1, 2]);
+        let e = slice_arg(xs.as_ptr(), usize::MAX / 2, "xs").unwrap_err();
+        assert!(
+            e.message().contains("larger than any array"),
+            "{}",
+            e.message()
+        );
+
+        assert!(out_param::<u32>(std::ptr::null_mut(), "out").is_err());
+        let mut v = 0u32;
+        *out_param(&mut v, "out").unwrap() = 7;
+        assert_eq!(v, 7);
+
+        assert!(out_bytes(std::ptr::null_mut(), 0, "buf").unwrap().is_none());
+        assert!(out_bytes(std::ptr::null_mut(), 4, "buf").is_err());
+        let mut buf = [0 as c_char; 4];
+        assert_eq!(
+            out_bytes(buf.as_mut_ptr(), 4, "buf")
+                .unwrap()
+                .unwrap()
+                .len(),
+            4
+        );
+
+        assert!(optional::<u8>(std::ptr::null()).is_none());
+        assert_eq!(optional(&5u8), Some(&5));
+    }
 }

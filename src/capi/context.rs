@@ -3,8 +3,8 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::{
-    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, str_arg, take_arc,
-    AioctxCallback, Opaque,
+    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, opaque, out_param,
+    str_arg, take_arc, AioctxCallback,
 };
 use crate::context::Context;
 use crate::sys;
@@ -16,10 +16,7 @@ pub struct AioctxContext {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxContext {
-    type Rust = Context;
-    const WHAT: &'static str = "ctx";
-}
+opaque!(AioctxContext => Context, ArcOwned, "ctx");
 
 /// Creates a context named `name` (copied; used in messages and dumps) with no
 /// home thread yet: the first thread to poll or claim it becomes its home.
@@ -264,9 +261,7 @@ pub extern "C" fn aioctx_context_stats(
             wakeups: st.wakeups,
             longest_hold_ns: st.longest_hold_ns,
         };
-        // SAFETY: a non-NULL `out` points to writable storage for the struct.
-        let out = unsafe { out.as_mut() }.ok_or_else(|| crate::error::invalid("out is NULL"))?;
-        *out = stats;
+        *out_param(out, "out")? = stats;
         Ok(0)
     })
 }

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
 
-use super::boundary::{ffi, CFn};
+use super::boundary::{ffi, out_bytes, CFn};
 use crate::diag::{self, Level};
 use crate::error::invalid;
 
@@ -66,20 +66,10 @@ pub extern "C" fn aioctx_set_log_handler(handler: AioctxLogHandler, opaque: *mut
 pub extern "C" fn aioctx_debug_dump(buf: *mut c_char, size: usize) -> usize {
     ffi("aioctx_debug_dump", || {
         let text = diag::dump();
-        if buf.is_null() {
-            return if size == 0 {
-                Ok(text.len())
-            } else {
-                Err(invalid("buf is NULL but size is not 0"))
-            };
-        }
-        if size > 0 {
-            let n = text.len().min(size - 1);
-            // SAFETY: the caller lends `size` writable bytes at `buf`; we write n + 1 <= size.
-            unsafe {
-                std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
-                *buf.add(n) = 0;
-            }
+        if let Some(out) = out_bytes(buf, size, "buf")?.filter(|out| !out.is_empty()) {
+            let n = text.len().min(out.len() - 1);
+            out[..n].copy_from_slice(&text.as_bytes()[..n]);
+            out[n] = 0;
         }
         Ok(text.len())
     })

@@ -1,12 +1,9 @@
 //! `AioctxGraph`: the block graph and its migration handover.
 
-use std::ffi::{c_char, c_int, c_uint};
+use std::ffi::c_int;
 
-use super::boundary::{
-    borrow, borrowed_arc_ptr, clone_arc, ffi, into_box_ptr, str_arg, take_box, Opaque,
-};
+use super::boundary::{borrow, clone_arc, ffi, into_box_ptr, opaque, take_box};
 use super::context::AioctxContext;
-use super::node::AioctxNode;
 use crate::block::Graph;
 use crate::context::Context;
 
@@ -22,10 +19,7 @@ pub struct AioctxGraph {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxGraph {
-    type Rust = Graph;
-    const WHAT: &'static str = "graph";
-}
+opaque!(AioctxGraph => Graph, BoxOwned, "graph");
 
 /// Creates an empty graph whose graph-wide calls run from `main_ctx`'s home
 /// thread (NULL: `aioctx_main_context()`). Any thread. NULL on failure.
@@ -53,22 +47,6 @@ pub extern "C" fn aioctx_graph_free(g: *mut AioctxGraph) {
     ffi("aioctx_graph_free", || {
         drop(take_box(g));
         Ok(())
-    })
-}
-
-/// The node named `name`, borrowed (valid until the graph is freed), or NULL
-/// (no such node: ENOENT; NULL argument: EINVAL). Any thread.
-#[no_mangle]
-pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) -> *mut AioctxNode {
-    ffi("aioctx_graph_find", || {
-        let name = str_arg(name, "name")?;
-        let node = borrow(g)?.find(name).ok_or_else(|| {
-            crate::Error::new(
-                libc::ENOENT,
-                format!("no node named '{name}' in this graph"),
-            )
-        })?;
-        Ok(borrowed_arc_ptr(&node))
     })
 }
 
@@ -147,9 +125,3 @@ pub extern "C" fn aioctx_graph_drain_all_end(g: *mut AioctxGraph) -> c_int {
         Ok(0)
     })
 }
-
-/// `aioctx_node_open_file` flag: open for writing and take the image write lock.
-pub const AIOCTX_OPEN_RDWR: c_uint = 1;
-/// `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
-/// without the write lock, until `aioctx_graph_activate_all`.
-pub const AIOCTX_OPEN_INACTIVE: c_uint = 2;

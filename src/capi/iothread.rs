@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_int};
 
 use super::boundary::{
-    borrow, borrow_mut, borrowed_arc_ptr, ffi, into_box_ptr, str_arg, take_box, Opaque,
+    borrow, borrow_mut, borrowed_arc_ptr, ffi, into_box_ptr, opaque, str_arg, take_box,
 };
 use super::context::AioctxContext;
 use crate::iothread::IoThread;
@@ -13,10 +13,7 @@ pub struct AioctxIoThread {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxIoThread {
-    type Rust = IoThread;
-    const WHAT: &'static str = "iothread";
-}
+opaque!(AioctxIoThread => IoThread, BoxOwned, "iothread");
 
 /// Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
 /// 15 bytes) that is the home of a new context of the same name and polls it.

@@ -3,12 +3,18 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
-use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, str_arg, CFn, Opaque};
+use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, opaque, optional, str_arg, CFn};
 use super::context::AioctxContext;
-use super::graph::{AioctxGraph, AIOCTX_OPEN_INACTIVE, AIOCTX_OPEN_RDWR};
+use super::graph::AioctxGraph;
 use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
 use crate::error::{invalid, Error, Result};
 use crate::sys::file::IoBuf;
+
+/// `aioctx_node_open_file` flag: open for writing and take the image write lock.
+pub const AIOCTX_OPEN_RDWR: c_uint = 1;
+/// `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
+/// without the write lock, until `aioctx_graph_activate_all`.
+pub const AIOCTX_OPEN_INACTIVE: c_uint = 2;
 
 /// A node of a block graph, owned by the graph: pointers are borrowed and
 /// valid until `aioctx_graph_free`.
@@ -16,10 +22,7 @@ pub struct AioctxNode {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxNode {
-    type Rust = Node;
-    const WHAT: &'static str = "node";
-}
+opaque!(AioctxNode => Node, ArcLent, "node");
 
 /// `void (*)(void *opaque, int64_t ret)`: completion of `aioctx_node_pread`
 /// and `aioctx_node_pwrite`; `ret` is the byte count (short only at end of
@@ -89,7 +92,7 @@ impl Driver for CDriver {
         self.call(self.table.activate, node, "activate")
     }
 
-    fn close(&self, node: &Node) {
+    fn close(&self, node: &Arc<Node>) {
         if let Some(close) = self.table.close {
             // SAFETY: as in `call`.
             unsafe { close(node_ptr(node), self.opaque) }
@@ -99,6 +102,22 @@ impl Driver for CDriver {
 
 fn node_ptr(node: &Node) -> *mut AioctxNode {
     (node as *const Node).cast_mut().cast()
+}
+
+/// The node named `name`, borrowed (valid until the graph is freed), or NULL
+/// (no such node: ENOENT; NULL argument: EINVAL). Any thread.
+#[no_mangle]
+pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) -> *mut AioctxNode {
+    ffi("aioctx_graph_find", || {
+        let name = str_arg(name, "name")?;
+        let node = borrow(g)?.find(name).ok_or_else(|| {
+            crate::Error::new(
+                libc::ENOENT,
+                format!("no node named '{name}' in this graph"),
+            )
+        })?;
+        Ok(borrowed_arc_ptr(&node))
+    })
 }
 
 /// Adds a node named `name` (unique, non-empty) whose callbacks run in `ctx`'s
@@ -117,8 +136,7 @@ pub extern "C" fn aioctx_node_new(
 ) -> *mut AioctxNode {
     ffi("aioctx_node_new", || {
         let (graph, name, ctx) = (borrow(g)?, str_arg(name, "name")?, borrow_arc(ctx)?);
-        // SAFETY: a non-NULL `drv` points to a driver table for this call.
-        let table = unsafe { drv.as_ref() }.copied().unwrap_or(AioctxDriver {
+        let table = optional(drv).copied().unwrap_or(AioctxDriver {
             flush: None,
             inactivate: None,
             activate: None,

@@ -2,7 +2,9 @@
 
 use std::ffi::c_int;
 
-use super::boundary::{borrow, borrow_arc, borrow_mut, ffi, into_box_ptr, take_box, Opaque};
+use super::boundary::{
+    borrow, borrow_arc, borrow_mut, ffi, into_box_ptr, opaque, slice_arg, take_box,
+};
 use super::context::AioctxContext;
 use crate::error::{invalid, Result};
 use crate::set::ContextSet;
@@ -16,10 +18,7 @@ pub struct AioctxSet {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxSet {
-    type Rust = ContextSet;
-    const WHAT: &'static str = "set";
-}
+opaque!(AioctxSet => ContextSet, BoxOwned, "set");
 
 /// Creates an empty set.
 #[no_mangle]
@@ -52,22 +51,10 @@ pub extern "C" fn aioctx_set_add_many(
 ) -> c_int {
     ffi("aioctx_set_add_many", || {
         let set = borrow_mut(set)?;
-        if n == 0 {
+        let ctxs = slice_arg(ctxs, n, "ctxs")?;
+        if ctxs.is_empty() {
             return Ok(0);
         }
-        if ctxs.is_null() {
-            return Err(invalid("ctxs is NULL: pass an array of n contexts"));
-        }
-        // No array that large exists, and a slice may not span more than
-        // isize::MAX bytes.
-        if n > isize::MAX as usize / std::mem::size_of::<*mut AioctxContext>() {
-            return Err(invalid(format!(
-                "n = {n} is larger than any array of context pointers: pass the array's length"
-            )));
-        }
-        // SAFETY: the caller lends an array of `n` context pointers for the
-        // call, and n * size_of::<pointer>() <= isize::MAX (checked above).
-        let ctxs = unsafe { std::slice::from_raw_parts(ctxs, n) };
         let checkpoint = set.checkpoint();
         add_distinct_runs(set, ctxs).inspect_err(|_| set.rollback(checkpoint))
     })

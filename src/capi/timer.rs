@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void};
 
 use super::boundary::{
-    borrow, borrow_arc, ffi, into_arc_ptr, required_callback, take_arc, AioctxCallback, Opaque,
+    borrow, borrow_arc, ffi, into_arc_ptr, opaque, required_callback, take_arc, AioctxCallback,
 };
 use super::context::AioctxContext;
 use crate::context::Timer;
@@ -15,10 +15,7 @@ pub struct AioctxTimer {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxTimer {
-    type Rust = Timer;
-    const WHAT: &'static str = "timer";
-}
+opaque!(AioctxTimer => Timer, ArcOwned, "timer");
 
 /// Creates a disarmed timer that calls `cb(opaque)` in the home thread of
 /// `ctx`. Like a BH, it keeps no reference on `ctx`. NULL on failure (`ctx` or

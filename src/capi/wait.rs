@@ -2,7 +2,7 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
-use super::boundary::{borrow_arc, borrow_mut, ffi, into_box_ptr, take_box, CFn, Opaque};
+use super::boundary::{borrow_arc, borrow_mut, ffi, into_box_ptr, opaque, take_box, CFn};
 use super::context::AioctxContext;
 use crate::error::invalid;
 use crate::wait::{self, WaitOptions};
@@ -116,10 +116,7 @@ pub struct AioctxWait {
     _private: [u8; 0],
 }
 
-impl Opaque for AioctxWait {
-    type Rust = wait::Waiter;
-    const WHAT: &'static str = "wait";
-}
+opaque!(AioctxWait => wait::Waiter, BoxOwned, "wait");
 
 /// Begins a wait for work of `ctx`, with the checks of `aioctx_poll_while`
 /// (NULL with errno EDEADLK when the caller holds `ctx` more than once, EPERM

@@ -25,7 +25,6 @@
 //! thread) runs the rest of its own dispatch's slice there before newer
 //! entries, as QEMU's nested `aio_poll` does; otherwise work the outer
 //! dispatch took, say the completion the callback waits for, could never run.
-#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -54,18 +53,18 @@ pub struct Bh {
 }
 
 /// A one-shot job: runs once, cannot be cancelled.
-pub(crate) type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type OneShot = Box<dyn FnOnce() + Send>;
 
 enum Entry {
     /// A scheduled BH and the ticket it had then.
     Bh(u64, Arc<Bh>),
-    Once(Job),
+    Once(OneShot),
     /// A BH cancelled while queued.
     Cancelled,
 }
 
 #[derive(Default)]
-struct Queue {
+struct TicketQueue {
     next_ticket: u64,
     /// The last ticket handed out before the last `take`.
     taken_upto: u64,
@@ -82,7 +81,7 @@ struct Queue {
 /// A context's pending bottom halves and one-shot jobs.
 #[derive(Default)]
 pub(crate) struct BhQueue {
-    queue: Mutex<Queue>,
+    queue: Mutex<TicketQueue>,
     /// Signalled when a callback a canceller waits for has returned.
     finished: Condvar,
     /// What each running dispatch took and has not run, oldest first. Only
@@ -96,7 +95,7 @@ pub(crate) struct Batch(());
 /// Something due to run, taken from a [`Batch`].
 pub(crate) enum Runnable<'a> {
     Bh(Running<'a>),
-    Once(Job),
+    Once(OneShot),
 }
 
 /// A BH marked running; unmarked (waking a waiting canceller) when dropped,
@@ -211,7 +210,7 @@ impl BhQueue {
     }
 
     /// Queues a one-shot job behind everything already pending.
-    pub(crate) fn push_once(&self, job: Job) {
+    pub(crate) fn push_once(&self, job: OneShot) {
         let mut q = self.queue.lock();
         q.entries.push_back(Entry::Once(job));
         q.live += 1;
@@ -295,7 +294,7 @@ impl BhQueue {
     }
 }
 
-impl Queue {
+impl TicketQueue {
     /// Replaces the queued entry of `bh`, just cancelled, by a tombstone
     /// (its reference to the BH is not the last: the caller has one).
     /// Compacts when tombstones outnumber live entries: the cost,
@@ -387,7 +386,8 @@ mod tests {
             l.lock().unwrap().push(1);
             let deadline = crate::sys::clock_ns() + 2_000_000_000;
             while !l.lock().unwrap().contains(&2) && crate::sys::clock_ns() < deadline {
-                c.poll_wait(super::super::Wait::Until(deadline)).unwrap();
+                c.poll_wait(super::super::Blocking::Until(deadline))
+                    .unwrap();
             }
             l.lock().unwrap().push(3);
         });

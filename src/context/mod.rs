@@ -16,7 +16,6 @@
 //! A notify is never lost: it also sets `notify_pending`, which the next
 //! poll (blocking or not) consumes, and a blocking poll that finds it set
 //! does not sleep (QEMU's `notified`, since 5.1).
-#![forbid(unsafe_code)]
 
 mod bh;
 mod fd;
@@ -88,7 +87,7 @@ pub(crate) fn owned_by(token: u64) -> bool {
 
 /// How long a poll may block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
+pub enum Blocking {
     /// Dispatch what is ready now.
     No,
     /// Block until something happens.
@@ -203,6 +202,11 @@ impl Context {
             )
             .map_err(|e| Error::from_io(&format!("{what}: epoll_ctl"), e))?;
         waitfor::set_on_block(waiters::on_block);
+        thread::on_exit(thread::ExitHooks {
+            exited: thread_exited,
+            owns: owned_by,
+        });
+        crate::diag::add_describer(crate::diag::Section::Contexts, describe_all);
         let id = NEXT_ID.fetch_add(1, Relaxed);
         let ctx = Arc::new(Context {
             id,
@@ -418,14 +422,18 @@ impl Context {
     /// Runs one iteration of the loop; returns whether a callback ran.
     /// Only the home thread may poll; the first poll claims the context.
     pub fn poll(self: &Arc<Self>, blocking: bool) -> Result<bool> {
-        self.poll_wait(if blocking { Wait::Forever } else { Wait::No })
+        self.poll_wait(if blocking {
+            Blocking::Forever
+        } else {
+            Blocking::No
+        })
     }
 
     /// [`poll`](Self::poll) with an explicit bound on blocking.
     /// `EOVERFLOW`, before waiting and with nothing dispatched, when the
     /// caller holds the context at the depth limit: the dispatch could not
     /// take its own level.
-    pub fn poll_wait(self: &Arc<Self>, wait: Wait) -> Result<bool> {
+    pub fn poll_wait(self: &Arc<Self>, wait: Blocking) -> Result<bool> {
         self.claim()?;
         self.check_dispatch_depth()?;
         self.renew_after_fork()?;
@@ -449,7 +457,7 @@ impl Context {
     /// with a timeout) takes the lock only until then: another thread may
     /// hold it for longer, and the timeout must still hold. What was ready
     /// stays ready (epoll is level-triggered) for the next poll.
-    fn dispatch_held(&self, wait: Wait, ready: &[Ready]) -> Result<usize> {
+    fn dispatch_held(&self, wait: Blocking, ready: &[Ready]) -> Result<usize> {
         let Some(_held) = Held::acquire(self, wait)? else {
             return Ok(0);
         };
@@ -510,8 +518,8 @@ impl Context {
         Ok(())
     }
 
-    fn wait_for_events(&self, wait: Wait, ready: &mut Vec<Ready>) -> Result<()> {
-        let blocking = wait != Wait::No;
+    fn wait_for_events(&self, wait: Blocking, ready: &mut Vec<Ready>) -> Result<()> {
+        let blocking = wait != Blocking::No;
         if blocking {
             self.notify_me.fetch_add(1, SeqCst);
             // Pairs with the fence in notify(): either we see the pending BH
@@ -550,9 +558,9 @@ impl Context {
     }
 
     /// Nanoseconds until the nearest timer or the caller's deadline (-1: none).
-    fn timeout_ns(&self, wait: Wait) -> i64 {
+    fn timeout_ns(&self, wait: Blocking) -> i64 {
         let limit = match wait {
-            Wait::Until(t) => Some(t),
+            Blocking::Until(t) => Some(t),
             _ => None,
         };
         match [self.timers.deadline(), limit].into_iter().flatten().min() {
@@ -695,9 +703,9 @@ struct Held<'a>(&'a ContextLock);
 
 impl<'a> Held<'a> {
     /// None when a poll bounded by a deadline could not take the lock in time.
-    fn acquire(ctx: &'a Context, wait: Wait) -> Result<Option<Held<'a>>> {
+    fn acquire(ctx: &'a Context, wait: Blocking) -> Result<Option<Held<'a>>> {
         let taken = match wait {
-            Wait::Until(deadline) => ctx.lock.acquire_until(deadline),
+            Blocking::Until(deadline) => ctx.lock.acquire_until(deadline),
             _ => ctx.lock.acquire(),
         };
         match taken {

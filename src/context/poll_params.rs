@@ -2,7 +2,6 @@
 //! `poll-shrink`): validated and stored per context. The poll loop does not
 //! busy-poll yet; keeping the values now lets VMMs port the configuration
 //! call unchanged, and the later adaptive poll reads them from here.
-#![forbid(unsafe_code)]
 
 use parking_lot::Mutex;
 

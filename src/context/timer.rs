@@ -6,7 +6,6 @@
 //! callback is entered only after `fire` saw it FIRING and marked it running
 //! (`runner`), in one critical section, so a `del` either disarms it first
 //! or sees it running and waits for it to end (as a BH's cancel does).
-#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -19,7 +19,6 @@
 //! `waitfor`), and a waiter waits for the home thread of the context whose
 //! work it waits for. A cycle through the waiter is a deadlock that no poll
 //! can end; [`find_cycle`] names it.
-#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering::*};

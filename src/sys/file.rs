@@ -5,21 +5,56 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// A buffer an I/O request reads into or writes from: owned by Rust, or
 /// lent by a C caller for the duration of the request.
-pub enum IoBuf {
-    /// A buffer owned by Rust.
+///
+/// Opaque: safe code makes one only from a `Vec<u8>`, so it cannot point
+/// the kernel at memory it does not own. A lent buffer is made by the
+/// `unsafe` [`IoBuf::lent`], whose caller promises the memory lives.
+///
+/// ```
+/// let buf = aioctx::IoBuf::from(vec![0u8; 512]);
+/// assert_eq!(buf.len(), 512);
+/// assert_eq!(buf.into_vec().map(|v| v.len()), Some(512));
+/// ```
+///
+/// Safe code cannot name a lent buffer's parts (this would let `preadv`
+/// write anywhere):
+///
+/// ```compile_fail
+/// let wild = aioctx::IoBuf::Lent { ptr: 0x1000 as *mut u8, len: 4096 };
+/// ```
+///
+/// nor build the struct around them:
+///
+/// ```compile_fail
+/// let wild = aioctx::IoBuf { ptr: 0x1000 as *mut u8, len: 4096 };
+/// ```
+///
+/// nor match one out of a buffer it was given:
+///
+/// ```compile_fail
+/// fn peek(buf: aioctx::IoBuf) -> usize {
+///     match buf {
+///         aioctx::IoBuf::Owned(v) => v.len(),
+///         _ => 0,
+///     }
+/// }
+/// ```
+pub struct IoBuf(Memory);
+
+enum Memory {
     Owned(Vec<u8>),
-    /// A C caller's buffer; made only by the unsafe [`IoBuf::lent`].
-    Lent {
-        /// Start of the buffer.
-        ptr: *mut u8,
-        /// Its length in bytes.
-        len: usize,
-    },
+    Lent { ptr: *mut u8, len: usize },
 }
 
 // SAFETY: a lent buffer is, per the C API contract, valid and untouched by
 // the caller until the request's completion callback; only one worker uses it.
 unsafe impl Send for IoBuf {}
+
+impl From<Vec<u8>> for IoBuf {
+    fn from(v: Vec<u8>) -> IoBuf {
+        IoBuf(Memory::Owned(v))
+    }
+}
 
 impl IoBuf {
     /// A buffer lent by C code.
@@ -28,14 +63,14 @@ impl IoBuf {
     /// `ptr` must be valid for reads and writes of `len` bytes, and not be used
     /// by anyone else, until the request that takes this buffer completes.
     pub unsafe fn lent(ptr: *mut u8, len: usize) -> IoBuf {
-        IoBuf::Lent { ptr, len }
+        IoBuf(Memory::Lent { ptr, len })
     }
 
     /// The buffer's length in bytes.
     pub fn len(&self) -> usize {
-        match self {
-            IoBuf::Owned(v) => v.len(),
-            IoBuf::Lent { len, .. } => *len,
+        match &self.0 {
+            Memory::Owned(v) => v.len(),
+            Memory::Lent { len, .. } => *len,
         }
     }
 
@@ -44,10 +79,19 @@ impl IoBuf {
         self.len() == 0
     }
 
+    /// The Rust buffer back (with what a read put there); `None` for a lent
+    /// one, which stays the lender's.
+    pub fn into_vec(self) -> Option<Vec<u8>> {
+        match self.0 {
+            Memory::Owned(v) => Some(v),
+            Memory::Lent { .. } => None,
+        }
+    }
+
     fn as_iovec(&mut self, skip: usize) -> libc::iovec {
-        let (ptr, len) = match self {
-            IoBuf::Owned(v) => (v.as_mut_ptr(), v.len()),
-            IoBuf::Lent { ptr, len } => (*ptr, *len),
+        let (ptr, len) = match &mut self.0 {
+            Memory::Owned(v) => (v.as_mut_ptr(), v.len()),
+            Memory::Lent { ptr, len } => (*ptr, *len),
         };
         let skip = skip.min(len);
         // SAFETY: `skip <= len`, so the pointer stays within (or one past) the buffer.
