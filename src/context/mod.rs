@@ -79,10 +79,13 @@ pub(crate) fn thread_exited(token: u64) {
 
 /// Whether the thread of `token` owns the lock of some live context.
 pub(crate) fn owned_by(token: u64) -> bool {
-    ALL.lock()
-        .values()
-        .filter_map(Weak::upgrade)
-        .any(|c| c.lock.owner() == token)
+    live().iter().any(|c| c.lock.owner() == token)
+}
+
+/// Every live context. The references are dropped after the registry's
+/// lock: dropping the last one runs `Context::drop`, which takes it.
+fn live() -> Vec<Arc<Context>> {
+    ALL.lock().values().filter_map(Weak::upgrade).collect()
 }
 
 /// How long a poll may block.
@@ -732,11 +735,9 @@ impl Drop for Context {
 /// Every live context the calling thread holds (owns the lock of).
 pub(crate) fn held_by_caller() -> Vec<Arc<Context>> {
     let me = thread::current();
-    ALL.lock()
-        .values()
-        .filter_map(Weak::upgrade)
-        .filter(|c| c.lock.owner() == me)
-        .collect()
+    let mut all = live();
+    all.retain(|c| c.lock.owner() == me);
+    all
 }
 
 /// The live context with id `id`.
@@ -746,8 +747,8 @@ pub(crate) fn by_id(id: u64) -> Option<Arc<Context>> {
 
 /// Every live context, one line each.
 pub fn describe_all() -> String {
-    let all: Vec<_> = ALL.lock().values().filter_map(Weak::upgrade).collect();
-    all.iter()
+    live()
+        .iter()
         .map(|c| c.describe())
         .collect::<Vec<_>>()
         .join("\n")
