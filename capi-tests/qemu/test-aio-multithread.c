@@ -39,7 +39,7 @@ static void get_id_cb(void *opaque)
 
 static void create_aio_contexts(void)
 {
-    char name[16];
+    char name[32];
     int i;
     for (i = 0; i < NUM_CONTEXTS; i++) {
         snprintf(name, sizeof name, "multi-%d", i);
