@@ -89,10 +89,14 @@ static inline void save_thread_cb(void *opaque)
     *(pthread_t *)opaque = pthread_self();
 }
 
-/* BH: increments the atomic_int at opaque. */
+/* BH: adds 1 to the counter, then kicks every waiter: the counter may be what
+ * a wait on another context polls for (iothreads_alive() waits on one context
+ * for both IOThreads' BHs), and only the waited context's own callbacks wake
+ * its waiters by themselves. */
 static inline void inc_cb(void *opaque)
 {
     atomic_fetch_add((atomic_int *)opaque, 1);
+    aioctx_wait_kick();
 }
 
 /* AioctxCond that never lets a wait finish (it ends by timeout or error). */
