@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::context::Callback;
+use crate::context::{Callback, PollCallback};
 use crate::error::{invalid, Error, Result};
 
 /// Room for the longest message (a hang dump of many contexts is cut here).
@@ -366,6 +366,23 @@ pub type AioctxCallback = Option<unsafe extern "C" fn(opaque: *mut c_void)>;
 pub(crate) fn callback(f: AioctxCallback, opaque: *mut c_void) -> Option<Callback> {
     let c = CFn { f: f?, opaque };
     Some(Arc::new(move || c.call()))
+}
+
+/// `bool (*)(void *opaque)`: an fd handler's poll callback
+/// (`aioctx_set_fd_handler_full`): true when there is work for its `io_read`.
+pub type AioctxPollFn = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
+
+impl CFn<unsafe extern "C" fn(*mut c_void) -> bool> {
+    fn call_poll(&self) -> bool {
+        // SAFETY: the C caller registered `f` for `opaque`.
+        unsafe { (self.f)(self.opaque) }
+    }
+}
+
+/// Wraps a C poll callback as a Rust one (None for NULL).
+pub(crate) fn poll_callback(f: AioctxPollFn, opaque: *mut c_void) -> Option<PollCallback> {
+    let c = CFn { f: f?, opaque };
+    Some(Arc::new(move || c.call_poll()))
 }
 
 /// Like [`callback`], but NULL is an error naming the argument.

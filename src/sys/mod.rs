@@ -51,3 +51,52 @@ pub fn thread_name() -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// How many CPUs the calling thread may run on (its affinity mask), at least
+/// 1. A busy-poll on a thread with one CPU can only delay whoever it waits for.
+pub fn usable_cpus() -> usize {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at
+    // most `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        // A mask larger than cpu_set_t (over 1024 CPUs): plenty to spin on.
+        return 2;
+    }
+    // SAFETY: `set` was filled in by the kernel.
+    (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
+}
+
+/// Gives the CPU to another runnable thread, if any (`sched_yield`).
+pub fn yield_now() {
+    // SAFETY: no arguments; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
+/// Pins the calling thread to the first CPU it may run on (tests of the
+/// single-CPU rule).
+#[cfg(test)]
+pub fn pin_to_first_cpu() -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: reads of a filled set, index below CPU_SETSIZE.
+    let first = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `first` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(first, &mut one) };
+    // SAFETY: `one` is a valid set of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
