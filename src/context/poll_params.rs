@@ -9,6 +9,8 @@
 //! (the spin only burnt CPU). An idle loop therefore stops spinning after one
 //! idle poll with the default shrink, and costs nothing while idle.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use parking_lot::Mutex;
 
 use super::Context;
@@ -86,8 +88,9 @@ impl Context {
             grow,
             shrink,
         };
-        // A lower maximum applies from the next poll on; a window left open
-        // by the old one is clamped when it is next used.
+        // A lower maximum applies at once (the home thread's next
+        // adjustment clamps again, should it race with this).
+        self.poll_ns.fetch_min(max_ns, Relaxed);
         Ok(())
     }
 
