@@ -44,6 +44,41 @@ static uint64_t wakeups(AioctxContext *c)
     return st.wakeups;
 }
 
+/* The first two CPUs the process may use (-1: none), read before the test
+ * thread pins itself (its threads inherit that). */
+static int cpu_a = -1, cpu_b = -1;
+
+/* The i-th CPU the calling thread may use (-1: none). */
+static int nth_cpu(int i)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0)
+        return -1;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        if (CPU_ISSET(cpu, &set) && i-- == 0)
+            return cpu;
+    return -1;
+}
+
+/* Pins the calling thread to cpu (< 0: leaves it alone). Work sent from the
+ * poller's own CPU closes its window, so the tests of the window put the
+ * sender on another CPU than the poller. */
+static void pin_self(int cpu)
+{
+    if (cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+        diag("cannot pin a thread to CPU %d", cpu);
+}
+
+static void pin_bh(void *opaque)
+{
+    pin_self(*(int *)opaque);
+}
+
 /* ---- a thread that notifies (or sets a flag) a while after being told ---- */
 
 struct poker {
@@ -58,6 +93,7 @@ struct poker {
 static void *poker_thread(void *arg)
 {
     struct poker *p = arg;
+    pin_self(cpu_b);
     for (;;) {
         while (sem_wait(&p->go) != 0) {
         }
@@ -113,7 +149,12 @@ static void test_params(void)
 {
     AioctxContext *c = aioctx_context_new("poll-params");
     is_int(aioctx_context_poll_window_ns(c), 0, "a new context's window is closed");
+    int64_t max = -1, grow = -1, shrink = -1;
+    is_int(aioctx_context_get_poll_params(c, &max, &grow, &shrink), 0, "get_poll_params");
+    ok(max == 0 && grow == 0 && shrink == 0, "a new context does not poll");
     is_int(aioctx_context_set_poll_params(c, 32000, 2, 4), 0, "set_poll_params with QEMU's values");
+    aioctx_context_get_poll_params(c, &max, &grow, &shrink);
+    ok(max == 32000 && grow == 2 && shrink == 4, "read back");
     is_int(aioctx_context_set_poll_params(c, -1, 0, 0), -EINVAL, "negative max_ns: -EINVAL");
     like(aioctx_last_error(), "'poll-params'", "the message names the context");
     like(aioctx_last_error(), "max_ns -1", "and the value");
@@ -121,6 +162,11 @@ static void test_params(void)
     like(aioctx_last_error(), "grow -2", "the message names grow");
     is_int(aioctx_context_set_poll_params(c, 0, 0, INT64_MIN), -EINVAL, "negative shrink: -EINVAL");
     like(aioctx_last_error(), "shrink", "the message names shrink");
+    max = -1;
+    is_int(aioctx_context_get_poll_params(c, &max, NULL, NULL), 0, "get_poll_params, max_ns only");
+    is_int(max, 32000, "refused calls changed nothing");
+    is_int(aioctx_context_get_poll_params(NULL, &max, NULL, NULL), -EINVAL,
+           "get_poll_params(NULL): -EINVAL");
     is_int(aioctx_context_set_poll_params(NULL, 0, 0, 0), -EINVAL, "NULL context: -EINVAL");
     is_int(aioctx_context_poll_window_ns(NULL), -EINVAL, "poll_window_ns(NULL): -EINVAL");
     aioctx_context_unref(c);
@@ -236,6 +282,11 @@ static void test_io_poll(AioctxContext *c, struct poker *p, bool spins)
     if (!spins) {
         skip("io_poll while spinning", "one usable CPU: this thread never spins");
     } else {
+        /* Should io_poll not be called, the guard ends the poll (and the
+         * checks fail) instead of a hang. */
+        atomic_int guarded = 0;
+        AioctxTimer *guard = aioctx_timer_new(c, inc_cb, &guarded);
+        aioctx_timer_mod(guard, aioctx_clock_ns() + long_timeout());
         open_window(p, c);
         is_int(aioctx_context_poll_window_ns(c), SEC, "polling on, window open");
 
@@ -266,6 +317,8 @@ static void test_io_poll(AioctxContext *c, struct poker *p, bool spins)
         aioctx_poll(c, true);
         is_int(s.set_rc, -EDEADLK, "set_fd_handler from io_poll: -EDEADLK");
         ok(strstr(s.set_err, "io_poll") != NULL, "the message names io_poll: %s", s.set_err);
+        is_int(atomic_load(&guarded), 0, "no poll needed the guard timer");
+        aioctx_timer_free(guard);
     }
 
     is_int(aioctx_set_fd_handler(c, s.fd, NULL, NULL, NULL), 0, "remove the handler");
@@ -283,6 +336,9 @@ static void test_io_poll(AioctxContext *c, struct poker *p, bool spins)
 static void test_main_default(struct poker *p)
 {
     AioctxContext *m = aioctx_main_context();
+    int64_t max = -1;
+    aioctx_context_get_poll_params(m, &max, NULL, NULL);
+    is_int(max, 0, "the main context's max_ns is 0");
     for (int i = 0; i < 3; i++)
         poked_poll(p, m, 100 * 1000);
     is_int(aioctx_context_poll_window_ns(m), 0, "the main context does not poll by default");
@@ -314,22 +370,37 @@ static void take_sample(AioctxContext *io, struct cpu_sample *s)
     is_int(aioctx_poll_while(io, sample_pending, s, long_timeout(), 0), 0, "sampled its CPU time");
 }
 
-static void test_iothread_default(bool spins)
+static void test_iothread_default(AioctxIoThread *it, bool spins)
 {
-    AioctxIoThread *it = aioctx_iothread_new("poll-io");
     AioctxContext *io = aioctx_iothread_context(it);
+    static int io_cpu;
+    io_cpu = cpu_b;
+    aioctx_bh_schedule_oneshot(io, pin_bh, &io_cpu);
+    int64_t max = -1, grow = -1, shrink = -1;
+    aioctx_context_get_poll_params(io, &max, &grow, &shrink);
+    ok(max == 64000 && grow == 0 && shrink == 0, "an IOThread's default: max_ns 64000 (%lld), "
+       "QEMU's grow and shrink", (long long)max);
+    /* Work that comes ~20 us after the IOThread began to poll, which a
+     * window would catch: its window opens. (A late round closes it again,
+     * as it should: look for it open after any round.) */
     atomic_int n = 0;
+    int64_t widest = 0;
     for (int i = 0; i < 200; i++) {
+        int64_t at = aioctx_clock_ns() + 20 * 1000;
+        while (aioctx_clock_ns() < at) {
+        }
         aioctx_bh_schedule_oneshot(io, inc_cb, &n);
         struct count_wait w = {&n, i + 1};
         aioctx_poll_while(io, below_target, &w, long_timeout(), 0);
+        int64_t window = aioctx_context_poll_window_ns(io);
+        widest = window > widest ? window : widest;
     }
     is_int(atomic_load(&n), 200, "200 round trips to an IOThread");
     if (!spins || tap_scale() > 1)
         skip("an IOThread polls by default", "one usable CPU, or a slowed-down run");
     else
-        ok(aioctx_context_poll_window_ns(io) > 0, "an IOThread polls by default (window %lld ns)",
-           (long long)aioctx_context_poll_window_ns(io));
+        ok(widest > 0 && widest <= 64000, "an IOThread polls by default (widest window %lld ns)",
+           (long long)widest);
 
     /* Idle: it sleeps instead of spinning. */
     struct cpu_sample a, b;
@@ -346,6 +417,12 @@ int main(void)
 {
     tap_watchdog(60);
     bool spins = usable_cpus() > 1;
+    cpu_a = nth_cpu(0);
+    cpu_b = nth_cpu(1);
+    /* Started before the test thread pins itself, so it does not inherit
+     * that: a process whose threads all have one CPU never polls. */
+    AioctxIoThread *it = aioctx_iothread_new("poll-io");
+    pin_self(cpu_a);
     test_params();
 
     AioctxContext *c = aioctx_context_new("adaptive");
@@ -365,6 +442,6 @@ int main(void)
     poker_stop(&p);
     /* Its waits then poll the main context, which does not poll itself. */
     aioctx_context_unref(c);
-    test_iothread_default(spins);
+    test_iothread_default(it, spins);
     return done_testing();
 }

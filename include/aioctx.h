@@ -470,6 +470,15 @@ int64_t aioctx_context_deadline_ns(struct AioctxContext *ctx);
 int aioctx_context_set_poll_params(struct AioctxContext *ctx, int64_t max_ns, int64_t grow, int64_t shrink);
 
 /**
+ * Reads `ctx`'s adaptive-polling parameters as last set (or defaulted:
+ * see `aioctx_context_set_poll_params`) into the non-NULL ones of
+ * `max_ns`, `grow` and `shrink`. Any thread. Returns 0, or -EINVAL if
+ * `ctx` is NULL.
+ * Since: 0.2
+ */
+int aioctx_context_get_poll_params(const struct AioctxContext *ctx, int64_t *max_ns, int64_t *grow, int64_t *shrink);
+
+/**
  * The current adaptive poll window of `ctx` in nanoseconds: how long its
  * next blocking poll busy-checks for work before sleeping (0: it sleeps at
  * once). For diagnostics and tuning; any thread. -EINVAL if `ctx` is NULL.

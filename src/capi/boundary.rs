@@ -277,6 +277,12 @@ pub(crate) fn out_param<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T> {
         .ok_or_else(|| invalid(format!("{what} is NULL: pass where to store the result")))
 }
 
+/// An optional out-parameter (NULL: `None`: the caller does not want it).
+pub(crate) fn optional_out<'a, T>(ptr: *mut T) -> Option<&'a mut T> {
+    // SAFETY: the C caller passes writable storage for a `T`, or NULL.
+    unsafe { ptr.as_mut() }
+}
+
 /// An optional input (NULL: `None`), read for the duration of the call.
 pub(crate) fn optional<'a, T>(ptr: *const T) -> Option<&'a T> {
     // SAFETY: the C caller passes a valid `T` for the call, or NULL.

@@ -3,8 +3,8 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::{
-    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, opaque, out_param,
-    str_arg, take_arc, AioctxCallback, AioctxPollFn,
+    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, opaque, optional_out,
+    out_param, str_arg, take_arc, AioctxCallback, AioctxPollFn,
 };
 use crate::context::Context;
 use crate::sys;
@@ -234,6 +234,29 @@ pub extern "C" fn aioctx_context_set_poll_params(
 ) -> c_int {
     ffi("aioctx_context_set_poll_params", || {
         borrow(ctx)?.set_poll_params(max_ns, grow, shrink)?;
+        Ok(0)
+    })
+}
+
+/// Reads `ctx`'s adaptive-polling parameters as last set (or defaulted:
+/// see `aioctx_context_set_poll_params`) into the non-NULL ones of
+/// `max_ns`, `grow` and `shrink`. Any thread. Returns 0, or -EINVAL if
+/// `ctx` is NULL.
+/// Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_context_get_poll_params(
+    ctx: *const AioctxContext,
+    max_ns: *mut i64,
+    grow: *mut i64,
+    shrink: *mut i64,
+) -> c_int {
+    ffi("aioctx_context_get_poll_params", || {
+        let p = borrow(ctx)?.poll_params();
+        for (out, value) in [(max_ns, p.max_ns), (grow, p.grow), (shrink, p.shrink)] {
+            if let Some(out) = optional_out(out) {
+                *out = value;
+            }
+        }
         Ok(0)
     })
 }

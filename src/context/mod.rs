@@ -38,7 +38,9 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*,
+};
 use std::sync::{Arc, Weak};
 
 use once_cell::sync::OnceCell;
@@ -199,6 +201,9 @@ pub struct Context {
     /// wakes up for arrived, rather than when it woke (wake-up latency
     /// would hide that a poll window would have caught it).
     notify_at: AtomicI64,
+    /// The CPU the last notify ran on: a poller on the same CPU must not
+    /// spin for its sender (see `spin.rs`).
+    notify_cpu: AtomicI32,
     /// Polls in a row that skipped `epoll_wait` (see `EPOLL_SKIPS_MAX`).
     epoll_skips: AtomicU32,
 }
@@ -257,6 +262,7 @@ impl Context {
             poll_params: Default::default(),
             poll_ns: AtomicI64::new(0),
             notify_at: AtomicI64::new(0),
+            notify_cpu: AtomicI32::new(-1),
             epoll_skips: AtomicU32::new(0),
         });
         ALL.lock().insert(id, Arc::downgrade(&ctx));
@@ -631,7 +637,7 @@ impl Context {
             } else {
                 None
             };
-            self.adjust_window(params, &spin, arrived);
+            self.adjust_window(params, &spin, arrived, signalled || consumed);
         }
         result.map_err(|e| Error::from_io(&format!("context '{}': epoll_wait", self.name), e))
     }
@@ -677,6 +683,9 @@ impl Context {
     /// while nobody polls, it keeps the next poll from blocking. Makes no
     /// system call when nobody is blocked, or a wake-up is already on its way.
     pub fn notify(&self) {
+        // Before the flag: a poller that sees the flag sees this CPU, or a
+        // later notify's.
+        self.notify_cpu.store(sys::current_cpu(), Relaxed);
         self.notify_pending.store(true, Release);
         // Pairs with the fence in wait_for_events(): either the poller sees
         // notify_pending, or we see notify_me and write the eventfd.

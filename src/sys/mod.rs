@@ -52,21 +52,59 @@ pub fn thread_name() -> String {
         .unwrap_or_default()
 }
 
-/// How many CPUs the calling thread may run on (its affinity mask), at least
-/// 1. A busy-poll on a thread with one CPU can only delay whoever it waits for.
-pub fn usable_cpus() -> usize {
+/// The affinity mask of thread `tid` (0: the caller); None if it cannot be
+/// read (the thread ended, or a mask larger than cpu_set_t: over 1024 CPUs).
+fn affinity(tid: i32) -> Option<libc::cpu_set_t> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at
     // most `size_of::<cpu_set_t>()` bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid out-pointer of the size passed.
     let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        // A mask larger than cpu_set_t (over 1024 CPUs): plenty to spin on.
-        return 2;
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (rc == 0).then_some(set)
+}
+
+fn count(set: &libc::cpu_set_t) -> usize {
+    // SAFETY: a valid set.
+    (unsafe { libc::CPU_COUNT(set) }).max(1) as usize
+}
+
+/// How many CPUs the calling thread may run on (its affinity mask), at
+/// least 1 (2 when the mask cannot be read: plenty of CPUs).
+pub fn usable_cpus() -> usize {
+    affinity(0).map_or(2, |set| count(&set))
+}
+
+/// How many CPUs the process's threads may run on together (the union of
+/// their affinity masks), at least 1. One system call per thread.
+pub fn process_cpus() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return usable_cpus();
+    };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut union: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for tid in tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Some(set) = affinity(tid) else { continue };
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is below CPU_SETSIZE; both sets are valid.
+            unsafe {
+                if libc::CPU_ISSET(cpu, &set) {
+                    libc::CPU_SET(cpu, &mut union);
+                }
+            }
+        }
     }
-    // SAFETY: `set` was filled in by the kernel.
-    (unsafe { libc::CPU_COUNT(&set) }).max(1) as usize
+    count(&union)
+}
+
+/// The CPU the calling thread runs on (-1 if unknown). Cheap: glibc reads
+/// it from the thread's rseq area or the vDSO, without a system call.
+pub fn current_cpu() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::sched_getcpu() }
 }
 
 /// Gives the CPU to another runnable thread, if any (`sched_yield`).
