@@ -84,6 +84,7 @@ static void pin_bh(void *opaque)
 struct poker {
     AioctxContext *ctx;
     sem_t go;
+    sem_t done; /* posted once pinned, then after each notify has returned */
     int64_t delay_ns;
     atomic_int *flag; /* set before notifying, when not NULL */
     atomic_int quit;
@@ -94,6 +95,7 @@ static void *poker_thread(void *arg)
 {
     struct poker *p = arg;
     pin_self(cpu_b);
+    sem_post(&p->done);
     for (;;) {
         while (sem_wait(&p->go) != 0) {
         }
@@ -105,6 +107,7 @@ static void *poker_thread(void *arg)
             atomic_store(p->flag, 1);
         else
             aioctx_notify(p->ctx);
+        sem_post(&p->done);
     }
 }
 
@@ -113,7 +116,12 @@ static void poker_start(struct poker *p, AioctxContext *c)
     memset(p, 0, sizeof(*p));
     p->ctx = c;
     sem_init(&p->go, 0, 0);
+    sem_init(&p->done, 0, 0);
     pthread_create(&p->th, NULL, poker_thread, p);
+    /* Pinned before any poll: a process whose threads all share one CPU
+     * does not poll, and the test thread is pinned. */
+    while (sem_wait(&p->done) != 0) {
+    }
 }
 
 static void poker_stop(struct poker *p)
@@ -122,14 +130,21 @@ static void poker_stop(struct poker *p)
     sem_post(&p->go);
     pthread_join(p->th, NULL);
     sem_destroy(&p->go);
+    sem_destroy(&p->done);
 }
 
-/* One blocking poll, with the poker acting delay_ns after it was told. */
+/* One blocking poll, with the poker acting delay_ns (scaled) after it was told;
+ * returns once the poker's notify has returned too (the tail of a notify
+ * that ended this poll could otherwise wake the next one). */
 static int poked_poll(struct poker *p, AioctxContext *c, int64_t delay_ns)
 {
-    p->delay_ns = delay_ns;
+    /* Scaled: under valgrind, the poll may take that long to begin. */
+    p->delay_ns = delay_ns * tap_scale();
     sem_post(&p->go);
-    return aioctx_poll(c, true);
+    int ret = aioctx_poll(c, true);
+    while (sem_wait(&p->done) != 0) {
+    }
+    return ret;
 }
 
 /* Polling on with a 1 s maximum (nothing a loaded machine does comes late

@@ -135,6 +135,9 @@ impl Context {
             now = sys::clock_ns();
             if now >= next_yield {
                 sys::yield_now();
+                // Another thread may have run for long: work seen from here
+                // on was found now, maybe past the window.
+                now = sys::clock_ns();
                 next_yield = now + YIELD_EVERY_NS;
             }
         }
