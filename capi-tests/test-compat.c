@@ -735,6 +735,24 @@ static void on_polled_read(void *opaque)
     s->work = 0;
 }
 
+#if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
+static int en_work, en_polls, en_reads;
+
+static bool on_notifier_poll(void *opaque)
+{
+    (void)opaque;
+    en_polls++;
+    return en_work != 0;
+}
+
+static void on_notifier_read(EventNotifier *e)
+{
+    (void)e;
+    en_reads++;
+    en_work = 0;
+}
+#endif
+
 static void arm_timerfd(int fd, long ns)
 {
     struct itimerspec its = {.it_value = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000}};
@@ -773,6 +791,16 @@ static void test_io_poll(void)
     is_int(s.reads, 1, "...running io_read because io_poll reported work");
     ok(s.polls > 0, "aio_set_fd_handler passed io_poll through");
     is_int(s.ticks, 2, "not the guard");
+#if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
+    EventNotifier en;
+    is_int(event_notifier_init(&en, 0), 0, "event_notifier_init");
+    aio_set_event_notifier(ctx, &en, on_notifier_read, on_notifier_poll, NULL);
+    en_work = 1;
+    ok(aio_poll(ctx, true) && en_reads == 1 && en_polls > 0,
+       "aio_set_event_notifier passes io_poll through too (io_read ran, e not set)");
+    aio_set_event_notifier(ctx, &en, NULL, NULL, NULL);
+    event_notifier_cleanup(&en);
+#endif
     aio_set_fd_handler(ctx, s.pipe_fds[0], NULL, NULL, NULL, NULL, NULL);
     aio_set_fd_handler(ctx, s.timer_fd, NULL, NULL, NULL, NULL, NULL);
     close(s.timer_fd);

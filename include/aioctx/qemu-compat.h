@@ -635,12 +635,14 @@ static inline void aioctx_compat_event_notifier_read(void *opaque)
  * it is removed), so a callback racing with the change sees either the old
  * handler, the new one or none. */
 static inline void aioctx_compat_set_event_notifier(AioContext *ctx, EventNotifier *e,
-                                                    EventNotifierHandler *io_read)
+                                                    EventNotifierHandler *io_read,
+                                                    AioPollFn *io_poll)
 {
     int ret;
     atomic_store(&e->io_read, io_read);
-    ret = aioctx_set_fd_handler(ctx, event_notifier_get_fd(e),
-                                io_read ? aioctx_compat_event_notifier_read : NULL, NULL, e);
+    ret = aioctx_set_fd_handler_full(ctx, event_notifier_get_fd(e),
+                                     io_read ? aioctx_compat_event_notifier_read : NULL, NULL,
+                                     io_read ? io_poll : NULL, e);
     if (ret < 0)
         aioctx_compat_fatal("aio_set_event_notifier", ret);
 }
@@ -649,18 +651,17 @@ static inline void aioctx_compat_set_event_notifier(AioContext *ctx, EventNotifi
  * aio_set_event_notifier(): io_read(e) runs in ctx's home thread, with ctx
  * held, whenever e is set (it must clear it: event_notifier_test_and_clear);
  * a NULL io_read removes e. Any thread. The signature is the selected
- * QEMU's; is_external, io_poll and io_poll_ready are accepted and ignored
- * as for aio_set_fd_handler(). e must stay valid (and initialised) until it
- * is removed.
+ * QEMU's; io_poll(e) is passed through and io_poll_ready and is_external
+ * are ignored, as for aio_set_fd_handler(). e must stay valid (and
+ * initialised) until it is removed.
  */
 #if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e,
                                           EventNotifierHandler *io_read, AioPollFn *io_poll,
                                           EventNotifierHandler *io_poll_ready)
 {
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(7, 0)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
@@ -668,30 +669,28 @@ static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, boo
                                           EventNotifierHandler *io_poll_ready)
 {
     (void)is_external;
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 9)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
                                           EventNotifierHandler *io_read, AioPollFn *io_poll)
 {
     (void)is_external;
-    (void)io_poll;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 5)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
                                           EventNotifierHandler *io_read)
 {
     (void)is_external;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, NULL);
 }
 #else
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e,
                                           EventNotifierHandler *io_read)
 {
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, NULL);
 }
 #endif
 
