@@ -19,6 +19,7 @@
 #include <semaphore.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 
 static void skip(const char *name, const char *why)
@@ -236,6 +237,56 @@ static void test_window(AioctxContext *c, struct poker *p)
     aioctx_timer_free(t);
 }
 
+/* ---- a process on one CPU never polls ---- */
+
+static void on_timerfd(void *opaque)
+{
+    uint64_t n;
+    if (read(*(int *)opaque, &n, sizeof(n)) != sizeof(n))
+        diag("timerfd read: %s", strerror(errno));
+}
+
+/* A new context with polling on (max 1 s), its window after three polls
+ * each ended by a timerfd 200 us in: work within max_ns that opens it
+ * (and no notify, whose CPU would matter) wherever the process may spin. */
+static int64_t window_after_timerfd_polls(void)
+{
+    AioctxContext *c = aioctx_context_new("timerfd-polls");
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    aioctx_context_set_poll_params(c, SEC, 1000, 0);
+    aioctx_set_fd_handler(c, tfd, on_timerfd, NULL, &tfd);
+    for (int i = 0; i < 3; i++) {
+        struct itimerspec its = {.it_value = {.tv_nsec = 200 * 1000 * tap_scale()}};
+        timerfd_settime(tfd, 0, &its, NULL);
+        aioctx_poll(c, true);
+    }
+    int64_t window = aioctx_context_poll_window_ns(c);
+    aioctx_set_fd_handler(c, tfd, NULL, NULL, NULL);
+    close(tfd);
+    aioctx_context_unref(c);
+    return window;
+}
+
+/* The forked child has one thread, here pinned to one CPU. */
+static int one_cpu_child(void)
+{
+    pin_self(cpu_a);
+    child_is_int(window_after_timerfd_polls(), 0, "a process on one CPU never opens its window");
+    return 0;
+}
+
+static void test_one_cpu_process(bool spins)
+{
+    if (!spins) {
+        skip("a process on one CPU never polls", "one usable CPU");
+        return;
+    }
+    /* First in the program: the child's thread has not counted its CPUs
+     * (a count is trusted for a while, and the child inherits it). */
+    run_in_child("one CPU", one_cpu_child, NULL, 1, 30);
+    ok(window_after_timerfd_polls() > 0, "on two CPUs, the same polls open the window");
+}
+
 /* ---- io_poll ---- */
 
 struct polled {
@@ -399,7 +450,8 @@ static void test_iothread_default(AioctxIoThread *it, bool spins)
      * window would catch: its window opens. (A late round closes it again,
      * as it should: look for it open after any round.) */
     atomic_int n = 0;
-    int64_t widest = 0;
+    int64_t widest = 0, widest_main = 0;
+    AioctxContext *m = aioctx_main_context();
     for (int i = 0; i < 200; i++) {
         int64_t at = aioctx_clock_ns() + 20 * 1000;
         while (aioctx_clock_ns() < at) {
@@ -409,6 +461,8 @@ static void test_iothread_default(AioctxIoThread *it, bool spins)
         aioctx_poll_while(io, below_target, &w, long_timeout(), 0);
         int64_t window = aioctx_context_poll_window_ns(io);
         widest = window > widest ? window : widest;
+        window = aioctx_context_poll_window_ns(m);
+        widest_main = window > widest_main ? window : widest_main;
     }
     is_int(atomic_load(&n), 200, "200 round trips to an IOThread");
     if (!spins || tap_scale() > 1)
@@ -416,6 +470,14 @@ static void test_iothread_default(AioctxIoThread *it, bool spins)
     else
         ok(widest > 0 && widest <= 64000, "an IOThread polls by default (widest window %lld ns)",
            (long long)widest);
+    /* The waits polled the main context, which does not poll itself: they
+     * spun with the IOThread's parameters. */
+    if (!spins || tap_scale() > 1)
+        skip("poll_while spins with the waited context's parameters", "one usable CPU, or slow");
+    else
+        ok(widest_main > 0 && widest_main <= 64000,
+           "poll_while on the main loop spins with the IOThread's parameters (widest window %lld ns)",
+           (long long)widest_main);
 
     /* Idle: it sleeps instead of spinning. */
     struct cpu_sample a, b;
@@ -434,6 +496,7 @@ int main(void)
     bool spins = usable_cpus() > 1;
     cpu_a = nth_cpu(0);
     cpu_b = nth_cpu(1);
+    test_one_cpu_process(spins);
     /* Started before the test thread pins itself, so it does not inherit
      * that: a process whose threads all have one CPU never polls. */
     AioctxIoThread *it = aioctx_iothread_new("poll-io");
