@@ -149,14 +149,14 @@ static int poked_poll(struct poker *p, AioctxContext *c, int64_t delay_ns)
 }
 
 /* Polling on with a 1 s maximum (nothing a loaded machine does comes late
- * for it), and the window opened up to it: work 200 us into a closed window
+ * for it), and the window opened up to it: work 1 ms into a closed window
  * opens it at 4 us, work after it grows it x1000 up to the maximum. */
 static void open_window(struct poker *p, AioctxContext *c)
 {
     aioctx_context_set_poll_params(c, SEC, 1000, 0);
-    poked_poll(p, c, 200 * 1000);
-    poked_poll(p, c, 200 * 1000);
-    poked_poll(p, c, 5 * MS);
+    poked_poll(p, c, 1 * MS);
+    poked_poll(p, c, 1 * MS);
+    poked_poll(p, c, 20 * MS);
 }
 
 /* ---- set_poll_params ---- */
@@ -194,12 +194,12 @@ static void test_window(AioctxContext *c, struct poker *p)
 {
     /* A 1 s maximum: nothing a loaded machine does comes late for it. */
     is_int(aioctx_context_set_poll_params(c, SEC, 1000, 0), 0, "polling on: max 1 s, grow x1000");
-    is_int(poked_poll(p, c, 200 * 1000), 0, "a blocking poll woken by a notify 200 us in");
+    is_int(poked_poll(p, c, 1 * MS), 0, "a blocking poll woken by a notify 1 ms in");
     is_int(aioctx_context_poll_window_ns(c), 4000,
            "work within max_ns opened the window at 4 us");
-    poked_poll(p, c, 200 * 1000);
+    poked_poll(p, c, 1 * MS);
     is_int(aioctx_context_poll_window_ns(c), 4000 * 1000, "work after the window grew it x1000");
-    poked_poll(p, c, 5 * MS);
+    poked_poll(p, c, 20 * MS);
     is_int(aioctx_context_poll_window_ns(c), SEC, "up to max_ns");
 
     uint64_t before = wakeups(c);
@@ -225,8 +225,8 @@ static void test_window(AioctxContext *c, struct poker *p)
     is_int(atomic_load(&fired), 2, "both timers fired");
 
     /* A lower maximum clamps the window; 0 closes it. */
-    poked_poll(p, c, 200 * 1000);
-    poked_poll(p, c, 200 * 1000);
+    poked_poll(p, c, 1 * MS);
+    poked_poll(p, c, 1 * MS);
     ok(aioctx_context_poll_window_ns(c) > 4000, "window open again");
     is_int(aioctx_context_set_poll_params(c, 0, 0, 0), 0, "max_ns 0: polling off");
     is_int(aioctx_context_poll_window_ns(c), 0, "the window is closed at once");
