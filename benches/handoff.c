@@ -4,7 +4,9 @@
  *   aioctx    aioctx_bh_schedule() on the IOThread's context, then
  *             aioctx_poll_while(io_ctx, !done): releases io_ctx while the main
  *             loop blocks, so the IOThread can take it and run the BH, and
- *             re-acquires it before re-checking the condition
+ *             re-acquires it before re-checking the condition; the
+ *             IOThread polls adaptively (its default), and so does the wait
+ *   aioctx_nopoll  the same with the IOThread's polling off (max_ns 0)
  *   pthread   the same hand-written: a recursive mutex standing for the
  *             context, a worker thread, two condition variables; the main
  *             thread posts the request and pthread_cond_wait()s (which
@@ -16,7 +18,8 @@
  * Interleaved samples of ROUND_TRIPS round trips each, with the main thread
  * and the IOThread (worker) pinned to one CPU, then to two (see
  * bench_pin_self); one JSON line with, per placement, the median round trips
- * per second of each and the ratio of their costs (aioctx / pthread). Every round trip is checked: the work ran once, in the
+ * per second of each and the ratio of their costs (aioctx / pthread, and
+ * aioctx / aioctx_nopoll). Every round trip is checked: the work ran once, in the
  * IOThread, with the context held by it, and the main thread holds the
  * context once again when the wait returns. */
 #include "bench-common.h"
@@ -49,8 +52,10 @@ static bool not_done(void *opaque)
     return !__atomic_load_n(&((struct aio_state *)opaque)->done, __ATOMIC_ACQUIRE);
 }
 
-static double run_aioctx(struct aio_state *s, AioctxBh *bh, long trips)
+static double run_aioctx(struct aio_state *s, AioctxBh *bh, long trips, int64_t poll_max_ns)
 {
+    if (aioctx_context_set_poll_params(s->io_ctx, poll_max_ns, 0, 0) != 0)
+        bench_fail(BENCH, 1, "aioctx_context_set_poll_params");
     s->ran = 0;
     if (aioctx_acquire(s->io_ctx) != 0)
         bench_fail(BENCH, 1, "aioctx_acquire");
@@ -121,10 +126,13 @@ static double run_pthread(struct pt_state *s, long trips)
     return (double)(t1 - t0) / (double)trips;
 }
 
+static int64_t default_poll_max_ns;
+
 static void run_placement(const char *label, int cpu0, int cpu1, struct aio_state *as, AioctxBh *bh,
                           struct pt_state *ps, pthread_t worker, long trips, int reps)
 {
     double *ours = calloc((size_t)reps, sizeof(double)), *base = calloc((size_t)reps, sizeof(double));
+    double *nopoll = calloc((size_t)reps, sizeof(double));
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu1, &set);
@@ -134,26 +142,32 @@ static void run_placement(const char *label, int cpu0, int cpu1, struct aio_stat
         bench_fail(BENCH, 0, "cannot pin the worker");
 
     long warm = trips < 1000 ? trips : 1000;
-    run_aioctx(as, bh, warm);
+    run_aioctx(as, bh, warm, default_poll_max_ns);
+    run_aioctx(as, bh, warm, 0);
     run_pthread(ps, warm);
     for (int r = 0; r < reps; r++) {
         if (r % 2 == 0) {
-            ours[r] = run_aioctx(as, bh, trips);
+            ours[r] = run_aioctx(as, bh, trips, default_poll_max_ns);
+            nopoll[r] = run_aioctx(as, bh, trips, 0);
             base[r] = run_pthread(ps, trips);
         } else {
             base[r] = run_pthread(ps, trips);
-            ours[r] = run_aioctx(as, bh, trips);
+            nopoll[r] = run_aioctx(as, bh, trips, 0);
+            ours[r] = run_aioctx(as, bh, trips, default_poll_max_ns);
         }
     }
     double mo = bench_median(ours, reps), mb = bench_median(base, reps);
+    double mn = bench_median(nopoll, reps);
     printf("\"%s\": {\"cpus\": [%d, %d], "
            "\"aioctx_ns_per_round_trip\": %.1f, \"aioctx_round_trips_per_s\": %.0f, "
            "\"aioctx_min\": %.1f, \"aioctx_max\": %.1f, "
            "\"pthread_ns_per_round_trip\": %.1f, \"pthread_round_trips_per_s\": %.0f, "
-           "\"pthread_min\": %.1f, \"pthread_max\": %.1f, \"ratio\": %.3f}",
+           "\"pthread_min\": %.1f, \"pthread_max\": %.1f, \"ratio\": %.3f, "
+           "\"aioctx_nopoll_ns_per_round_trip\": %.1f, \"ratio_vs_nopoll\": %.3f}",
            label, cpu0, cpu1, mo, 1e9 / mo, ours[0], ours[reps - 1], mb, 1e9 / mb, base[0], base[reps - 1],
-           mo / mb);
+           mo / mb, mn, mo / mn);
     fflush(stdout);
+    free(nopoll);
     free(ours);
     free(base);
 }
@@ -174,6 +188,8 @@ int main(int argc, char **argv)
     if (!io)
         bench_fail(BENCH, 1, "aioctx_iothread_new");
     struct aio_state as = {.io_ctx = aioctx_iothread_context(io)};
+    if (aioctx_context_get_poll_params(as.io_ctx, &default_poll_max_ns, NULL, NULL) != 0)
+        bench_fail(BENCH, 1, "aioctx_context_get_poll_params");
     AioctxBh *bh = aioctx_bh_new(as.io_ctx, work_bh, &as);
     if (!bh)
         bench_fail(BENCH, 1, "aioctx_bh_new");

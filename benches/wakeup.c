@@ -2,7 +2,9 @@
  * event loop until the other wakes it.
  *
  *   aioctx   two IOThreads; BH "ping" on the first schedules BH "pong" on
- *            the second, which schedules "ping" again (aioctx_bh_schedule)
+ *            the second, which schedules "ping" again (aioctx_bh_schedule);
+ *            adaptive polling on, as IOThreads have it by default
+ *   aioctx_nopoll  the same with polling off (max_ns 0): what polling buys
  *   eventfd  two plain pthreads, each in epoll_wait on its own eventfd;
  *            each reads its eventfd and writes the other's
  *   libuv    two uv loops; each uv_async_t callback uv_async_send()s the other
@@ -21,7 +23,11 @@
  * that costs tens of microseconds and dominates); left to the scheduler, the
  * placement, and so the result, would change from run to run. One JSON line:
  * per placement, median ns per round trip of each variant and the ratio
- * aioctx / other (below 1: aioctx is faster). */
+ * aioctx / other (below 1: aioctx is faster).
+ *
+ * Then the cost of an idle IOThread: its CPU time (CLOCK_THREAD_CPUTIME_ID,
+ * read by a BH in it) over 2 s idle right after the ping-pong, with polling
+ * on and, as the baseline, off ("idle_iothread"). */
 #include "bench-common.h"
 
 #include <errno.h>
@@ -92,8 +98,16 @@ static void aio_pong(void *opaque)
         bench_fail(BENCH, 1, "aioctx: schedule ping");
 }
 
-static double run_aioctx(struct aio_pp *a, long trips)
+static void aio_set_polling(struct aio_pp *a, int64_t max_ns)
 {
+    for (int i = 0; i < 2; i++)
+        if (aioctx_context_set_poll_params(a->ctx[i], max_ns, 0, 0) != 0)
+            bench_fail(BENCH, 1, "aioctx_context_set_poll_params");
+}
+
+static double run_aioctx(struct aio_pp *a, long trips, int64_t poll_max_ns)
+{
+    aio_set_polling(a, poll_max_ns);
     pp_reset(&a->pp, trips);
     int64_t t0 = bench_now_ns();
     if (aioctx_bh_schedule(a->bh[0]) != 0)
@@ -361,8 +375,10 @@ static double run_glib(struct glib_pp *g, long trips)
 }
 #endif
 
-enum { AIOCTX, EVENTFD, LIBUV, GLIB, VARIANTS };
-static const char *const names[VARIANTS] = {"aioctx", "eventfd", "libuv", "glib"};
+enum { AIOCTX, AIOCTX_NOPOLL, EVENTFD, LIBUV, GLIB, VARIANTS };
+static const char *const names[VARIANTS] = {"aioctx", "aioctx_nopoll", "eventfd", "libuv", "glib"};
+/* The IOThreads' default, read when they start. */
+static int64_t default_poll_max_ns;
 
 static struct aio_pp a;
 static struct raw_pp r;
@@ -372,10 +388,10 @@ static struct uv_pp u;
 #ifdef HAVE_GLIB
 static struct glib_pp g;
 #endif
-static int have[VARIANTS] = {1, 1, 0, 0};
+static int have[VARIANTS] = {1, 1, 1, 0, 0};
 
 static struct pingpong *const pps[VARIANTS] = {
-    &a.pp, &r.pp,
+    &a.pp, NULL, &r.pp,
 #ifdef HAVE_LIBUV
     &u.pp,
 #else
@@ -413,7 +429,10 @@ static void run_placement(const char *label, int cpu0, int cpu1, long trips, int
             double ns = 0;
             switch (v) {
             case AIOCTX:
-                ns = run_aioctx(&a, n);
+                ns = run_aioctx(&a, n, default_poll_max_ns);
+                break;
+            case AIOCTX_NOPOLL:
+                ns = run_aioctx(&a, n, 0);
                 break;
             case EVENTFD:
                 ns = run_eventfd(&r, n);
@@ -447,7 +466,7 @@ static void run_placement(const char *label, int cpu0, int cpu1, long trips, int
         printf(", \"%s_ns_per_round_trip\": %.1f, \"%s_min\": %.1f, \"%s_max\": %.1f", names[v], med[v],
                names[v], samples[v][0], names[v], samples[v][reps - 1]);
     }
-    for (int v = EVENTFD; v < VARIANTS; v++) {
+    for (int v = AIOCTX_NOPOLL; v < VARIANTS; v++) {
         if (have[v])
             printf(", \"ratio_vs_%s\": %.3f", names[v], med[AIOCTX] / med[v]);
         else
@@ -457,6 +476,60 @@ static void run_placement(const char *label, int cpu0, int cpu1, long trips, int
     fflush(stdout);
     for (int v = 0; v < VARIANTS; v++)
         free(samples[v]);
+}
+
+/* ---- an idle IOThread's CPU time ---- */
+
+struct cpu_read {
+    int64_t ns;
+    sem_t done;
+};
+
+static void read_thread_cpu(void *opaque)
+{
+    struct cpu_read *c = opaque;
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    c->ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    sem_post(&c->done);
+}
+
+/* CPU time the IOThread of ctx has used so far. */
+static int64_t iothread_cpu_ns(AioctxContext *ctx)
+{
+    struct cpu_read c;
+    sem_init(&c.done, 0, 0);
+    if (aioctx_bh_schedule_oneshot(ctx, read_thread_cpu, &c) != 0)
+        bench_fail(BENCH, 1, "aioctx_bh_schedule_oneshot");
+    while (sem_wait(&c.done) != 0 && errno == EINTR) {
+    }
+    sem_destroy(&c.done);
+    return c.ns;
+}
+
+/* CPU time of side 1 over idle_ns of idle right after a ping-pong (so that
+ * its poll window is open as the idle period begins), polling per max_ns. */
+static int64_t idle_cpu_ns(int64_t poll_max_ns, int64_t idle_ns, long trips)
+{
+    run_aioctx(&a, trips, poll_max_ns);
+    int64_t before = iothread_cpu_ns(a.ctx[1]);
+    struct timespec ts = {.tv_sec = idle_ns / 1000000000, .tv_nsec = idle_ns % 1000000000};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    return iothread_cpu_ns(a.ctx[1]) - before;
+}
+
+static void run_idle(long trips)
+{
+    const int64_t idle_ns = 2000000000;
+    long n = trips < 1000 ? trips : 1000;
+    int64_t on = idle_cpu_ns(default_poll_max_ns, idle_ns, n);
+    int64_t off = idle_cpu_ns(0, idle_ns, n);
+    printf("\"idle_iothread\": {\"idle_ns\": %lld, \"poll_max_ns\": %lld, \"polling_cpu_ns\": %lld, "
+           "\"nopoll_cpu_ns\": %lld, \"polling_cpu_percent\": %.4f}",
+           (long long)idle_ns, (long long)default_poll_max_ns, (long long)on, (long long)off,
+           100.0 * (double)on / (double)idle_ns);
+    aio_set_polling(&a, default_poll_max_ns);
 }
 
 int main(int argc, char **argv)
@@ -476,6 +549,8 @@ int main(int argc, char **argv)
         bench_fail(BENCH, 1, "aioctx_iothread_new");
     a.ctx[0] = aioctx_iothread_context(io[0]);
     a.ctx[1] = aioctx_iothread_context(io[1]);
+    if (aioctx_context_get_poll_params(a.ctx[0], &default_poll_max_ns, NULL, NULL) != 0)
+        bench_fail(BENCH, 1, "aioctx_context_get_poll_params");
     a.bh[0] = aioctx_bh_new(a.ctx[0], aio_ping, &a);
     a.bh[1] = aioctx_bh_new(a.ctx[1], aio_pong, &a);
     if (!a.bh[0] || !a.bh[1])
@@ -501,6 +576,8 @@ int main(int argc, char **argv)
         printf(", ");
         run_placement("cross_cpu", cpu0, cpu1, trips, reps);
     }
+    printf(", ");
+    run_idle(trips);
     printf("}\n");
 
     aioctx_bh_delete(a.bh[0]);

@@ -15,8 +15,11 @@
 #include <aioctx/qemu-compat.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static pthread_t main_thread;
 
@@ -705,6 +708,107 @@ static void test_poll_params(void)
     aio_context_unref(ctx);
 }
 
+struct polled {
+    int timer_fd, pipe_fds[2];
+    int work, polls, reads, ticks;
+};
+
+static void on_timerfd_tick(void *opaque)
+{
+    struct polled *s = opaque;
+    uint64_t n;
+    if (read(s->timer_fd, &n, sizeof(n)) == sizeof(n))
+        s->ticks++;
+}
+
+static bool on_poll(void *opaque)
+{
+    struct polled *s = opaque;
+    s->polls++;
+    return s->work != 0;
+}
+
+static void on_polled_read(void *opaque)
+{
+    struct polled *s = opaque;
+    s->reads++;
+    s->work = 0;
+}
+
+#if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
+static int en_work, en_polls, en_reads;
+
+static bool on_notifier_poll(void *opaque)
+{
+    (void)opaque;
+    en_polls++;
+    return en_work != 0;
+}
+
+static void on_notifier_read(EventNotifier *e)
+{
+    (void)e;
+    en_reads++;
+    en_work = 0;
+}
+#endif
+
+static void arm_timerfd(int fd, long ns)
+{
+    struct itimerspec its = {.it_value = {.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000}};
+    timerfd_settime(fd, 0, &its, NULL);
+}
+
+/* aio_set_fd_handler passes io_poll through: while the context polls,
+ * io_poll reporting work runs io_read, the fd not being readable. The
+ * window is opened by a timerfd firing 200 us into a poll (within max_ns). */
+static void test_io_poll(void)
+{
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) < 2) {
+        tap_init_output();
+        tap_st.run++;
+        printf("ok %d - io_poll passed through # SKIP one usable CPU: no polling\n", tap_st.run);
+        return;
+    }
+    AioContext *ctx = aio_context_new(&error_abort);
+    struct polled s = {.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)};
+    if (!ok(s.timer_fd >= 0 && pipe(s.pipe_fds) == 0, "a timerfd and a pipe"))
+        return;
+    aio_context_set_poll_params(ctx, 1000000000, 1000, 0, &error_abort);
+    aio_set_fd_handler(ctx, s.timer_fd, on_timerfd_tick, NULL, NULL, NULL, &s);
+    aio_set_fd_handler(ctx, s.pipe_fds[0], on_polled_read, NULL, on_poll, NULL, &s);
+    for (int i = 0; i < 2; i++) {
+        arm_timerfd(s.timer_fd, 200 * 1000);
+        aio_poll(ctx, true);
+    }
+    is_int(s.ticks, 2, "two timerfd ticks opened the poll window");
+    is_int(s.reads, 0, "io_read has not run");
+    /* A guard: should io_poll not be polled, this ends the poll, not a hang. */
+    arm_timerfd(s.timer_fd, 5000000000L);
+    s.work = 1;
+    ok(aio_poll(ctx, true), "a blocking poll makes progress...");
+    is_int(s.reads, 1, "...running io_read because io_poll reported work");
+    ok(s.polls > 0, "aio_set_fd_handler passed io_poll through");
+    is_int(s.ticks, 2, "not the guard");
+#if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
+    EventNotifier en;
+    is_int(event_notifier_init(&en, 0), 0, "event_notifier_init");
+    aio_set_event_notifier(ctx, &en, on_notifier_read, on_notifier_poll, NULL);
+    en_work = 1;
+    ok(aio_poll(ctx, true) && en_reads == 1 && en_polls > 0,
+       "aio_set_event_notifier passes io_poll through too (io_read ran, e not set)");
+    aio_set_event_notifier(ctx, &en, NULL, NULL, NULL);
+    event_notifier_cleanup(&en);
+#endif
+    aio_set_fd_handler(ctx, s.pipe_fds[0], NULL, NULL, NULL, NULL, NULL);
+    aio_set_fd_handler(ctx, s.timer_fd, NULL, NULL, NULL, NULL, NULL);
+    close(s.timer_fd);
+    close(s.pipe_fds[0]);
+    close(s.pipe_fds[1]);
+    aio_context_unref(ctx);
+}
+
 struct embedded {
     int before;
     QEMUTimer timer;
@@ -942,6 +1046,7 @@ int main(void)
     test_errors();
     test_error_api();
     test_poll_params();
+    test_io_poll();
     test_timer_extras();
     test_misc_names();
 

@@ -58,6 +58,14 @@
       AIOCTX_VERSION_MICRO >= (micro)))
 
 /**
+ * The `max_ns` an IOThread's context starts with: above the ~30 µs this
+ * 2-vCPU VM takes to wake a sleeping thread on another CPU (benches/wakeup.c),
+ * so that one side of a cross-thread exchange that is still sleeping does
+ * not keep the other from ever starting to poll. See README's results.
+ */
+#define IOTHREAD_DEFAULT_MAX_NS 64000
+
+/**
  * Log level: information.
  */
 #define AIOCTX_LOG_INFO 0
@@ -188,6 +196,12 @@ typedef struct AioctxContextStats {
    */
   int64_t longest_hold_ns;
 } AioctxContextStats;
+
+/**
+ * `bool (*)(void *opaque)`: an fd handler's poll callback
+ * (`aioctx_set_fd_handler_full`): true when there is work for its `io_read`.
+ */
+typedef bool (*AioctxPollFn)(void *opaque);
 
 /**
  * `void (*)(void *opaque, int level, const char *message)`: receives the
@@ -435,16 +449,42 @@ int64_t aioctx_context_deadline_ns(struct AioctxContext *ctx);
 
 /**
  * Sets `ctx`'s adaptive-polling parameters (QEMU's `poll-max-ns`,
- * `poll-grow`, `poll-shrink`): busy-check for work for up to `max_ns`
- * nanoseconds before sleeping (0: polling off), growing the poll time by
- * the factor `grow` when polling found work and dividing it by `shrink`
- * when it did not (0: the default for either). The values are validated
- * and stored; polls do not busy-poll yet (a later version makes polling
- * use them), so setting them changes no behaviour today. Any thread.
+ * `poll-grow`, `poll-shrink`). With polling on, a blocking `aioctx_poll`
+ * first busy-checks for work — a notify, a bottom half, the `io_poll`
+ * callbacks of `aioctx_set_fd_handler_full` — for up to its current poll
+ * window before it sleeps. After each blocking poll the window moves by
+ * when the work arrived: inside the window, it stays; later but within
+ * `max_ns`, it grows (from 4 µs, then times `grow`; `grow` 0 means 2);
+ * later than `max_ns` or not at all, it shrinks (divided by `shrink`;
+ * `shrink` 0 means closed at once, as in QEMU), so an idle loop stops
+ * spinning after one idle poll. `max_ns` 0 turns polling off. A thread
+ * that may run on one CPU only never spins (the work it waits for would
+ * need its CPU), and a spin yields the CPU every 5 µs.
+ * Defaults: off for the main context and `aioctx_context_new` contexts; on
+ * for IOThreads with `max_ns` 64000 (see README's benchmark results).
+ * A `aioctx_poll_while` whose thread's loop has polling off spins with the
+ * waited-for context's parameters. Any thread; applies from the next poll.
  * Returns 0; -EINVAL if `ctx` is NULL or a value is negative (the message
  * names the context and the value; nothing is changed).
  */
 int aioctx_context_set_poll_params(struct AioctxContext *ctx, int64_t max_ns, int64_t grow, int64_t shrink);
+
+/**
+ * Reads `ctx`'s adaptive-polling parameters as last set (or defaulted:
+ * see `aioctx_context_set_poll_params`) into the non-NULL ones of
+ * `max_ns`, `grow` and `shrink`. Any thread. Returns 0, or -EINVAL if
+ * `ctx` is NULL.
+ * Since: 0.2
+ */
+int aioctx_context_get_poll_params(const struct AioctxContext *ctx, int64_t *max_ns, int64_t *grow, int64_t *shrink);
+
+/**
+ * The current adaptive poll window of `ctx` in nanoseconds: how long its
+ * next blocking poll busy-checks for work before sleeping (0: it sleeps at
+ * once). For diagnostics and tuning; any thread. -EINVAL if `ctx` is NULL.
+ * Since: 0.2
+ */
+int64_t aioctx_context_poll_window_ns(const struct AioctxContext *ctx);
 
 /**
  * Fills `*out` with the counters of `ctx`. Any thread; the counters are
@@ -468,6 +508,30 @@ int64_t aioctx_clock_ns(void);
  * (a regular file or directory: epoll cannot watch those); other epoll errors.
  */
 int aioctx_set_fd_handler(struct AioctxContext *ctx, int fd, AioctxCallback io_read, AioctxCallback io_write, void *opaque);
+
+/**
+ * `aioctx_set_fd_handler` with a poll callback (QEMU's `io_poll`) for
+ * busy-polling loops (`aioctx_context_set_poll_params`).
+ *
+ * While `ctx` busy-polls (a blocking poll inside its poll window),
+ * `io_poll(opaque)` is called repeatedly in the home thread, *without*
+ * `ctx` held; it must be cheap, must not block, and should only look at
+ * state (a ring index, a completion queue). When it returns true, that
+ * poll ends its spin and runs `io_read(opaque)` once, with `ctx` held, as
+ * if `fd` were readable (also when it is not; if it also is, `io_read`
+ * still runs once). The fd stays watched as with `aioctx_set_fd_handler`,
+ * so `io_read` also runs when `fd` becomes readable: `io_poll` is an
+ * addition, never the only way work is seen. It is never called while
+ * polling is off or the window is closed. After a call that replaces or
+ * removes the handler returns, the old `io_poll` is not running and never
+ * runs again (so its `opaque` may be freed). `io_poll` NULL is
+ * `aioctx_set_fd_handler`.
+ * Returns what `aioctx_set_fd_handler` returns, and -EINVAL when `io_poll`
+ * is given without `io_read`, -EDEADLK when called from an `io_poll`
+ * callback (change handlers from `io_read` or a bottom half instead).
+ * Since: 0.2
+ */
+int aioctx_set_fd_handler_full(struct AioctxContext *ctx, int fd, AioctxCallback io_read, AioctxCallback io_write, AioctxPollFn io_poll, void *opaque);
 
 /**
  * Sends the library's log messages to `handler(opaque, level, message)`;
@@ -607,7 +671,8 @@ int aioctx_graph_drain_all_end(struct AioctxGraph *g);
  * Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
  * 15 bytes) that is the home of a new context of the same name and polls it.
  * Returns when the thread runs. NULL on failure (`name` NULL or empty:
- * EINVAL; the thread cannot be created).
+ * EINVAL; the thread cannot be created). Its context polls adaptively
+ * (max_ns 64000; see `aioctx_context_set_poll_params`, which changes it).
  */
 struct AioctxIoThread *aioctx_iothread_new(const char *name);
 

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::context::Context;
+use crate::context::{Context, IOTHREAD_DEFAULT_MAX_NS};
 use crate::error::{invalid, Error, Result};
 use crate::wait::{WaitOptions, Waiter};
 
@@ -40,6 +40,8 @@ impl IoThread {
             ));
         }
         let ctx = Context::new(name)?;
+        // Polling on by default: an IOThread is where the latency matters.
+        ctx.set_poll_params(IOTHREAD_DEFAULT_MAX_NS, 0, 0)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let exited = Arc::new(AtomicBool::new(false));
         let started = Arc::new(Started::default());

@@ -220,7 +220,10 @@ impl Waiter {
         // A callback that panics must not leave what was given back given
         // away: take it back, then let the panic go on.
         let poll_ctx = self.poll_ctx.clone();
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| poll_ctx.poll_wait(wait)));
+        // Spins first like the waited context's loop would (when its own
+        // does not): the work often completes within the window.
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| poll_ctx.poll_for(wait, &self.ctx)));
         let retaken = self.take_back(held, &lent);
         let polled = polled.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         if let Some(e) = self.deadlock.take() {

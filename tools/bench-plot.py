@@ -109,12 +109,40 @@ def evaluate(b):
             v = p.get("ratio_vs_" + other)
             target(checks, "3", "BH ping-pong vs %s (%s): cost ratio" % (other, where), v, "< 1 (ahead)",
                    v is not None and v < 1)
+    adaptive_polling(checks, wk, b.get("handoff"))
     for placement, io in sorted(b.get("file-io", {}).items()):
         for op in ("read", "write"):
             v = io.get("aioctx_%s_qd32_2iot_vs_plain" % op)
             target(checks, "5", "4 KiB random %ss, QD32, two IOThreads, vs plain loop (%s): throughput"
                    % (op, placement.replace("_", " ")), v, ">= 0.8", v is not None and v >= 0.8)
     return checks
+
+
+def adaptive_polling(checks, wk, ho):
+    """Issue 13, part 1: adaptive polling, against baselines of the same run."""
+    cross = (wk or {}).get("cross_cpu")
+    if cross:
+        v = cross["ratio_vs_eventfd"]
+        target(checks, "13", "BH ping-pong, two IOThreads on two CPUs, polling on, vs raw eventfd+epoll: cost ratio",
+               v, "<= 0.1 (10x faster)", v <= 0.1)
+    same = (wk or {}).get("same_cpu")
+    if same and same.get("ratio_vs_aioctx_nopoll") is not None:
+        v = same["ratio_vs_aioctx_nopoll"]
+        target(checks, "13", "BH ping-pong on one CPU, polling on vs off: cost ratio (no regression)",
+               v, "<= 1.1", v <= 1.1)
+    idle = (wk or {}).get("idle_iothread")
+    if idle:
+        v = round(idle["polling_cpu_percent"], 4)
+        target(checks, "13", "idle IOThread with polling on: %% of a CPU over %.0f s" % (idle["idle_ns"] / 1e9),
+               v, "< 1", v < 1)
+    p = (ho or {}).get("cross_cpu")
+    if p:
+        target(checks, "13", "handoff under poll_while on two CPUs vs mutex+condvar: cost ratio",
+               p["ratio"], "<= 0.2 (5x faster)", p["ratio"] <= 0.2)
+    p = (ho or {}).get("same_cpu")
+    if p and p.get("ratio_vs_nopoll") is not None:
+        target(checks, "13", "handoff on one CPU, polling on vs off: cost ratio (no regression)",
+               p["ratio_vs_nopoll"], "<= 1.1", p["ratio_vs_nopoll"] <= 1.1)
 
 
 def plot(cs, path):
@@ -169,13 +197,19 @@ def summary(b, checks):
         out.append("lock-uncontended: " + ", ".join("%s %s" % (k, lk.get(k)) for k in
                                                      ("aioctx_ns", "pthread_recursive_ns", "ratio", "nested_aioctx_ns",
                                                       "nested_pthread_recursive_ns", "nested_ratio")))
-    for name, keys in (("wakeup", ("aioctx_ns_per_round_trip", "eventfd_ns_per_round_trip",
-                                   "libuv_ns_per_round_trip", "glib_ns_per_round_trip")),
-                       ("handoff", ("aioctx_round_trips_per_s", "pthread_round_trips_per_s", "ratio"))):
+    for name, keys in (("wakeup", ("aioctx_ns_per_round_trip", "aioctx_nopoll_ns_per_round_trip",
+                                   "eventfd_ns_per_round_trip", "libuv_ns_per_round_trip",
+                                   "glib_ns_per_round_trip")),
+                       ("handoff", ("aioctx_ns_per_round_trip", "aioctx_nopoll_ns_per_round_trip",
+                                    "pthread_ns_per_round_trip", "ratio", "ratio_vs_nopoll"))):
         for placement in PLACEMENTS:
             p = b.get(name, {}).get(placement)
             if p:
                 out.append("%s (%s): %s" % (name, placement, ", ".join("%s %s" % (k, p.get(k)) for k in keys)))
+    idle = b.get("wakeup", {}).get("idle_iothread")
+    if idle:
+        out.append("idle IOThread over %.0f s: polling on %d ns of CPU, off %d ns" % (
+            idle["idle_ns"] / 1e9, idle["polling_cpu_ns"], idle["nopoll_cpu_ns"]))
     for placement, io in sorted(b.get("file-io", {}).items()):
         out.append("file-io (%s) kIOPS: " % placement +
                    ", ".join("%s %s" % (k[:-6], v) for k, v in io.items() if k.endswith("_kiops")))

@@ -399,11 +399,10 @@ static inline void aio_context_release(AioContext *ctx)
 
 /*
  * Adaptive polling (QEMU's IOThread properties poll-max-ns, poll-grow,
- * poll-shrink): aioctx_context_set_poll_params(). Negative values fail with
- * *errp set (the message names the context and the value) and change
- * nothing. The values are stored but polls do not busy-poll yet: a later
- * aioctx version makes polling use them, so today they change no
- * behaviour.
+ * poll-shrink): aioctx_context_set_poll_params(), with its semantics (QEMU's
+ * grow/shrink; max_ns 0 turns polling off; IOThreads poll by default).
+ * Negative values fail with *errp set (the message names the context and
+ * the value) and change nothing.
  */
 static inline void aio_context_set_poll_params(AioContext *ctx, int64_t max_ns, int64_t grow,
                                                int64_t shrink, Error **errp)
@@ -502,9 +501,12 @@ static inline void aio_bh_schedule_oneshot(AioContext *ctx, QEMUBHFunc *cb, void
 /* ---- fd handlers ---------------------------------------------------------- */
 
 static inline void aioctx_compat_set_fd_handler(AioContext *ctx, int fd, IOHandler *io_read,
-                                                IOHandler *io_write, void *opaque)
+                                                IOHandler *io_write, AioPollFn *io_poll,
+                                                void *opaque)
 {
-    int ret = aioctx_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    /* aioctx's io_poll triggers io_read: without one it has nothing to run. */
+    int ret = aioctx_set_fd_handler_full(ctx, fd, io_read, io_write, io_read ? io_poll : NULL,
+                                         opaque);
     if (ret < 0)
         aioctx_compat_fatal("aio_set_fd_handler", ret);
 }
@@ -513,9 +515,13 @@ static inline void aioctx_compat_set_fd_handler(AioContext *ctx, int fd, IOHandl
  * aio_set_fd_handler(): io_read(opaque) runs when fd is readable, io_write
  * when it is writable, in ctx's home thread with ctx held; both NULL
  * removes the fd. Any thread. The signature is the selected QEMU's (see
- * AIOCTX_QEMU_VERSION at the top). io_poll and io_poll_ready (adaptive busy
- * polling) are accepted and ignored: the fd is always watched, as in QEMU
- * with poll-max-ns=0. is_external is accepted and ignored: aioctx has no
+ * AIOCTX_QEMU_VERSION at the top). io_poll is passed through
+ * (aioctx_set_fd_handler_full): while ctx busy-polls it is called without
+ * the context held, and when it returns true io_read runs (QEMU 7.0+ runs
+ * io_poll_ready instead, which aioctx ignores: io_read must handle the work
+ * too, as it does for a readable fd; before 7.0 io_poll did the work itself,
+ * and the io_read after it finds none). io_poll without io_read is dropped.
+ * The fd is always watched as well. is_external is accepted and ignored: aioctx has no
  * aio_disable_external() (QEMU 8.1 removed it too). Aborts for an fd epoll
  * cannot watch (a regular file: QEMU would fall back to ppoll).
  */
@@ -524,9 +530,8 @@ static inline void aio_set_fd_handler(AioContext *ctx, int fd, IOHandler *io_rea
                                       IOHandler *io_write, AioPollFn *io_poll,
                                       IOHandler *io_poll_ready, void *opaque)
 {
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, io_poll, opaque);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(7, 0)
 static inline void aio_set_fd_handler(AioContext *ctx, int fd, bool is_external,
@@ -535,9 +540,8 @@ static inline void aio_set_fd_handler(AioContext *ctx, int fd, bool is_external,
                                       void *opaque)
 {
     (void)is_external;
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, io_poll, opaque);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 9)
 static inline void aio_set_fd_handler(AioContext *ctx, int fd, bool is_external,
@@ -545,21 +549,20 @@ static inline void aio_set_fd_handler(AioContext *ctx, int fd, bool is_external,
                                       AioPollFn *io_poll, void *opaque)
 {
     (void)is_external;
-    (void)io_poll;
-    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, io_poll, opaque);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 5)
 static inline void aio_set_fd_handler(AioContext *ctx, int fd, bool is_external,
                                       IOHandler *io_read, IOHandler *io_write, void *opaque)
 {
     (void)is_external;
-    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, NULL, opaque);
 }
 #else
 static inline void aio_set_fd_handler(AioContext *ctx, int fd, IOHandler *io_read,
                                       IOHandler *io_write, void *opaque)
 {
-    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, opaque);
+    aioctx_compat_set_fd_handler(ctx, fd, io_read, io_write, NULL, opaque);
 }
 #endif
 
@@ -632,12 +635,14 @@ static inline void aioctx_compat_event_notifier_read(void *opaque)
  * it is removed), so a callback racing with the change sees either the old
  * handler, the new one or none. */
 static inline void aioctx_compat_set_event_notifier(AioContext *ctx, EventNotifier *e,
-                                                    EventNotifierHandler *io_read)
+                                                    EventNotifierHandler *io_read,
+                                                    AioPollFn *io_poll)
 {
     int ret;
     atomic_store(&e->io_read, io_read);
-    ret = aioctx_set_fd_handler(ctx, event_notifier_get_fd(e),
-                                io_read ? aioctx_compat_event_notifier_read : NULL, NULL, e);
+    ret = aioctx_set_fd_handler_full(ctx, event_notifier_get_fd(e),
+                                     io_read ? aioctx_compat_event_notifier_read : NULL, NULL,
+                                     io_read ? io_poll : NULL, e);
     if (ret < 0)
         aioctx_compat_fatal("aio_set_event_notifier", ret);
 }
@@ -646,18 +651,17 @@ static inline void aioctx_compat_set_event_notifier(AioContext *ctx, EventNotifi
  * aio_set_event_notifier(): io_read(e) runs in ctx's home thread, with ctx
  * held, whenever e is set (it must clear it: event_notifier_test_and_clear);
  * a NULL io_read removes e. Any thread. The signature is the selected
- * QEMU's; is_external, io_poll and io_poll_ready are accepted and ignored
- * as for aio_set_fd_handler(). e must stay valid (and initialised) until it
- * is removed.
+ * QEMU's; io_poll(e) is passed through and io_poll_ready and is_external
+ * are ignored, as for aio_set_fd_handler(). e must stay valid (and
+ * initialised) until it is removed.
  */
 #if AIOCTX_COMPAT_QEMU_AT_LEAST(8, 1)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e,
                                           EventNotifierHandler *io_read, AioPollFn *io_poll,
                                           EventNotifierHandler *io_poll_ready)
 {
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(7, 0)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
@@ -665,30 +669,28 @@ static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, boo
                                           EventNotifierHandler *io_poll_ready)
 {
     (void)is_external;
-    (void)io_poll;
     (void)io_poll_ready;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 9)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
                                           EventNotifierHandler *io_read, AioPollFn *io_poll)
 {
     (void)is_external;
-    (void)io_poll;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, io_poll);
 }
 #elif AIOCTX_COMPAT_QEMU_AT_LEAST(2, 5)
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e, bool is_external,
                                           EventNotifierHandler *io_read)
 {
     (void)is_external;
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, NULL);
 }
 #else
 static inline void aio_set_event_notifier(AioContext *ctx, EventNotifier *e,
                                           EventNotifierHandler *io_read)
 {
-    aioctx_compat_set_event_notifier(ctx, e, io_read);
+    aioctx_compat_set_event_notifier(ctx, e, io_read, NULL);
 }
 #endif
 

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use crate::context::Callback;
+use crate::context::{Callback, PollCallback};
 use crate::error::{invalid, Error, Result};
 
 /// Room for the longest message (a hang dump of many contexts is cut here).
@@ -277,6 +277,12 @@ pub(crate) fn out_param<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T> {
         .ok_or_else(|| invalid(format!("{what} is NULL: pass where to store the result")))
 }
 
+/// An optional out-parameter (NULL: `None`: the caller does not want it).
+pub(crate) fn optional_out<'a, T>(ptr: *mut T) -> Option<&'a mut T> {
+    // SAFETY: the C caller passes writable storage for a `T`, or NULL.
+    unsafe { ptr.as_mut() }
+}
+
 /// An optional input (NULL: `None`), read for the duration of the call.
 pub(crate) fn optional<'a, T>(ptr: *const T) -> Option<&'a T> {
     // SAFETY: the C caller passes a valid `T` for the call, or NULL.
@@ -366,6 +372,23 @@ pub type AioctxCallback = Option<unsafe extern "C" fn(opaque: *mut c_void)>;
 pub(crate) fn callback(f: AioctxCallback, opaque: *mut c_void) -> Option<Callback> {
     let c = CFn { f: f?, opaque };
     Some(Arc::new(move || c.call()))
+}
+
+/// `bool (*)(void *opaque)`: an fd handler's poll callback
+/// (`aioctx_set_fd_handler_full`): true when there is work for its `io_read`.
+pub type AioctxPollFn = Option<unsafe extern "C" fn(opaque: *mut c_void) -> bool>;
+
+impl CFn<unsafe extern "C" fn(*mut c_void) -> bool> {
+    fn call_poll(&self) -> bool {
+        // SAFETY: the C caller registered `f` for `opaque`.
+        unsafe { (self.f)(self.opaque) }
+    }
+}
+
+/// Wraps a C poll callback as a Rust one (None for NULL).
+pub(crate) fn poll_callback(f: AioctxPollFn, opaque: *mut c_void) -> Option<PollCallback> {
+    let c = CFn { f: f?, opaque };
+    Some(Arc::new(move || c.call_poll()))
 }
 
 /// Like [`callback`], but NULL is an error naming the argument.

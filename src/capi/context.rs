@@ -3,8 +3,8 @@
 use std::ffi::{c_char, c_int, c_void};
 
 use super::boundary::{
-    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, opaque, out_param,
-    str_arg, take_arc, AioctxCallback,
+    self, borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, into_arc_ptr, opaque, optional_out,
+    out_param, str_arg, take_arc, AioctxCallback, AioctxPollFn,
 };
 use crate::context::Context;
 use crate::sys;
@@ -208,12 +208,21 @@ pub extern "C" fn aioctx_context_deadline_ns(ctx: *mut AioctxContext) -> i64 {
 }
 
 /// Sets `ctx`'s adaptive-polling parameters (QEMU's `poll-max-ns`,
-/// `poll-grow`, `poll-shrink`): busy-check for work for up to `max_ns`
-/// nanoseconds before sleeping (0: polling off), growing the poll time by
-/// the factor `grow` when polling found work and dividing it by `shrink`
-/// when it did not (0: the default for either). The values are validated
-/// and stored; polls do not busy-poll yet (a later version makes polling
-/// use them), so setting them changes no behaviour today. Any thread.
+/// `poll-grow`, `poll-shrink`). With polling on, a blocking `aioctx_poll`
+/// first busy-checks for work — a notify, a bottom half, the `io_poll`
+/// callbacks of `aioctx_set_fd_handler_full` — for up to its current poll
+/// window before it sleeps. After each blocking poll the window moves by
+/// when the work arrived: inside the window, it stays; later but within
+/// `max_ns`, it grows (from 4 µs, then times `grow`; `grow` 0 means 2);
+/// later than `max_ns` or not at all, it shrinks (divided by `shrink`;
+/// `shrink` 0 means closed at once, as in QEMU), so an idle loop stops
+/// spinning after one idle poll. `max_ns` 0 turns polling off. A thread
+/// that may run on one CPU only never spins (the work it waits for would
+/// need its CPU), and a spin yields the CPU every 5 µs.
+/// Defaults: off for the main context and `aioctx_context_new` contexts; on
+/// for IOThreads with `max_ns` 64000 (see README's benchmark results).
+/// A `aioctx_poll_while` whose thread's loop has polling off spins with the
+/// waited-for context's parameters. Any thread; applies from the next poll.
 /// Returns 0; -EINVAL if `ctx` is NULL or a value is negative (the message
 /// names the context and the value; nothing is changed).
 #[no_mangle]
@@ -226,6 +235,40 @@ pub extern "C" fn aioctx_context_set_poll_params(
     ffi("aioctx_context_set_poll_params", || {
         borrow(ctx)?.set_poll_params(max_ns, grow, shrink)?;
         Ok(0)
+    })
+}
+
+/// Reads `ctx`'s adaptive-polling parameters as last set (or defaulted:
+/// see `aioctx_context_set_poll_params`) into the non-NULL ones of
+/// `max_ns`, `grow` and `shrink`. Any thread. Returns 0, or -EINVAL if
+/// `ctx` is NULL.
+/// Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_context_get_poll_params(
+    ctx: *const AioctxContext,
+    max_ns: *mut i64,
+    grow: *mut i64,
+    shrink: *mut i64,
+) -> c_int {
+    ffi("aioctx_context_get_poll_params", || {
+        let p = borrow(ctx)?.poll_params();
+        for (out, value) in [(max_ns, p.max_ns), (grow, p.grow), (shrink, p.shrink)] {
+            if let Some(out) = optional_out(out) {
+                *out = value;
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// The current adaptive poll window of `ctx` in nanoseconds: how long its
+/// next blocking poll busy-checks for work before sleeping (0: it sleeps at
+/// once). For diagnostics and tuning; any thread. -EINVAL if `ctx` is NULL.
+/// Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_context_poll_window_ns(ctx: *const AioctxContext) -> i64 {
+    ffi("aioctx_context_poll_window_ns", || {
+        Ok(borrow(ctx)?.poll_window_ns())
     })
 }
 
@@ -291,6 +334,44 @@ pub extern "C" fn aioctx_set_fd_handler(
         let read = boundary::callback(io_read, opaque);
         let write = boundary::callback(io_write, opaque);
         borrow(ctx)?.set_fd_handler(fd, read, write)?;
+        Ok(0)
+    })
+}
+
+/// `aioctx_set_fd_handler` with a poll callback (QEMU's `io_poll`) for
+/// busy-polling loops (`aioctx_context_set_poll_params`).
+///
+/// While `ctx` busy-polls (a blocking poll inside its poll window),
+/// `io_poll(opaque)` is called repeatedly in the home thread, *without*
+/// `ctx` held; it must be cheap, must not block, and should only look at
+/// state (a ring index, a completion queue). When it returns true, that
+/// poll ends its spin and runs `io_read(opaque)` once, with `ctx` held, as
+/// if `fd` were readable (also when it is not; if it also is, `io_read`
+/// still runs once). The fd stays watched as with `aioctx_set_fd_handler`,
+/// so `io_read` also runs when `fd` becomes readable: `io_poll` is an
+/// addition, never the only way work is seen. It is never called while
+/// polling is off or the window is closed. After a call that replaces or
+/// removes the handler returns, the old `io_poll` is not running and never
+/// runs again (so its `opaque` may be freed). `io_poll` NULL is
+/// `aioctx_set_fd_handler`.
+/// Returns what `aioctx_set_fd_handler` returns, and -EINVAL when `io_poll`
+/// is given without `io_read`, -EDEADLK when called from an `io_poll`
+/// callback (change handlers from `io_read` or a bottom half instead).
+/// Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_set_fd_handler_full(
+    ctx: *mut AioctxContext,
+    fd: c_int,
+    io_read: AioctxCallback,
+    io_write: AioctxCallback,
+    io_poll: AioctxPollFn,
+    opaque: *mut c_void,
+) -> c_int {
+    ffi("aioctx_set_fd_handler_full", || {
+        let read = boundary::callback(io_read, opaque);
+        let write = boundary::callback(io_write, opaque);
+        let poll = boundary::poll_callback(io_poll, opaque);
+        borrow(ctx)?.set_fd_handler_full(fd, read, write, poll)?;
         Ok(0)
     })
 }

@@ -18,7 +18,8 @@ opaque!(AioctxIoThread => IoThread, BoxOwned, "iothread");
 /// Starts a thread named `name` (as `top -H` and gdb show it; the kernel keeps
 /// 15 bytes) that is the home of a new context of the same name and polls it.
 /// Returns when the thread runs. NULL on failure (`name` NULL or empty:
-/// EINVAL; the thread cannot be created).
+/// EINVAL; the thread cannot be created). Its context polls adaptively
+/// (max_ns 64000; see `aioctx_context_set_poll_params`, which changes it).
 #[no_mangle]
 pub extern "C" fn aioctx_iothread_new(name: *const c_char) -> *mut AioctxIoThread {
     ffi("aioctx_iothread_new", || {

@@ -3,14 +3,20 @@
 //! Each registration gets a fresh key that epoll reports back, so a stale
 //! event for a handler removed (or replaced) by an earlier callback in the
 //! same dispatch is recognised and dropped.
+//!
+//! A handler may also have a poll callback (QEMU's `io_poll`), which a
+//! busy-polling loop calls instead of waiting for the fd: when it reports
+//! work, the handler's read callback runs as if the fd were readable.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::Callback;
+use super::{Callback, PollCallback};
 use crate::error::{invalid, Error, Result};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 
@@ -20,6 +26,7 @@ pub(crate) const NOTIFIER_KEY: u64 = 0;
 struct Handler {
     read: Option<Callback>,
     write: Option<Callback>,
+    poll: Option<PollCallback>,
 }
 
 #[derive(Default)]
@@ -30,31 +37,101 @@ struct Table {
 }
 
 #[derive(Default)]
-pub(crate) struct FdHandlers(Mutex<Table>);
+pub(crate) struct FdHandlers {
+    table: Mutex<Table>,
+    /// Handlers with a poll callback: a spin skips the table's lock when 0.
+    pollers: AtomicUsize,
+}
+
+/// [`IN_POLL_CALLBACK`] for as long as it lives, also if a callback panics.
+struct InPollCallback;
+
+impl InPollCallback {
+    fn set() -> Self {
+        IN_POLL_CALLBACK.with(|f| f.set(true));
+        InPollCallback
+    }
+}
+
+impl Drop for InPollCallback {
+    fn drop(&mut self) {
+        IN_POLL_CALLBACK.with(|f| f.set(false));
+    }
+}
+
+/// Folds entries for the same handler into the first: a handler found by
+/// its poll callback may also be reported ready by epoll, and must run once.
+pub(crate) fn merge_duplicates(ready: &mut Vec<Ready>) {
+    let mut i = 0;
+    while i < ready.len() {
+        let key = ready[i].key;
+        let mut j = i + 1;
+        while j < ready.len() {
+            if ready[j].key == key {
+                let dup = ready.swap_remove(j);
+                ready[i].read |= dup.read;
+                ready[i].write |= dup.write;
+            } else {
+                j += 1;
+            }
+        }
+        i += 1;
+    }
+}
+
+/// The three callbacks of one fd.
+pub(crate) struct Callbacks {
+    pub read: Option<Callback>,
+    pub write: Option<Callback>,
+    pub poll: Option<PollCallback>,
+}
+
+thread_local! {
+    /// Set while this thread runs poll callbacks, under the table's lock:
+    /// a poll callback that changes handlers or polls again would deadlock.
+    static IN_POLL_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
 
 impl FdHandlers {
     /// Installs, replaces or (both callbacks `None`) removes the handler of `fd`.
+    /// A poll callback needs a read callback (what it triggers); `poll`
+    /// with both `read` and `write` `None` is refused.
     pub(crate) fn set(
         &self,
         epoll: &Epoll,
         ctx_name: &str,
         fd: RawFd,
-        read: Option<Callback>,
-        write: Option<Callback>,
+        cbs: Callbacks,
     ) -> Result<()> {
+        let Callbacks { read, write, poll } = cbs;
         if fd < 0 {
             return Err(invalid(format!(
                 "fd {fd} is negative: pass an open file descriptor"
             )));
         }
-        let mut t = self.0.lock();
+        if poll.is_some() && read.is_none() {
+            return Err(invalid(format!(
+                "context '{ctx_name}': fd {fd} has a poll callback but no read callback: \
+                 pass io_read, which runs when io_poll reports work"
+            )));
+        }
+        if IN_POLL_CALLBACK.with(Cell::get) {
+            return Err(Error::new(
+                libc::EDEADLK,
+                format!(
+                    "context '{ctx_name}': fd {fd}: fd handlers cannot change from inside an \
+                     io_poll callback; do it from io_read or a bottom half"
+                ),
+            ));
+        }
+        let mut t = self.table.lock();
         let old = t.key_of_fd.get(&fd).copied();
         if read.is_none() && write.is_none() {
             if let Some(key) = old {
                 // The fd may already be closed, which removed it from epoll.
                 let _ = epoll.delete(fd);
                 t.key_of_fd.remove(&fd);
-                t.handlers.remove(&key);
+                self.forget(&mut t, key);
             }
             return Ok(());
         }
@@ -80,16 +157,53 @@ impl FdHandlers {
             )
         })?;
         if let Some(old_key) = old {
-            t.handlers.remove(&old_key);
+            self.forget(&mut t, old_key);
+        }
+        if poll.is_some() {
+            self.pollers.fetch_add(1, Relaxed);
         }
         t.key_of_fd.insert(fd, key);
-        t.handlers.insert(key, Arc::new(Handler { read, write }));
+        t.handlers
+            .insert(key, Arc::new(Handler { read, write, poll }));
         Ok(())
+    }
+
+    fn forget(&self, t: &mut Table, key: u64) {
+        if t.handlers.remove(&key).is_some_and(|h| h.poll.is_some()) {
+            self.pollers.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Calls every poll callback; each that reports work adds its handler
+    /// to `ready` as readable (once). Returns whether any did. Called with
+    /// the table locked, so once `set` removed a handler, its poll callback
+    /// is not running and never runs again (its `opaque` may be freed).
+    pub(crate) fn poll(&self, ready: &mut Vec<Ready>) -> bool {
+        if self.pollers.load(Relaxed) == 0 || IN_POLL_CALLBACK.with(Cell::get) {
+            return false;
+        }
+        let t = self.table.lock();
+        let _flag = InPollCallback::set();
+        let mut found = false;
+        for (&key, h) in &t.handlers {
+            let Some(poll) = &h.poll else { continue };
+            if poll() {
+                found = true;
+                if !ready.iter().any(|r| r.key == key) {
+                    ready.push(Ready {
+                        key,
+                        read: true,
+                        write: false,
+                    });
+                }
+            }
+        }
+        found
     }
 
     /// Registers every handler's fd again, in a fresh `epoll`.
     pub(crate) fn rearm(&self, epoll: &Epoll) {
-        let t = self.0.lock();
+        let t = self.table.lock();
         for (&fd, key) in &t.key_of_fd {
             if let Some(h) = t.handlers.get(key) {
                 let interest = Interest {
@@ -103,7 +217,7 @@ impl FdHandlers {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.lock().handlers.len()
+        self.table.lock().handlers.len()
     }
 
     /// Runs the callbacks for `ready` while `current()` says the readiness
@@ -132,6 +246,6 @@ impl FdHandlers {
     }
 
     fn callback(&self, key: u64, pick: impl Fn(&Handler) -> Option<Callback>) -> Option<Callback> {
-        self.0.lock().handlers.get(&key).and_then(|h| pick(h))
+        self.table.lock().handlers.get(&key).and_then(|h| pick(h))
     }
 }

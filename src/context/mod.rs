@@ -16,15 +16,20 @@
 //! A notify is never lost: it also sets `notify_pending`, which the next
 //! poll (blocking or not) consumes, and a blocking poll that finds it set
 //! does not sleep (QEMU's `notified`, since 5.1).
+//!
+//! With polling on (`set_poll_params`; IOThreads by default), a blocking
+//! poll first busy-checks for work for up to its adaptive window before it
+//! sleeps; see `spin.rs` for how that keeps the protocol above.
 
 mod bh;
 mod fd;
 mod poll_params;
+mod spin;
 mod timer;
 mod waiters;
 
 pub use bh::Bh;
-pub use poll_params::PollParams;
+pub use poll_params::{PollParams, IOTHREAD_DEFAULT_MAX_NS};
 pub use timer::Timer;
 pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
 pub use waiters::{kick_all, Registration};
@@ -33,7 +38,9 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
-use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*,
+};
 use std::sync::{Arc, Weak};
 
 use once_cell::sync::OnceCell;
@@ -45,12 +52,22 @@ use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::sys::{self, eventfd::EventFd};
 use crate::{thread, waitfor};
 use bh::BhQueue;
-use fd::{FdHandlers, NOTIFIER_KEY};
+use fd::{Callbacks, FdHandlers, NOTIFIER_KEY};
 use timer::TimerList;
 use waiters::Waiters;
 
 /// A callback run in a context's home thread with its lock held.
 pub type Callback = Arc<dyn Fn() + Send + Sync>;
+
+/// An fd handler's poll callback (QEMU's `io_poll`): whether there is work
+/// for the handler's read callback. Run by a busy-polling loop in the home
+/// thread, without the context's lock.
+pub type PollCallback = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How many polls in a row whose spin found work may skip `epoll_wait`:
+/// the fds are looked at on every such poll after that many, so work found
+/// by spinning cannot starve them.
+const EPOLL_SKIPS_MAX: u32 = 8;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Every live context by id (the wait-for graph names locks by id). A
@@ -178,6 +195,17 @@ pub struct Context {
     /// made `epoll` and `notifier`: in a child they are the parent's too.
     fork_gen: AtomicU64,
     poll_params: poll_params::PollParamsCell,
+    /// The adaptive poll window in ns, written by the home thread only.
+    poll_ns: AtomicI64,
+    /// When a notify last wrote the notifier: when the work a sleeping poll
+    /// wakes up for arrived, rather than when it woke (wake-up latency
+    /// would hide that a poll window would have caught it).
+    notify_at: AtomicI64,
+    /// The CPU the last notify ran on: a poller on the same CPU must not
+    /// spin for its sender (see `spin.rs`).
+    notify_cpu: AtomicI32,
+    /// Polls in a row that skipped `epoll_wait` (see `EPOLL_SKIPS_MAX`).
+    epoll_skips: AtomicU32,
 }
 
 impl Context {
@@ -232,6 +260,10 @@ impl Context {
             stats: Stats::default(),
             fork_gen: AtomicU64::new(thread::fork_generation()),
             poll_params: Default::default(),
+            poll_ns: AtomicI64::new(0),
+            notify_at: AtomicI64::new(0),
+            notify_cpu: AtomicI32::new(-1),
+            epoll_skips: AtomicU32::new(0),
         });
         ALL.lock().insert(id, Arc::downgrade(&ctx));
         Ok(ctx)
@@ -437,6 +469,22 @@ impl Context {
     /// caller holds the context at the depth limit: the dispatch could not
     /// take its own level.
     pub fn poll_wait(self: &Arc<Self>, wait: Blocking) -> Result<bool> {
+        self.poll_spinning_as(wait, None)
+    }
+
+    /// [`poll_wait`](Self::poll_wait) for a thread waiting for `waited`'s
+    /// work: when this context does not poll (polling off, the main
+    /// context's default), it spins with `waited`'s parameters, so a
+    /// handoff to a polling IOThread completes without a sleep.
+    pub(crate) fn poll_for(self: &Arc<Self>, wait: Blocking, waited: &Context) -> Result<bool> {
+        self.poll_spinning_as(wait, Some(waited))
+    }
+
+    fn poll_spinning_as(
+        self: &Arc<Self>,
+        wait: Blocking,
+        waited: Option<&Context>,
+    ) -> Result<bool> {
         self.claim()?;
         self.check_dispatch_depth()?;
         self.renew_after_fork()?;
@@ -444,7 +492,11 @@ impl Context {
         // Taken, not locked: a callback may poll again (one level deeper).
         let mut ready = std::mem::take(&mut *self.ready.lock());
         ready.clear();
-        let waited = self.wait_for_events(wait, &mut ready);
+        let mut params = self.poll_params();
+        if let Some(other) = waited.filter(|_| params.max_ns == 0) {
+            params = other.poll_params();
+        }
+        let waited = self.wait_for_events(wait, params, &mut ready);
         let ran = waited.and_then(|()| self.dispatch_held(wait, &ready));
         *self.ready.lock() = ready;
         let ran = ran?;
@@ -521,8 +573,21 @@ impl Context {
         Ok(())
     }
 
-    fn wait_for_events(&self, wait: Blocking, ready: &mut Vec<Ready>) -> Result<()> {
-        let blocking = wait != Blocking::No;
+    fn wait_for_events(
+        &self,
+        wait: Blocking,
+        params: PollParams,
+        ready: &mut Vec<Ready>,
+    ) -> Result<()> {
+        let spin = self.spin(wait, params, ready);
+        let found = spin.as_ref().is_some_and(|s| s.found_at.is_some());
+        // Found by spinning: the epoll is only for fds, and is skipped a few
+        // times in a row (the system call is most of such a poll's cost).
+        let skip_epoll = found && self.epoll_skips.fetch_add(1, Relaxed) < EPOLL_SKIPS_MAX;
+        if !skip_epoll {
+            self.epoll_skips.store(0, Relaxed);
+        }
+        let blocking = wait != Blocking::No && !found;
         if blocking {
             self.notify_me.fetch_add(1, SeqCst);
             // Pairs with the fence in notify(): either we see the pending BH
@@ -535,16 +600,23 @@ impl Context {
         } else {
             self.timeout_ns(wait)
         };
-        let result = self.epoll.wait(timeout, ready);
+        let polled = ready.len();
+        let result = if skip_epoll {
+            Ok(())
+        } else {
+            self.epoll.wait(timeout, ready)
+        };
         if blocking {
             self.notify_me.fetch_sub(1, SeqCst);
+        }
+        if polled > 0 && ready.len() > polled {
+            fd::merge_duplicates(ready);
         }
         // Consumed before the dispatch and before the caller re-checks its
         // condition, so what a notifier changed before notifying is seen.
         // Acquire pairs with the Release in notify().
-        if self.notify_pending.load(Relaxed) {
-            self.notify_pending.swap(false, Acquire);
-        }
+        let consumed =
+            self.notify_pending.load(Relaxed) && self.notify_pending.swap(false, Acquire);
         // Drain first, then clear: a notify landing in between sees `notified`
         // still set and skips its write, which is safe because its BH was queued
         // before it and this poll's dispatch takes the queue afterwards. The
@@ -556,6 +628,16 @@ impl Context {
         if signalled || self.notified.load(Acquire) {
             self.notifier.drain();
             self.notified.store(false, Release);
+        }
+        if let Some(spin) = spin {
+            let arrived = if signalled {
+                Some(self.notify_at.load(Relaxed).max(spin.started))
+            } else if !ready.is_empty() || consumed {
+                Some(sys::clock_ns())
+            } else {
+                None
+            };
+            self.adjust_window(params, &spin, arrived, signalled || consumed);
         }
         result.map_err(|e| Error::from_io(&format!("context '{}': epoll_wait", self.name), e))
     }
@@ -601,11 +683,16 @@ impl Context {
     /// while nobody polls, it keeps the next poll from blocking. Makes no
     /// system call when nobody is blocked, or a wake-up is already on its way.
     pub fn notify(&self) {
+        // Before the flag: a poller that sees the flag sees this CPU, or a
+        // later notify's.
+        self.notify_cpu.store(sys::current_cpu(), Relaxed);
         self.notify_pending.store(true, Release);
         // Pairs with the fence in wait_for_events(): either the poller sees
         // notify_pending, or we see notify_me and write the eventfd.
         fence(SeqCst);
         if self.notify_me.load(Relaxed) > 0 && !self.notified.swap(true, AcqRel) {
+            // A clock read is cheap next to the write; see `notify_at`.
+            self.notify_at.store(sys::clock_ns(), Relaxed);
             self.notifier.signal();
             self.stats.wakeups.fetch_add(1, Relaxed);
         }
@@ -638,7 +725,23 @@ impl Context {
         read: Option<Callback>,
         write: Option<Callback>,
     ) -> Result<()> {
-        self.handlers.set(&self.epoll, &self.name, fd, read, write)
+        self.set_fd_handler_full(fd, read, write, None)
+    }
+
+    /// [`set_fd_handler`](Self::set_fd_handler) with a poll callback: while
+    /// the loop busy-polls, `poll` is called (in the home thread, without
+    /// the lock) and when it returns true, `read` runs as if `fd` were
+    /// readable. `EINVAL` for a `poll` without a `read`; `EDEADLK` when
+    /// called from a poll callback.
+    pub fn set_fd_handler_full(
+        &self,
+        fd: RawFd,
+        read: Option<Callback>,
+        write: Option<Callback>,
+        poll: Option<PollCallback>,
+    ) -> Result<()> {
+        let cbs = Callbacks { read, write, poll };
+        self.handlers.set(&self.epoll, &self.name, fd, cbs)
     }
 
     /// Schedules `callback` to run once.

@@ -51,3 +51,90 @@ pub fn thread_name() -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// The affinity mask of thread `tid` (0: the caller); None if it cannot be
+/// read (the thread ended, or a mask larger than cpu_set_t: over 1024 CPUs).
+fn affinity(tid: i32) -> Option<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel writes at
+    // most `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    (rc == 0).then_some(set)
+}
+
+fn count(set: &libc::cpu_set_t) -> usize {
+    // SAFETY: a valid set.
+    (unsafe { libc::CPU_COUNT(set) }).max(1) as usize
+}
+
+/// How many CPUs the calling thread may run on (its affinity mask), at
+/// least 1 (2 when the mask cannot be read: plenty of CPUs).
+pub fn usable_cpus() -> usize {
+    affinity(0).map_or(2, |set| count(&set))
+}
+
+/// How many CPUs the process's threads may run on together (the union of
+/// their affinity masks), at least 1. One system call per thread.
+pub fn process_cpus() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return usable_cpus();
+    };
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut union: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for tid in tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Some(set) = affinity(tid) else { continue };
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: `cpu` is below CPU_SETSIZE; both sets are valid.
+            unsafe {
+                if libc::CPU_ISSET(cpu, &set) {
+                    libc::CPU_SET(cpu, &mut union);
+                }
+            }
+        }
+    }
+    count(&union)
+}
+
+/// The CPU the calling thread runs on (-1 if unknown). Cheap: glibc reads
+/// it from the thread's rseq area or the vDSO, without a system call.
+pub fn current_cpu() -> i32 {
+    // SAFETY: no arguments.
+    unsafe { libc::sched_getcpu() }
+}
+
+/// Gives the CPU to another runnable thread, if any (`sched_yield`).
+pub fn yield_now() {
+    // SAFETY: no arguments; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
+/// Pins the calling thread to the first CPU it may run on (tests of the
+/// single-CPU rule).
+#[cfg(test)]
+pub fn pin_to_first_cpu() -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: reads of a filled set, index below CPU_SETSIZE.
+    let first = (0..libc::CPU_SETSIZE as usize)
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .unwrap_or(0);
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `first` is below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(first, &mut one) };
+    // SAFETY: `one` is a valid set of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
