@@ -18,10 +18,11 @@ mod handover;
 mod node;
 mod pool;
 mod request;
+mod ring;
 mod sections;
 mod writer;
 
-pub use file::{FileDriver, OpenFlags};
+pub use file::{Backend, FileDriver, OpenFlags};
 pub use graph::{attach, Graph};
 pub use node::{describe_all_nodes, Driver, Node, NullDriver};
 pub use request::{IoDone, OpDone, RequestKind};
@@ -220,7 +221,7 @@ mod tests {
         let graph = Graph::new(main.clone());
         let rw = OpenFlags {
             rdwr: true,
-            inactive: false,
+            ..Default::default()
         };
         let io = IoThread::new("batch-io").unwrap();
         let mut nodes = Vec::new();
@@ -275,7 +276,7 @@ mod tests {
         let graph = Graph::new(main.clone());
         let rw = OpenFlags {
             rdwr: true,
-            inactive: false,
+            ..Default::default()
         };
         let node = graph.open_file("disk", &main, path, rw).unwrap();
         let second = graph.open_file("disk2", &main, path, rw).unwrap_err();
