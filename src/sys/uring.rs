@@ -229,11 +229,10 @@ impl<T> Uring<T> {
             return;
         }
         let mut again = false;
-        // SAFETY: the completion queue is only read under the table lock.
-        let cq = unsafe { self.ring.completion_shared() };
-        let entries: Vec<(u64, i32)> = cq.map(|c| (c.user_data(), c.result())).collect();
-        for (index, res) in entries {
-            let index = index as u32;
+        // SAFETY: the completion queue is only read under the table lock
+        // (the submission queue, which `queue` writes, is another ring).
+        for c in unsafe { self.ring.completion_shared() } {
+            let (index, res) = (c.user_data() as u32, c.result());
             let Some(slot) = t.slots.get_mut(index as usize).and_then(|s| s.as_mut()) else {
                 continue;
             };
