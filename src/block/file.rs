@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 
 use super::node::{Driver, Node};
 use super::pool;
@@ -63,9 +63,8 @@ pub struct FileDriver {
     /// acknowledged writes lost. Every later flush fails with it.
     flush_error: Arc<AtomicI32>,
     writes: Arc<WriteQueue>,
-    /// The context's ring and the image's open file for it, when requests
-    /// run there.
-    ring: Option<(Arc<Ring>, File)>,
+    /// The context's ring, when requests run there.
+    ring: Option<RingFile>,
     /// `O_DIRECT`'s alignment for addresses, offsets and lengths (bytes;
     /// 1 without `O_DIRECT`).
     align: usize,
@@ -122,19 +121,11 @@ impl FileDriver {
         } else {
             1
         };
-        // The ring gets an open file of its own, without the image lock: a
-        // killed process's ring lets go of its files only some time after
-        // the process is reaped, and the lock must be gone by then (the
-        // destination of a migration takes it right away).
-        let ring = match ring {
-            Some(ring) => Some((
-                ring,
-                options.open(path).map_err(|e| {
-                    Error::from_io(&format!("cannot open image '{path}' for io_uring"), e)
-                })?,
-            )),
-            None => None,
-        };
+        let ring = ring.map(|ring| RingFile {
+            ring,
+            options: flags.rdwr.then_some(options),
+            own: OnceCell::new(),
+        });
         watch_fork();
         let driver = FileDriver {
             file: Arc::new(file),
@@ -278,7 +269,11 @@ impl Driver for FileDriver {
             }
             done(r.map_err(|e| Error::from_io(&format!("fdatasync '{path}'"), e)))
         });
-        let finish = match &self.ring {
+        let on_ring = self
+            .ring
+            .as_ref()
+            .and_then(|r| Some((&r.ring, r.file(&self.file, &self.path)?)));
+        let finish = match on_ring {
             Some((ring, file)) => match ring.sync(file, node, finish) {
                 Ok(()) => return,
                 Err(finish) => finish,
@@ -321,8 +316,10 @@ impl Driver for FileDriver {
             self.check_aligned(&buf, offset)?;
         }
         let on_ring = kind == RequestKind::Read || direct || BUFFERED_WRITES_ON_RING;
-        let (buf, done) = match &self.ring {
-            Some((ring, file)) if on_ring => {
+        let ring = self.ring.as_ref().filter(|_| on_ring);
+        let ring = ring.and_then(|r| Some((&r.ring, r.file(&self.file, &self.path)?)));
+        let (buf, done) = match ring {
+            Some((ring, file)) => {
                 let op = match kind {
                     RequestKind::Read => Op::Read,
                     RequestKind::Write => Op::Write,
@@ -336,6 +333,34 @@ impl Driver for FileDriver {
         };
         self.submit_threads(node, kind, buf, offset, done);
         Ok(())
+    }
+}
+
+/// A node's ring, and the open file of the image it uses.
+///
+/// A node that may take the image lock gives the ring an open file of its
+/// own, without the lock: a killed process's ring lets go of its files only
+/// some time after the process is reaped, and the lock must be gone by then
+/// (the destination of a migration takes it right away). Opened at the
+/// first request on the ring, not at open: a node never used costs one
+/// descriptor.
+struct RingFile {
+    ring: Arc<Ring>,
+    /// How to open the ring's own file; `None`: the node never locks, the
+    /// ring shares its open file.
+    options: Option<OpenOptions>,
+    /// The ring's own file; `None` inside if it could not be opened (out of
+    /// descriptors): the worker pool then runs the requests.
+    own: OnceCell<Option<File>>,
+}
+
+impl RingFile {
+    /// The file the ring reads and writes for this node, if any.
+    fn file<'a>(&'a self, shared: &'a File, path: &str) -> Option<&'a File> {
+        match &self.options {
+            None => Some(shared),
+            Some(options) => self.own.get_or_init(|| options.open(path).ok()).as_ref(),
+        }
     }
 }
 
