@@ -2,11 +2,15 @@
  * through aioctx_node_pread/aioctx_node_pwrite, one node on one IOThread,
  * for each backend (the worker pool, io_uring) and each cache mode (O_DIRECT,
  * buffered: the page cache, warm), at each queue depth of QDLIST. fio runs on
- * the same file as the baseline (tools/bench.sh), so the file is kept.
+ * the same files as the baseline (tools/bench.sh), so they are kept.
  *
  *   io-qd FILE FILE_MB OPS REPS QDLIST
  *
- * FILE is created (FILE_MB MiB, every block tagged with its number, synced).
+ * FILE (for O_DIRECT) and FILE.buffered are created (FILE_MB MiB, every block
+ * tagged with its number, synced): one file each, because a direct read of a
+ * range with dirty cached pages waits for their writeback first, and a direct
+ * write drops the cached pages it covers. A buffered write variant is synced
+ * after its timing, so that the next variant does not pay its writeback.
  * A sample is OPS operations at pseudo-random blocks (the same sequence for
  * every variant); the main thread submits QD requests and each completion
  * (run by the IOThread) submits the next. Variants run interleaved, REPS
@@ -89,8 +93,10 @@ struct variant {
 };
 
 /* ns per operation; 0 when the backend cannot open the file (no io_uring). */
-static double run_one(struct run *r, AioctxContext *ctx, const char *path, const struct variant *v)
+static double run_one(struct run *r, AioctxContext *ctx, const char *direct_path, const struct variant *v)
 {
+    char path[4096];
+    snprintf(path, sizeof path, "%s%s", direct_path, v->flags & AIOCTX_OPEN_DIRECT ? "" : ".buffered");
     AioctxGraph *g = aioctx_graph_new(NULL);
     if (!g)
         bench_fail(BENCH, 1, "aioctx_graph_new");
@@ -115,6 +121,8 @@ static double run_one(struct run *r, AioctxContext *ctx, const char *path, const
     if (r->completed != r->ops || r->errors)
         bench_fail(BENCH, 0, "%s: %ld of %ld completed, %ld failed or wrong", v->name, r->completed, r->ops,
                    r->errors);
+    if (v->write && !(v->flags & AIOCTX_OPEN_DIRECT) && aioctx_node_flush(r->node) != 0)
+        bench_fail(BENCH, 1, "flush %s", v->name);
     aioctx_graph_free(g);
     return (double)(t1 - t0) / (double)r->ops;
 }
@@ -135,23 +143,27 @@ int main(int argc, char **argv)
             return 2;
     uint64_t nblocks = (uint64_t)file_mb * (1024 * 1024 / BLOCK);
 
-    int fd = open(path, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        bench_fail(BENCH, 0, "%s: %s", path, strerror(errno));
     enum { CHUNK = 256 };
     unsigned char *fill = aligned_alloc(BLOCK, (size_t)CHUNK * BLOCK);
     memset(fill, 0x5a, (size_t)CHUNK * BLOCK);
-    for (uint64_t b = 0; b < nblocks; b += CHUNK) {
-        uint64_t n = nblocks - b < CHUNK ? nblocks - b : CHUNK;
-        for (uint64_t i = 0; i < n; i++) {
-            uint64_t tag = b + i;
-            memcpy(fill + i * BLOCK, &tag, sizeof(tag));
+    for (int f = 0; f < 2; f++) {
+        char name[4096];
+        snprintf(name, sizeof name, "%s%s", path, f ? ".buffered" : "");
+        int fd = open(name, O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            bench_fail(BENCH, 0, "%s: %s", name, strerror(errno));
+        for (uint64_t b = 0; b < nblocks; b += CHUNK) {
+            uint64_t n = nblocks - b < CHUNK ? nblocks - b : CHUNK;
+            for (uint64_t i = 0; i < n; i++) {
+                uint64_t tag = b + i;
+                memcpy(fill + i * BLOCK, &tag, sizeof(tag));
+            }
+            if (pwrite(fd, fill, n * BLOCK, (off_t)(b * BLOCK)) != (ssize_t)(n * BLOCK))
+                bench_fail(BENCH, 0, "fill %s: %s", name, strerror(errno));
         }
-        if (pwrite(fd, fill, n * BLOCK, (off_t)(b * BLOCK)) != (ssize_t)(n * BLOCK))
-            bench_fail(BENCH, 0, "fill %s: %s", path, strerror(errno));
+        fsync(fd);
+        close(fd);
     }
-    fsync(fd);
-    close(fd);
     free(fill);
 
     uint64_t *blocks = malloc((size_t)ops * sizeof(*blocks));

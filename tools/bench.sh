@@ -101,13 +101,17 @@ qd_rounds() { # MB OPS REPS QDLIST FIO_SECONDS ROUNDS
         done
         for rw in randread randwrite; do fio_run "$file" "$1" "$5" psync 1 1 "$rw"; done
     done
-    rm -f "$file"
+    rm -f "$file" "$file.buffered"
 }
-fio_run() { # FILE MB SECONDS ENGINE DIRECT QD RW
+fio_run() { # FILE MB SECONDS ENGINE DIRECT QD RW: on io-qd's file for that mode
     say "fio $4 direct=$5 iodepth=$6 $7"
-    fio --name=qd --filename="$1" --size="$2M" --bs=4k --rw="$7" --ioengine="$4" --direct="$5" \
+    local f=$1
+    [ "$5" = 1 ] || f=$1.buffered
+    fio --name=qd --filename="$f" --size="$2M" --bs=4k --rw="$7" --ioengine="$4" --direct="$5" \
         --iodepth="$6" --runtime="$3" --time_based --randrepeat=0 --norandommap \
         --output-format=json | python3 tools/fio-line.py "$4" "$5" "$6" >>"$raw"
+    # As io-qd does after its buffered writes: the next run pays no writeback.
+    sync "$f"
 }
 
 if [ "$quick" = 1 ]; then
