@@ -313,8 +313,11 @@ pub(super) fn after_fork(child: bool) {
             ctx.schedule_once(move || run(done));
         }
     }
-    if child {
-        for ring in RINGS.lock().iter().filter_map(|(_, r)| r.upgrade()) {
+    // A ring made between the prepare and the fork is dead in the child
+    // too. (try_lock: a thread that held the registry at the fork does not
+    // exist in the child, and would hold it for ever.)
+    if let Some(rings) = RINGS.try_lock().filter(|_| child) {
+        for ring in rings.iter().filter_map(|(_, r)| r.upgrade()) {
             ring.uring.abandon();
             ring.state.store(DEAD, Release);
         }

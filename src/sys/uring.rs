@@ -15,6 +15,7 @@
 use std::io;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering::*};
 
 use io_uring::{opcode, types, IoUring};
 use parking_lot::Mutex;
@@ -64,8 +65,6 @@ struct Table<T> {
     unsubmitted: bool,
     /// Takes no request and touches no queue (see [`Uring::pause`]).
     paused: bool,
-    /// In a `fork()`'s child, where the queues' memory is not mapped.
-    abandoned: bool,
 }
 
 /// One io_uring; `T` travels with each request and comes back with it.
@@ -74,6 +73,10 @@ pub struct Uring<T> {
     /// the child has mapped at the same addresses since.
     ring: ManuallyDrop<IoUring>,
     table: Mutex<Table<T>>,
+    /// In a `fork()`'s child, where the queues' memory is not mapped, and
+    /// the table's lock may be held by a thread that is not there: nothing
+    /// touches either any more. Outside the table for that reason.
+    abandoned: AtomicBool,
 }
 
 /// Whether this process may create an io_uring (the kernel has it and no
@@ -98,14 +101,8 @@ impl<T> Uring<T> {
         let ring = IoUring::builder().dontfork().build(ENTRIES)?;
         Ok(Uring {
             ring: ManuallyDrop::new(ring),
-            table: Mutex::new(Table {
-                slots: Vec::new(),
-                free: Vec::new(),
-                in_flight: 0,
-                unsubmitted: false,
-                paused: false,
-                abandoned: false,
-            }),
+            table: Mutex::new(Table::empty()),
+            abandoned: AtomicBool::new(false),
         })
     }
 
@@ -128,6 +125,9 @@ impl<T> Uring<T> {
         (buf, offset, tag): (IoBuf, u64, T),
         defer: bool,
     ) -> Result<(), (io::Error, IoBuf, T)> {
+        if self.is_abandoned() {
+            return Err((io::Error::from_raw_os_error(libc::EBUSY), buf, tag));
+        }
         let mut t = self.table.lock();
         if t.paused {
             return Err((io::Error::from_raw_os_error(libc::EBUSY), buf, tag));
@@ -180,13 +180,18 @@ impl<T> Uring<T> {
     /// Never uses the ring again, nor unmaps it when dropped: in a `fork()`'s
     /// child (after [`pause`](Self::pause)), whose ring memory is not mapped.
     pub fn abandon(&self) {
-        let mut t = self.table.lock();
-        t.paused = true;
-        t.abandoned = true;
+        self.abandoned.store(true, Release);
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Acquire)
     }
 
     /// Hands deferred requests to the kernel.
     pub fn submit_pending(&self) -> io::Result<()> {
+        if self.is_abandoned() {
+            return Ok(());
+        }
         let mut t = self.table.lock();
         if !t.unsubmitted || t.paused {
             return Ok(());
@@ -202,6 +207,9 @@ impl<T> Uring<T> {
 
     /// Moves the finished requests to `out`; resubmits short transfers.
     pub fn reap(&self, out: &mut Vec<Completion<T>>) {
+        if self.is_abandoned() {
+            return;
+        }
         let mut t = self.table.lock();
         self.reap_locked(&mut t, out);
     }
@@ -210,6 +218,9 @@ impl<T> Uring<T> {
     /// `out` (before a `fork()`, so that neither side inherits a request
     /// the ring still runs).
     pub fn wait_idle(&self, out: &mut Vec<Completion<T>>) {
+        if self.is_abandoned() {
+            return;
+        }
         let mut t = self.table.lock();
         self.reap_locked(&mut t, out);
         while t.in_flight > 0 && !t.paused {
@@ -325,6 +336,16 @@ impl<T> Uring<T> {
 }
 
 impl<T> Table<T> {
+    fn empty() -> Table<T> {
+        Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            unsubmitted: false,
+            paused: false,
+        }
+    }
+
     fn take(&mut self, index: u32) -> Option<Slot<T>> {
         let slot = self.slots.get_mut(index as usize)?.take()?;
         self.free.push(index);
@@ -337,12 +358,17 @@ impl<T> Drop for Uring<T> {
     /// The buffers of requests still in flight are the kernel's until they
     /// complete: wait for them before the table (and the buffers) go.
     fn drop(&mut self) {
+        if self.is_abandoned() {
+            // The table (and what its requests hold) is leaked with the
+            // ring: its lock may be held for ever.
+            let table = std::mem::replace(&mut self.table, Mutex::new(Table::empty()));
+            std::mem::forget(table);
+            return;
+        }
         let mut rest = Vec::new();
         self.wait_idle(&mut rest);
-        if !self.table.get_mut().abandoned {
-            // SAFETY: dropped once, here, and never used after.
-            unsafe { ManuallyDrop::drop(&mut self.ring) };
-        }
+        // SAFETY: dropped once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }
 
