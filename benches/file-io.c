@@ -56,6 +56,7 @@ struct run {
     long ops;
     int write;
     long next, completed, errors;
+    const char *backend; /* the nodes' backend (a static string) */
     sem_t done;
     struct slot slots[MAX_QD];
 };
@@ -110,6 +111,7 @@ static double run_aioctx(struct run *r, AioctxContext *ctx0, AioctxContext *ctx1
         if (!r->node[f])
             bench_fail(BENCH, 1, "aioctx_node_open_file");
     }
+    r->backend = aioctx_node_io_backend(r->node[0]);
     r->write = write;
     r->completed = r->errors = 0;
     long first = qd < r->ops ? qd : r->ops;
@@ -256,9 +258,11 @@ int main(int argc, char **argv)
     }
 
     double med[NV];
-    printf("{\"bench\": \"file-io\", \"placement\": \"%s\", \"file_mb\": %ld, \"files\": 2, \"block\": %d, "
-           "\"ops\": %ld, \"reps\": %d",
-           one_cpu ? "one_cpu" : "any_cpu", file_mb, BLOCK, ops, reps);
+    /* The backend nodes get without a backend flag (AIOCTX_IO_BACKEND). */
+    const char *backend = run.backend;
+    printf("{\"bench\": \"file-io\", \"placement\": \"%s\", \"backend\": \"%s\", \"file_mb\": %ld, "
+           "\"files\": 2, \"block\": %d, \"ops\": %ld, \"reps\": %d",
+           one_cpu ? "one_cpu" : "any_cpu", backend ? backend : "none", file_mb, BLOCK, ops, reps);
     for (int i = 0; i < NV; i++) {
         med[i] = active[i] ? bench_median(v[i].samples, reps) : 0;
         if (active[i])

@@ -369,6 +369,7 @@ static void run_round(int r, AioctxIoThread *iot)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(90);
     if (!ok(make_temp_dir(dir, sizeof dir, "crash") != NULL, "mkdtemp"))
         return done_testing();

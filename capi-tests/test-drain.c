@@ -507,6 +507,7 @@ static void test_drain_all(void)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(60);
     main_ctx = aioctx_main_context();
     is_int(aioctx_context_claim(main_ctx), 0, "main claims the main context");

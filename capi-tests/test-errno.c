@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "aioctx.h"
+#include "test-util.h"
 #include "tap.h"
 
 static void *other_thread(void *arg)
@@ -19,6 +20,7 @@ static void *other_thread(void *arg)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(10);
     is_int(aioctx_last_errno(), 0, "no failure yet: 0");
 

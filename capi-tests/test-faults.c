@@ -991,6 +991,7 @@ static void test_loop_eio(void)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(120);
     have_mntns = unshare(CLONE_NEWNS) == 0 && mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) == 0;
     main_thread = pthread_self();

@@ -166,6 +166,7 @@ static pid_t spawn(int (*fn)(int, int), int *cmd_w, int *res_r)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(60);
     if (!ok(make_temp_dir(dir, sizeof dir, "lock") != NULL, "mkdtemp"))
         return done_testing();

@@ -145,6 +145,7 @@ static int io_ctx_contended(void)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(40);
     char dir[64], path[2][128];
     ok(make_temp_dir(dir, sizeof dir, "fork") != NULL, "temp dir");

@@ -267,6 +267,7 @@ static void run_round(AioctxGraph *g, int round, int pace_us)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(120);
     main_ctx = aioctx_main_context();
     is_int(aioctx_context_claim(main_ctx), 0, "main claims the main context");

@@ -923,7 +923,9 @@ static void test_open_file(void)
     MISUSE_PTR(aioctx_node_open_file(g, "", main_ctx, img_rw, 0), EINVAL);
     MISUSE_PTR(aioctx_node_open_file(g, "f", NULL, img_rw, 0), EINVAL);
     MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, NULL, 0), EINVAL);
-    MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, img_ro, 4), EINVAL);
+    MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, img_ro, 32), EINVAL);
+    MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, img_ro, AIOCTX_OPEN_AIO_THREADS | AIOCTX_OPEN_AIO_IO_URING),
+               EINVAL);
     MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, img_ro, 0xffffffffu), EINVAL);
     MISUSE_PTR(aioctx_node_open_file(g, "f", main_ctx, "\xff", 0), EINVAL);
     MISUSE_PTR(aioctx_node_open_file(g, "raw_ro", main_ctx, img_ro, 0), EEXIST);
@@ -1370,6 +1372,7 @@ static int make_socket(const char *path)
 
 int main(void)
 {
+    skip_unless_backend();
     tap_watchdog(60);
     /* A private mount namespace, for the read-only mount (never seen by others). */
     have_mntns = unshare(CLONE_NEWNS) == 0 && mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) == 0;

@@ -87,6 +87,25 @@
 #define AIOCTX_OPEN_INACTIVE 2
 
 /**
+ * `aioctx_node_open_file` flag: `O_DIRECT`, bypassing the page cache. Every
+ * request's buffer address, offset and length must then be multiples of
+ * `aioctx_node_alignment` (else -EINVAL). Since: 0.2
+ */
+#define AIOCTX_OPEN_DIRECT 4
+
+/**
+ * `aioctx_node_open_file` flag: run the node's I/O on the worker pool.
+ * Since: 0.2
+ */
+#define AIOCTX_OPEN_AIO_THREADS 8
+
+/**
+ * `aioctx_node_open_file` flag: run the node's I/O on its context's
+ * io_uring (-ENOTSUP where this process cannot use io_uring). Since: 0.2
+ */
+#define AIOCTX_OPEN_AIO_IO_URING 16
+
+/**
  * `aioctx_poll_while` flag: release every level the caller holds of the
  * context around each poll (and restore them), instead of refusing a
  * recursive hold with -EDEADLK. Use only when no caller up the stack relies
@@ -719,10 +738,32 @@ struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, stru
  * lock (an open-file-description lock: no other process can then write or
  * activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
  * the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
+ * `AIOCTX_OPEN_DIRECT` opens with `O_DIRECT` (EINVAL where the file system
+ * has none). Requests run on the io_uring of `ctx` (one per context, its
+ * completions handled in `ctx`'s home thread) where this process can use
+ * io_uring, else on the worker pool (said once in the log);
+ * `AIOCTX_OPEN_AIO_THREADS` or `AIOCTX_OPEN_AIO_IO_URING` choose (ENOTSUP:
+ * no io_uring). Completions run in `ctx`'s home thread either way.
  * Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
- * EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
+ * EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL
+ * (unknown flags, or both backend flags).
  */
 struct AioctxNode *aioctx_node_open_file(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const char *path, unsigned int flags);
+
+/**
+ * The alignment, in bytes, that requests to `n` need for their buffer
+ * address, offset and length: the device's logical block size (or what the
+ * file system asks) for a node opened with `AIOCTX_OPEN_DIRECT`, 1 for any
+ * other node. Any thread. 0 if `n` is NULL. Since: 0.2
+ */
+size_t aioctx_node_alignment(const struct AioctxNode *n);
+
+/**
+ * Which backend runs the requests of the raw-file node `n`: `"io_uring"`
+ * or `"threads"` (static strings). Any thread. NULL for a node without the
+ * raw-file driver (ENOTSUP) or a NULL `n` (EINVAL). Since: 0.2
+ */
+const char *aioctx_node_io_backend(const struct AioctxNode *n);
 
 /**
  * The node's name (valid as long as the node). Any thread. NULL if `n` is NULL.
@@ -826,8 +867,8 @@ int aioctx_node_drained_begin(struct AioctxNode *n);
 int aioctx_node_drained_end(struct AioctxNode *n);
 
 /**
- * Flushes `n` through its driver (raw file: `fdatasync` on a worker
- * thread) and waits for the result. Threads: as
+ * Flushes `n` through its driver (raw file: `fdatasync` on the node's
+ * backend) and waits for the result. Threads: as
  * `aioctx_node_drained_begin`. From the node's home thread the driver's
  * flush is called right there (with the context held); from the main loop
  * thread it runs as a bottom half in the home thread while the caller waits
@@ -840,7 +881,8 @@ int aioctx_node_flush(struct AioctxNode *n);
 
 /**
  * Reads `len` bytes at `offset` into `buf` (raw-file nodes). Any thread.
- * Returns 0 once submitted; then the read runs on a worker thread and
+ * Returns 0 once submitted; then the read runs (on the context's io_uring
+ * or a worker thread, see `aioctx_node_open_file`) and
  * `cb(opaque, ret)` runs in the node's home thread with its context held
  * (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
  * valid until then; `cb` may be NULL (fire and forget). In a drained

@@ -41,7 +41,7 @@ mod capi;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use block::{Driver, FileDriver, Graph, Node, NullDriver, OpenFlags, RequestKind};
+pub use block::{Backend, Driver, FileDriver, Graph, Node, NullDriver, OpenFlags, RequestKind};
 pub use context::{Bh, Blocking, Callback, Context, ContextStats, Timer};
 pub use error::{Error, Result};
 pub use iothread::IoThread;

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Collects the benchmarks' JSON lines (from tools/bench.sh) into one JSON
 file with the targets checked, draws the scaling plot of the context-set
-benchmark, and prints a Markdown summary.
+benchmark and the IOPS-against-queue-depth plot of io-qd and fio, and prints
+a Markdown summary.
 
-    bench-plot.py RAW.jsonl RESULTS.json PLOT.png [--build DIR] [--quick]
+    bench-plot.py RAW.jsonl RESULTS.json PLOT.png [--io-plot PNG] [--build DIR] [--quick]
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -54,10 +56,55 @@ def collect(path):
             if name == "inactivate_all":
                 benches.setdefault(name, []).append(r)
             elif name == "file-io":
-                benches.setdefault(name, {})[r["placement"]] = r
+                # tools/bench.sh runs nodes on their default backend first
+                # (key "<placement>", as before io_uring), then on the
+                # worker pool ("<placement>/threads").
+                key = r["placement"]
+                if key in benches.get(name, {}):
+                    key += "/" + r.get("backend", "threads")
+                benches.setdefault(name, {})[key] = r
+            elif name == "io-qd":
+                benches.setdefault("io-qd-rounds", []).append(r)
+            elif name == "fio":
+                benches.setdefault("fio-rounds", []).append(r)
             else:
                 benches[name] = r
+    io_qd(benches)
     return benches
+
+
+def io_qd(benches):
+    """Medians over the rounds of io-qd and fio, per configuration."""
+    def median_rows(rows, key):
+        groups = {}
+        for r in rows:
+            groups.setdefault(key(r), []).append(r)
+        out = []
+        for k, rs in sorted(groups.items()):
+            row = dict(rs[0])
+            row["kiops"] = round(statistics.median(r["kiops"] for r in rs), 2)
+            row["lat_us"] = round(statistics.median(r["lat_us"] for r in rs), 2)
+            row["rounds"] = len(rs)
+            out.append(row)
+        return out
+    rounds = benches.pop("io-qd-rounds", [])
+    if rounds:
+        rows = [r for line in rounds for r in line["results"]]
+        benches["io-qd"] = {k: rounds[0][k] for k in ("file_mb", "block", "ops", "reps")}
+        benches["io-qd"]["rounds"] = len(rounds)
+        benches["io-qd"]["results"] = median_rows(rows, lambda r: (r["backend"], r["cache"], r["op"], r["qd"]))
+    fio = benches.pop("fio-rounds", [])
+    if fio:
+        benches["fio"] = {"results": median_rows(
+            [{k: v for k, v in r.items() if k != "bench"} for r in fio],
+            lambda r: (r["engine"], r["direct"], r["op"], r["qd"]))}
+
+
+def io_row(b, **want):
+    """The io-qd or fio row with these fields, if measured."""
+    name = "fio" if "engine" in want else "io-qd"
+    return next((r for r in b.get(name, {}).get("results", [])
+                 if all(r.get(k) == v for k, v in want.items())), None)
 
 
 def target(checks, ident, what, measured, goal, met):
@@ -111,10 +158,32 @@ def evaluate(b):
                    v is not None and v < 1)
     adaptive_polling(checks, wk, b.get("handoff"))
     for placement, io in sorted(b.get("file-io", {}).items()):
+        if "/" in placement:
+            continue
         for op in ("read", "write"):
             v = io.get("aioctx_%s_qd32_2iot_vs_plain" % op)
             target(checks, "5", "4 KiB random %ss, QD32, two IOThreads, vs plain loop (%s): throughput"
                    % (op, placement.replace("_", " ")), v, ">= 0.8", v is not None and v >= 0.8)
+    # Issue 13: io_uring and O_DIRECT.
+    for op in ("read", "write"):
+        a = io_row(b, backend="io_uring", cache="direct", op=op, qd=32)
+        f = io_row(b, engine="io_uring", direct=1, op=op, qd=32)
+        v = round(a["kiops"] / f["kiops"], 3) if a and f else None
+        target(checks, "13", "O_DIRECT 4 KiB random %ss, QD32, io_uring backend vs fio io_uring: IOPS ratio" % op,
+               v, ">= 0.95", v is not None and v >= 0.95)
+    for op in ("read", "write"):
+        a = io_row(b, backend="io_uring", cache="direct", op=op, qd=1)
+        f = io_row(b, engine="psync", direct=1, op=op, qd=1)
+        v = round(a["lat_us"] / f["lat_us"], 3) if a and f else None
+        target(checks, "13", "O_DIRECT 4 KiB random %ss, QD1, io_uring backend vs fio psync: latency ratio" % op,
+               v, "<= 1.1", v is not None and v <= 1.1)
+    for placement, goal in (("one_cpu", 1.0), ("any_cpu", 1.2)):
+        io = b.get("file-io", {}).get(placement, {})
+        for op in ("read", "write"):
+            v = io.get("aioctx_%s_qd32_2iot_vs_plain" % op)
+            target(checks, "13", "page cache 4 KiB random %ss, QD32, two IOThreads, %s backend, vs plain loop "
+                   "(%s): throughput" % (op, io.get("backend", "default"), placement.replace("_", " ")),
+                   v, ">= %.1f" % goal, v is not None and v >= goal)
     return checks
 
 
@@ -174,6 +243,46 @@ def plot(cs, path):
     fig.savefig(path)
 
 
+def io_plot(b, path):
+    """IOPS against queue depth: aioctx per backend and cache mode, and fio."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110, sharey=False)
+    series = [("aioctx io_uring, O_DIRECT", "C0", "o-", dict(backend="io_uring", cache="direct")),
+              ("aioctx threads, O_DIRECT", "C1", "o-", dict(backend="threads", cache="direct")),
+              ("fio io_uring, O_DIRECT", "k", "s--", dict(engine="io_uring", direct=1)),
+              ("aioctx io_uring, buffered", "C2", "^-", dict(backend="io_uring", cache="buffered")),
+              ("aioctx threads, buffered", "C3", "^-", dict(backend="threads", cache="buffered")),
+              ("fio io_uring, buffered", "0.5", "v--", dict(engine="io_uring", direct=0))]
+    for ax, op in zip(axes, ("read", "write")):
+        for label, color, style, want in series:
+            name = "fio" if "engine" in want else "io-qd"
+            pts = sorted((r["qd"], r["kiops"]) for r in b.get(name, {}).get("results", [])
+                         if r["op"] == op and all(r.get(k) == v for k, v in want.items()))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=label)
+        for direct, marker in ((1, "D"),):
+            r = io_row(b, engine="psync", direct=direct, op=op, qd=1)
+            if r:
+                ax.plot([1], [r["kiops"]], marker, color="k", label="fio psync, O_DIRECT")
+        ax.set_xscale("log", base=2)
+        qds = sorted({r["qd"] for r in b.get("io-qd", {}).get("results", [])})
+        ax.set_xticks(qds, [str(q) for q in qds])
+        ax.set_yscale("log")
+        ax.set_xlabel("queue depth")
+        ax.set_ylabel("kIOPS (4 KiB random %ss)" % op)
+        ax.set_title("random %ss, one IOThread" % op, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+    rounds = b.get("io-qd", {}).get("rounds", 0)
+    fig.suptitle("IOPS against queue depth on one file (median of %d rounds, aioctx and fio alternating)"
+                 % rounds, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def summary(b, checks):
     out = []
     for name, how in (("context-set", "aioctx_set_add_many"), ("context-set-per-call", "aioctx_set_add per node")):
@@ -211,8 +320,27 @@ def summary(b, checks):
         out.append("idle IOThread over %.0f s: polling on %d ns of CPU, off %d ns" % (
             idle["idle_ns"] / 1e9, idle["polling_cpu_ns"], idle["nopoll_cpu_ns"]))
     for placement, io in sorted(b.get("file-io", {}).items()):
-        out.append("file-io (%s) kIOPS: " % placement +
+        out.append("file-io (%s, %s) kIOPS: " % (placement, io.get("backend")) +
                    ", ".join("%s %s" % (k[:-6], v) for k, v in io.items() if k.endswith("_kiops")))
+    if "io-qd" in b:
+        out.append("")
+        out.append("io-qd: kIOPS (mean latency us), one IOThread, 4 KiB random; fio on the same file:")
+        qds = sorted({r["qd"] for r in b["io-qd"]["results"]})
+        out.append("| op | who | " + " | ".join("QD%d" % q for q in qds) + " |")
+        out.append("|---|---" + "|---" * len(qds) + "|")
+        for op in ("read", "write"):
+            rows = [("aioctx %s %s" % (bk, c), dict(backend=bk, cache=c)) for c in ("direct", "buffered")
+                    for bk in ("io_uring", "threads")]
+            rows += [("fio io_uring %s" % ("direct" if d else "buffered"), dict(engine="io_uring", direct=d))
+                     for d in (1, 0)]
+            rows += [("fio psync direct", dict(engine="psync", direct=1))]
+            for label, want in rows:
+                cells = []
+                for q in qds:
+                    r = io_row(b, op=op, qd=q, **want)
+                    cells.append("%.1f (%.0f)" % (r["kiops"], r["lat_us"]) if r else "")
+                if any(cells):
+                    out.append("| %s | %s | %s |" % (op, label, " | ".join(cells)))
     for r in b.get("inactivate_all", []):
         out.append("inactivate_all %d nodes / %d contexts / %d writes: %.1f ms (activate %.1f ms)" % (
             r["nodes"], r["contexts"], r["writes_in_flight_per_node"], r["inactivate_ms_median"],
@@ -231,6 +359,7 @@ def main():
     ap.add_argument("raw")
     ap.add_argument("results")
     ap.add_argument("plot")
+    ap.add_argument("--io-plot")
     ap.add_argument("--build", default="build-bench")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
@@ -243,7 +372,8 @@ def main():
         "build": {"dir": args.build, "buildtype": "release", "c_optimization": "-O2", "rust_profile": "release"},
         "machine": machine(),
         "note": "ratio = aioctx cost / baseline cost (below 1: aioctx is faster), except file-io's *_vs_plain "
-                "which is throughput (above 1: aioctx is faster); medians of interleaved repetitions",
+                "which is throughput (above 1: aioctx is faster), and issue 13's IOPS ratios (above 1: aioctx is faster); "
+                "medians of interleaved repetitions; io-qd and fio: medians of alternating rounds",
         "targets": checks,
         "benchmarks": benches,
     }
@@ -252,6 +382,8 @@ def main():
         f.write("\n")
     if "context-set" in benches:
         plot(benches["context-set"], args.plot)
+    if args.io_plot and "io-qd" in benches:
+        io_plot(benches, args.io_plot)
     print(summary(benches, checks))
     return 0
 

@@ -378,7 +378,7 @@ mod tests {
         let main = graph.main_context().clone();
         let rw = crate::block::OpenFlags {
             rdwr: true,
-            inactive: false,
+            ..Default::default()
         };
         let node = graph
             .open_file("disk", &main, path.to_str().unwrap(), rw)

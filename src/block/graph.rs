@@ -81,7 +81,7 @@ impl Graph {
             Ok(NodeSpec {
                 name,
                 ctx: ctx.clone(),
-                driver: Box::new(FileDriver::open(path, flags)?),
+                driver: Box::new(FileDriver::open(path, flags, ctx)?),
                 writable: flags.rdwr,
                 inactive: flags.inactive,
             })

@@ -68,6 +68,18 @@ pub trait Driver: Send + Sync {
         false
     }
 
+    /// The alignment requests need (buffer address, offset, length), in
+    /// bytes: 1 for none.
+    fn alignment(&self) -> usize {
+        1
+    }
+
+    /// Which backend runs requests ("io_uring", "threads"); `None` for a
+    /// driver that does no I/O of its own.
+    fn io_backend(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Starts an asynchronous read or write; `done` runs later in the node's
     /// home thread. Returns an error (and does not call `done`) if it cannot start.
     fn submit(
@@ -192,6 +204,16 @@ impl Node {
     /// on an incoming migration): no writes, no image write lock.
     pub fn is_inactive(&self) -> bool {
         self.inactive.load(SeqCst)
+    }
+
+    /// The alignment its driver needs of requests (bytes; 1: none).
+    pub fn alignment(&self) -> usize {
+        self.driver.alignment()
+    }
+
+    /// The backend its driver runs requests on, if it does I/O.
+    pub fn io_backend(&self) -> Option<&'static str> {
+        self.driver.io_backend()
     }
 
     /// True if the node was opened for writing.

@@ -37,22 +37,17 @@ struct Pool {
     max_workers: usize,
 }
 
-static POOL: Lazy<Pool> = Lazy::new(|| {
-    crate::thread::on_fork(crate::sys::thread::ForkHandlers {
-        prepare: before_fork,
-        parent: after_fork_in_parent,
-        child: after_fork_in_child,
-    });
-    Pool {
-        queue: Mutex::new(PoolState::default()),
-        work: Condvar::new(),
-        quiet: Condvar::new(),
-        max_workers: std::env::var("AIOCTX_IO_WORKERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(16),
-    }
+// The fork handlers are registered by the raw-file driver (its opens come
+// before any job), together with its rings'.
+static POOL: Lazy<Pool> = Lazy::new(|| Pool {
+    queue: Mutex::new(PoolState::default()),
+    work: Condvar::new(),
+    quiet: Condvar::new(),
+    max_workers: std::env::var("AIOCTX_IO_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(16),
 });
 
 thread_local! {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, opaque, optional, str_arg, CFn};
 use super::context::AioctxContext;
 use super::graph::AioctxGraph;
-use crate::block::{Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
+use crate::block::{Backend, Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
 use crate::error::{invalid, Error, Result};
 use crate::sys::file::IoBuf;
 
@@ -15,6 +15,22 @@ pub const AIOCTX_OPEN_RDWR: c_uint = 1;
 /// `aioctx_node_open_file` flag: incoming migration; the node starts inactive,
 /// without the write lock, until `aioctx_graph_activate_all`.
 pub const AIOCTX_OPEN_INACTIVE: c_uint = 2;
+/// `aioctx_node_open_file` flag: `O_DIRECT`, bypassing the page cache. Every
+/// request's buffer address, offset and length must then be multiples of
+/// `aioctx_node_alignment` (else -EINVAL). Since: 0.2
+pub const AIOCTX_OPEN_DIRECT: c_uint = 4;
+/// `aioctx_node_open_file` flag: run the node's I/O on the worker pool.
+/// Since: 0.2
+pub const AIOCTX_OPEN_AIO_THREADS: c_uint = 8;
+/// `aioctx_node_open_file` flag: run the node's I/O on its context's
+/// io_uring (-ENOTSUP where this process cannot use io_uring). Since: 0.2
+pub const AIOCTX_OPEN_AIO_IO_URING: c_uint = 16;
+
+const OPEN_FLAGS: c_uint = AIOCTX_OPEN_RDWR
+    | AIOCTX_OPEN_INACTIVE
+    | AIOCTX_OPEN_DIRECT
+    | AIOCTX_OPEN_AIO_THREADS
+    | AIOCTX_OPEN_AIO_IO_URING;
 
 /// A node of a block graph, owned by the graph: pointers are borrowed and
 /// valid until `aioctx_graph_free`.
@@ -152,8 +168,15 @@ pub extern "C" fn aioctx_node_new(
 /// lock (an open-file-description lock: no other process can then write or
 /// activate the image); with `AIOCTX_OPEN_INACTIVE` too (incoming migration)
 /// the node starts inactive and takes the lock in `aioctx_graph_activate_all`.
+/// `AIOCTX_OPEN_DIRECT` opens with `O_DIRECT` (EINVAL where the file system
+/// has none). Requests run on the io_uring of `ctx` (one per context, its
+/// completions handled in `ctx`'s home thread) where this process can use
+/// io_uring, else on the worker pool (said once in the log);
+/// `AIOCTX_OPEN_AIO_THREADS` or `AIOCTX_OPEN_AIO_IO_URING` choose (ENOTSUP:
+/// no io_uring). Completions run in `ctx`'s home thread either way.
 /// Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
-/// EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL.
+/// EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL
+/// (unknown flags, or both backend flags).
 #[no_mangle]
 pub extern "C" fn aioctx_node_open_file(
     g: *mut AioctxGraph,
@@ -169,16 +192,65 @@ pub extern "C" fn aioctx_node_open_file(
             borrow_arc(ctx)?,
             str_arg(path, "path")?,
         );
-        if flags & !(AIOCTX_OPEN_RDWR | AIOCTX_OPEN_INACTIVE) != 0 {
-            return Err(invalid(format!(
-                "unknown flags {flags:#x}: use AIOCTX_OPEN_RDWR and/or AIOCTX_OPEN_INACTIVE"
-            )));
-        }
-        let flags = OpenFlags {
-            rdwr: flags & AIOCTX_OPEN_RDWR != 0,
-            inactive: flags & AIOCTX_OPEN_INACTIVE != 0,
-        };
+        let flags = open_flags(flags)?;
         Ok(borrowed_arc_ptr(&graph.open_file(name, &ctx, path, flags)?))
+    })
+}
+
+fn open_flags(flags: c_uint) -> Result<OpenFlags> {
+    if flags & !OPEN_FLAGS != 0 {
+        return Err(invalid(format!(
+            "unknown flags {:#x}: use AIOCTX_OPEN_RDWR, _INACTIVE, _DIRECT, _AIO_THREADS or _AIO_IO_URING",
+            flags & !OPEN_FLAGS
+        )));
+    }
+    let backend =
+        match (
+            flags & AIOCTX_OPEN_AIO_THREADS != 0,
+            flags & AIOCTX_OPEN_AIO_IO_URING != 0,
+        ) {
+            (false, false) => Backend::Auto,
+            (true, false) => Backend::Threads,
+            (false, true) => Backend::IoUring,
+            (true, true) => return Err(invalid(
+                "AIOCTX_OPEN_AIO_THREADS and AIOCTX_OPEN_AIO_IO_URING together: choose one backend",
+            )),
+        };
+    Ok(OpenFlags {
+        rdwr: flags & AIOCTX_OPEN_RDWR != 0,
+        inactive: flags & AIOCTX_OPEN_INACTIVE != 0,
+        direct: flags & AIOCTX_OPEN_DIRECT != 0,
+        backend,
+    })
+}
+
+/// The alignment, in bytes, that requests to `n` need for their buffer
+/// address, offset and length: the device's logical block size (or what the
+/// file system asks) for a node opened with `AIOCTX_OPEN_DIRECT`, 1 for any
+/// other node. Any thread. 0 if `n` is NULL. Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_node_alignment(n: *const AioctxNode) -> usize {
+    ffi("aioctx_node_alignment", || Ok(borrow(n)?.alignment()))
+}
+
+/// Which backend runs the requests of the raw-file node `n`: `"io_uring"`
+/// or `"threads"` (static strings). Any thread. NULL for a node without the
+/// raw-file driver (ENOTSUP) or a NULL `n` (EINVAL). Since: 0.2
+#[no_mangle]
+pub extern "C" fn aioctx_node_io_backend(n: *const AioctxNode) -> *const c_char {
+    ffi("aioctx_node_io_backend", || {
+        let node = borrow(n)?;
+        match node.io_backend() {
+            Some("io_uring") => Ok(c"io_uring".as_ptr()),
+            Some(_) => Ok(c"threads".as_ptr()),
+            None => Err(Error::new(
+                libc::ENOTSUP,
+                format!(
+                    "node '{}' has no raw-file driver, so no I/O backend",
+                    node.name()
+                ),
+            )),
+        }
     })
 }
 
@@ -319,8 +391,8 @@ pub extern "C" fn aioctx_node_drained_end(n: *mut AioctxNode) -> c_int {
     })
 }
 
-/// Flushes `n` through its driver (raw file: `fdatasync` on a worker
-/// thread) and waits for the result. Threads: as
+/// Flushes `n` through its driver (raw file: `fdatasync` on the node's
+/// backend) and waits for the result. Threads: as
 /// `aioctx_node_drained_begin`. From the node's home thread the driver's
 /// flush is called right there (with the context held); from the main loop
 /// thread it runs as a bottom half in the home thread while the caller waits
@@ -338,7 +410,8 @@ pub extern "C" fn aioctx_node_flush(n: *mut AioctxNode) -> c_int {
 }
 
 /// Reads `len` bytes at `offset` into `buf` (raw-file nodes). Any thread.
-/// Returns 0 once submitted; then the read runs on a worker thread and
+/// Returns 0 once submitted; then the read runs (on the context's io_uring
+/// or a worker thread, see `aioctx_node_open_file`) and
 /// `cb(opaque, ret)` runs in the node's home thread with its context held
 /// (`ret`: bytes read, fewer only at end of file, or -errno). `buf` must stay
 /// valid until then; `cb` may be NULL (fire and forget). In a drained

@@ -88,7 +88,16 @@ impl IoBuf {
         }
     }
 
-    fn as_iovec(&mut self, skip: usize) -> libc::iovec {
+    /// The buffer's address, for alignment checks (`O_DIRECT`).
+    pub(crate) fn addr(&self) -> usize {
+        match &self.0 {
+            Memory::Owned(v) => v.as_ptr() as usize,
+            Memory::Lent { ptr, .. } => *ptr as usize,
+        }
+    }
+
+    /// The part of the buffer after its first `skip` bytes.
+    pub(crate) fn as_iovec(&mut self, skip: usize) -> libc::iovec {
         let (ptr, len) = match &mut self.0 {
             Memory::Owned(v) => (v.as_mut_ptr(), v.len()),
             Memory::Lent { ptr, len } => (*ptr, *len),
@@ -153,6 +162,63 @@ fn transfer(
         }
     }
     Ok(done)
+}
+
+/// `statx` mask bit for the `O_DIRECT` alignment fields (Linux 6.1).
+const STATX_DIOALIGN: u32 = 0x2000;
+
+/// The alignment `O_DIRECT` I/O on `fd` needs, in bytes, for buffer
+/// addresses, offsets and lengths alike: what `statx` reports where the
+/// kernel has it, else the logical block size of a block device, else
+/// found by trying a 512-byte direct read (4096 when that fails or proves
+/// nothing).
+pub fn direct_alignment(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: an all-zero statx is a valid out-value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: "" with AT_EMPTY_PATH names `fd` itself; `stx` is a valid out-pointer.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stx.stx_mask & STATX_DIOALIGN != 0 && stx.stx_dio_offset_align > 0 {
+        return Ok(stx.stx_dio_offset_align.max(stx.stx_dio_mem_align) as usize);
+    }
+    if u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFBLK {
+        let mut size: libc::c_int = 0;
+        // SAFETY: BLKSSZGET writes one int through the pointer.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::BLKSSZGET, &mut size) } == 0 && size > 0 {
+            return Ok(size as usize);
+        }
+    }
+    Ok(if direct_read_works(fd, 512) {
+        512
+    } else {
+        4096
+    })
+}
+
+/// Whether a direct read of `len` bytes at 0 into a page-aligned buffer
+/// returns data (a read past the end proves nothing).
+fn direct_read_works(fd: BorrowedFd<'_>, len: usize) -> bool {
+    let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("a valid layout");
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let buf = unsafe { std::alloc::alloc(layout) };
+    if buf.is_null() {
+        return false;
+    }
+    // SAFETY: `buf` holds 4096 >= len writable bytes.
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.cast(), len, 0) };
+    // SAFETY: allocated above with `layout`.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    n > 0
 }
 
 /// Byte of the image that stands for "someone writes it" (as in QEMU's

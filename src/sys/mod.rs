@@ -6,6 +6,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod file;
 pub mod thread;
+pub mod uring;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 

@@ -1,0 +1,325 @@
+//! The raw-file driver's io_uring backend: one ring per context, whose
+//! descriptor sits in the context's epoll set as an fd handler, so that
+//! completions run in the context's home thread with the context held, as
+//! the worker pool's bottom halves do.
+//!
+//! Only the context's home thread enters the ring (see `Ring::push`).
+//! Submissions made by completion callbacks are batched: the handler hands
+//! them to the kernel in one system call after the callbacks of the
+//! completions it reaped (as fio's loop does). A callback that then waits
+//! (a drain, a flush) polls the context, and a bottom half queued with the
+//! first deferred request submits them there, so no wait can sleep on
+//! requests the kernel never saw. Requests from other threads are submitted
+//! by such a bottom half too.
+//!
+//! `fork()`: before it, every ring stops taking requests (they go to the
+//! worker pool meanwhile) and waits until the kernel has finished what it
+//! runs; those completions run afterwards in the parent and in the child
+//! (as the pool's queued jobs do). The child cannot use the ring (its
+//! memory is not inherited): its nodes use the worker pool from then on.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
+use std::sync::{Arc, Weak};
+
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+
+use super::node::Node;
+use super::request::{io_error, IoDone};
+use super::sections::Completing;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::sys::file::IoBuf;
+use crate::sys::uring::{self, Completion, Op, Uring};
+
+/// What runs when a request completes.
+pub(super) enum Finish {
+    /// A read or write: its caller's completion (errors name the image).
+    Io(IoDone, Arc<str>),
+    /// An `fdatasync`.
+    Sync(SyncDone),
+}
+
+/// The completion of an `fdatasync`.
+pub(super) type SyncDone = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+
+/// What travels with a request: its node (kept alive, and its context with
+/// it, until the completion has run) and its completion.
+pub(super) struct Tag {
+    pub(super) node: Arc<Node>,
+    pub(super) finish: Finish,
+}
+
+const LIVE: u8 = 0;
+/// Between a `fork()`'s prepare and its parent handler: requests go elsewhere.
+const PAUSED: u8 = 1;
+/// In a `fork()`'s child: the ring's memory is not there.
+const DEAD: u8 = 2;
+
+/// At most this many reap-run-submit rounds per readiness of the ring.
+const ROUNDS: usize = 4;
+
+/// A context's ring.
+pub(super) struct Ring {
+    uring: Uring<Tag>,
+    ctx: Weak<Context>,
+    state: AtomicU8,
+    /// A bottom half that submits deferred requests is queued.
+    submit_queued: AtomicBool,
+}
+
+thread_local! {
+    /// The ring whose completions this thread runs (its address; 0: none).
+    static COMPLETING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Every ring, by its context's id, for lookups and `fork()`.
+static RINGS: Mutex<Vec<(u64, Weak<Ring>)>> = Mutex::new(Vec::new());
+
+/// Whether this process can use io_uring (probed once).
+pub(super) fn available() -> bool {
+    static AVAILABLE: Lazy<bool> =
+        Lazy::new(|| in_passing_thread(uring::available).unwrap_or(false));
+    *AVAILABLE
+}
+
+/// Runs `f` on a thread of its own that ends right after: rings are made
+/// there, so that the kernel, which interrupts a ring's creator when the
+/// ring is closed, finds no caller's thread to interrupt (see
+/// [`uring::available`]). `None` if no thread could start.
+fn in_passing_thread<R: Send>(f: impl FnOnce() -> R + Send) -> Option<R> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("aioctx-ring".into())
+            .spawn_scoped(s, f)
+            .ok()?
+            .join()
+            .ok()
+    })
+}
+
+impl Ring {
+    /// `ctx`'s ring, made (and watched by `ctx`) at the first call.
+    pub(super) fn of(ctx: &Arc<Context>) -> Result<Arc<Ring>> {
+        let mut rings = RINGS.lock();
+        rings.retain(|(_, r)| r.strong_count() > 0);
+        if let Some(ring) = rings
+            .iter()
+            .find(|(id, _)| *id == ctx.id())
+            .and_then(|(_, r)| r.upgrade())
+        {
+            return Ok(ring);
+        }
+        let uring = in_passing_thread(Uring::new)
+            .unwrap_or_else(|| Err(std::io::Error::from_raw_os_error(libc::EAGAIN)))
+            .map_err(|e| {
+                Error::from_io(
+                    &format!("context '{}': cannot set up io_uring", ctx.name()),
+                    e,
+                )
+            })?;
+        let ring = Arc::new(Ring {
+            uring,
+            ctx: Arc::downgrade(ctx),
+            state: AtomicU8::new(LIVE),
+            submit_queued: AtomicBool::new(false),
+        });
+        // The context's handler keeps the ring for as long as the context
+        // lives; the registry only finds it.
+        let handler = ring.clone();
+        ctx.set_fd_handler(
+            ring.uring.fd(),
+            Some(Arc::new(move || handler.complete())),
+            None,
+        )?;
+        rings.push((ctx.id(), Arc::downgrade(&ring)));
+        Ok(ring)
+    }
+
+    /// Starts a read or write of `buf` at `offset` for `node`; `done` runs
+    /// in the node's context. `Err` gives the request back when the ring
+    /// takes none (around a `fork()`, or the kernel refused it), for the
+    /// worker pool to run.
+    pub(super) fn submit_io(
+        self: &Arc<Self>,
+        (op, file, path): (Op, &File, &Arc<str>),
+        node: &Arc<Node>,
+        (buf, offset, done): (IoBuf, u64, IoDone),
+    ) -> std::result::Result<(), (IoBuf, IoDone)> {
+        let tag = Tag {
+            node: node.clone(),
+            finish: Finish::Io(done, path.clone()),
+        };
+        self.push(op, file, (buf, offset, tag))
+            .map_err(|(buf, tag)| match tag.finish {
+                Finish::Io(done, _) => (buf, done),
+                Finish::Sync(_) => unreachable!("a read or write was pushed"),
+            })
+    }
+
+    /// Starts an `fdatasync` of `file` for `node`; `done` as in [`submit_io`](Self::submit_io).
+    pub(super) fn sync(
+        self: &Arc<Self>,
+        file: &File,
+        node: &Arc<Node>,
+        done: SyncDone,
+    ) -> std::result::Result<(), SyncDone> {
+        let tag = Tag {
+            node: node.clone(),
+            finish: Finish::Sync(done),
+        };
+        self.push(Op::Sync, file, (IoBuf::from(Vec::new()), 0, tag))
+            .map_err(|(_, tag)| match tag.finish {
+                Finish::Sync(done) => done,
+                Finish::Io(..) => unreachable!("a sync was pushed"),
+            })
+    }
+
+    fn push(
+        self: &Arc<Self>,
+        op: Op,
+        file: &File,
+        (buf, offset, tag): (IoBuf, u64, Tag),
+    ) -> std::result::Result<(), (IoBuf, Tag)> {
+        if self.state.load(Acquire) != LIVE {
+            return Err((buf, tag));
+        }
+        let Some(ctx) = self.ctx.upgrade() else {
+            return Err((buf, tag));
+        };
+        // Only the context's home thread enters the ring: the kernel posts
+        // a completion from the thread that submitted it, and interrupts
+        // that thread to do so, which another caller (a vCPU thread in a
+        // blocking call with a timeout) must not see. Others leave the
+        // request for a bottom half there, as completions batch theirs.
+        let defer = COMPLETING.get() == Arc::as_ptr(self) as usize || !ctx.is_home();
+        self.uring
+            .push(op, file.as_fd(), (buf, offset, tag), defer)
+            .map_err(|(_, buf, tag)| (buf, tag))?;
+        if defer && !self.submit_queued.swap(true, AcqRel) {
+            let ring = self.clone();
+            ctx.schedule_once(move || ring.submit_deferred());
+        }
+        Ok(())
+    }
+
+    fn submit_deferred(&self) {
+        self.submit_queued.store(false, Release);
+        // A failure leaves them queued for the next submission, which the
+        // next push or reap makes.
+        let _ = self.uring.submit_pending();
+    }
+
+    /// The fd handler: runs the completions the ring has, then submits what
+    /// they started.
+    fn complete(self: &Arc<Self>) {
+        if self.state.load(Acquire) == DEAD {
+            // In a fork()'s child the descriptor reports the parent's ring.
+            if let Some(ctx) = self.ctx.upgrade() {
+                let _ = ctx.set_fd_handler(self.uring.fd(), None, None);
+            }
+            return;
+        }
+        // Requests the kernel completes while they are submitted (page-cache
+        // hits) are there as soon as the submission returns: take them in
+        // the same call, a few rounds at most so the context's other
+        // handlers and bottom halves still get their turn.
+        for _ in 0..ROUNDS {
+            let mut done = Vec::new();
+            self.uring.reap(&mut done);
+            if done.is_empty() {
+                break;
+            }
+            let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
+            run(done);
+            COMPLETING.set(outer);
+            self.submit_deferred();
+        }
+    }
+}
+
+/// Runs completions in order. Those not yet run count as completing on this
+/// stack: a drain from inside an earlier one would otherwise wait for them,
+/// and they cannot run before it returns.
+fn run(done: Vec<Completion<Tag>>) {
+    let behind: Vec<_> = done
+        .iter()
+        .map(|c| Completing::by_key(c.tag.node.completion_key()))
+        .collect();
+    for (c, mark) in done.into_iter().zip(behind) {
+        drop(mark);
+        let Tag { node, finish } = c.tag;
+        // The node (and so its image) is let go of before the completion
+        // runs, as the worker pool does: a caller that frees the graph from
+        // its last completion finds the image closed.
+        drop(node);
+        match finish {
+            Finish::Io(done, path) => done(c.result.map_err(|e| io_error(&path, e)), c.buf),
+            Finish::Sync(done) => done(c.result.map(drop)),
+        }
+    }
+}
+
+/// A ring paused for a `fork()`, and the completions it collected.
+type Paused = (Arc<Ring>, Vec<Completion<Tag>>);
+
+/// `fork()` prepare: every ring stops taking requests and finishes those
+/// the kernel runs; returns them, to run after the fork on both sides.
+fn pause_all() -> Vec<Paused> {
+    let rings: Vec<_> = RINGS
+        .lock()
+        .iter()
+        .filter_map(|(_, r)| r.upgrade())
+        .collect();
+    rings
+        .into_iter()
+        .map(|ring| {
+            ring.state.store(PAUSED, Release);
+            let mut done = Vec::new();
+            ring.uring.pause(&mut done);
+            (ring, done)
+        })
+        .collect()
+}
+
+/// The rings paused by the running `fork()`, and what they finished.
+static PAUSED_FOR_FORK: Mutex<Vec<Paused>> = Mutex::new(Vec::new());
+
+pub(super) fn before_fork() {
+    let paused = pause_all();
+    *PAUSED_FOR_FORK.lock() = paused;
+}
+
+/// After a `fork()`: the rings go on in the parent (`child`: false) or
+/// are dead in the child; either way the completions the prepare collected
+/// run as bottom halves in their contexts.
+pub(super) fn after_fork(child: bool) {
+    let paused = std::mem::take(&mut *PAUSED_FOR_FORK.lock());
+    for (ring, done) in paused {
+        if child {
+            ring.uring.abandon();
+            ring.state.store(DEAD, Release);
+        } else {
+            ring.uring.resume();
+            ring.state.store(LIVE, Release);
+        }
+        if done.is_empty() {
+            continue;
+        }
+        if let Some(ctx) = ring.ctx.upgrade() {
+            ctx.schedule_once(move || run(done));
+        }
+    }
+    // A ring made between the prepare and the fork is dead in the child
+    // too. (try_lock: a thread that held the registry at the fork does not
+    // exist in the child, and would hold it for ever.)
+    if let Some(rings) = RINGS.try_lock().filter(|_| child) {
+        for ring in rings.iter().filter_map(|(_, r)| r.upgrade()) {
+            ring.uring.abandon();
+            ring.state.store(DEAD, Release);
+        }
+    }
+}
