@@ -1014,8 +1014,12 @@ void aioctx_timer_free(struct AioctxTimer *t);
  * home thread exiting, and `aioctx_wait_kick()` make it re-check `cond`.
  * When the caller is `ctx`'s home thread (it polls `ctx` itself), every
  * callback of any context does too. Otherwise state changed elsewhere
- * (another context's callback, a plain thread) needs `aioctx_wait_kick()`:
- * waits for one IOThread are not woken by every other IOThread's work.
+ * (another context's callback, a plain thread) needs `aioctx_wait_kick()`
+ * to be seen at once: waits for one IOThread are not woken by every other
+ * IOThread's work. A kick that was missed costs latency, never a hang: an
+ * unwoken wait re-checks `cond` anyway, 1 ms after it began and then at
+ * intervals doubling up to 64 ms (`AIOCTX_WAIT_RECHECK_MS`; 0 turns that
+ * off).
  *
  * A timeout holds even while another thread holds a context the wait must
  * take back or dispatch: the call returns within the timeout plus a few
@@ -1047,8 +1051,9 @@ struct AioctxWait *aioctx_wait_begin(struct AioctxContext *ctx, int64_t timeout_
 
 /**
  * One step of the wait: releases the context as `aioctx_poll_while` does,
- * polls once (returning when a callback ran, the wait was kicked, or the
- * deadline came), and re-acquires it. Call it while your condition holds.
+ * polls once (returning when a callback ran, the wait was kicked, the
+ * deadline came, or the re-check interval of `aioctx_poll_while` passed),
+ * and re-acquires it. Call it while your condition holds.
  * Returns 0; -ETIMEDOUT once the timeout passed (with a dump in
  * `aioctx_last_error()`; see `aioctx_poll_while` for a context it could
  * not take back in time); -EDEADLK on a deadlock cycle (as

@@ -19,6 +19,8 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use once_cell::sync::Lazy;
+
 use crate::context::{self, describe_cycle, find_cycle, Blocking, Context, Hop, Registration};
 use crate::diag::{self, Level};
 use crate::error::{invalid, not_permitted, Error, Result};
@@ -69,6 +71,29 @@ pub fn poll_while(
 /// How long a suspected cycle waits to be confirmed.
 const CONFIRM_NS: i64 = 1_000_000;
 
+/// The backstop for a missed kick: a condition changed where no kick
+/// reaches this wait (another context's callback that does not call
+/// `aioctx_wait_kick`, as QEMU's code must) would otherwise leave it asleep
+/// for good. So an unkicked wait re-checks anyway, 1 ms after it began, then
+/// at intervals doubling up to `recheck_max_ns()`: a missed kick costs at
+/// most that much latency, and a long wait a few wake-ups a second.
+const RECHECK_FIRST_NS: i64 = 1_000_000;
+
+/// The longest interval between re-checks (`AIOCTX_WAIT_RECHECK_MS`, read
+/// once; default 64 ms); None: no backstop, a wait sleeps until woken (the
+/// C tests run so, to catch a lost wake-up the backstop would hide).
+fn recheck_max_ns() -> Option<i64> {
+    static NS: Lazy<Option<i64>> = Lazy::new(|| {
+        let ms = std::env::var("AIOCTX_WAIT_RECHECK_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|&ms| ms >= 0)
+            .unwrap_or(64);
+        (ms > 0).then(|| ms.saturating_mul(1_000_000))
+    });
+    *NS
+}
+
 /// A `poll_while` whose checks are done: starting work and then waiting for
 /// it with a `Waiter` cannot fail half-way with the work already started.
 pub struct Waiter {
@@ -92,6 +117,10 @@ pub struct Waiter {
     started: i64,
     /// When to log that the wait is slow (once), per `AIOCTX_WAIT_WARN_MS`.
     warn_at: Option<i64>,
+    /// When to re-check the condition even if nothing woke the wait (None:
+    /// never), and the interval after that (see `RECHECK_FIRST_NS`).
+    recheck_at: Option<i64>,
+    recheck_ns: i64,
     /// The thread that waits: the depths it releases and restores are its own.
     thread: u64,
     registered: Registration,
@@ -127,6 +156,8 @@ impl Waiter {
             timeout_ns: opts.timeout_ns.unwrap_or(0),
             started,
             warn_at: diag::wait_warning_ns().map(|ns| started.saturating_add(ns)),
+            recheck_at: recheck_max_ns().map(|max| started.saturating_add(RECHECK_FIRST_NS.min(max))),
+            recheck_ns: RECHECK_FIRST_NS,
             thread: thread::current(),
         })
     }
@@ -195,8 +226,9 @@ impl Waiter {
         }
         self.warn_if_due(now);
         self.look_for_cycle(now);
+        self.schedule_recheck(now);
         let confirm_at = self.suspected.as_ref().map(|s| s.1);
-        let mut wait = match [self.deadline, self.warn_at, confirm_at]
+        let mut wait = match [self.deadline, self.warn_at, confirm_at, self.recheck_at]
             .into_iter()
             .flatten()
             .min()
@@ -415,6 +447,17 @@ impl Waiter {
         }
         self.registered = Registration::new(&self.ctx, &self.poll_ctx);
         Ok(true)
+    }
+
+    /// Moves the backstop re-check on once it is due (see `RECHECK_FIRST_NS`).
+    fn schedule_recheck(&mut self, now: i64) {
+        let (Some(at), Some(max)) = (self.recheck_at, recheck_max_ns()) else {
+            return;
+        };
+        if now >= at {
+            self.recheck_ns = self.recheck_ns.saturating_mul(2).min(max);
+            self.recheck_at = Some(now.saturating_add(self.recheck_ns));
+        }
     }
 
     fn warn_if_due(&mut self, now: i64) {
