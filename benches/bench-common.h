@@ -140,4 +140,22 @@ static inline int bench_parse_list(const char *s, long *out, int max)
     return *s ? 0 : n;
 }
 
+/* `ops` block numbers below `nblocks`, the same every run (xorshift64 from a
+ * fixed seed), so aioctx and its baseline read and write the same blocks.
+ * The caller frees the array. */
+static inline uint64_t *bench_random_blocks(long ops, uint64_t nblocks)
+{
+    uint64_t *blocks = malloc((size_t)ops * sizeof(*blocks));
+    if (!blocks)
+        bench_fail("bench-common", 0, "out of memory for %ld block numbers", ops);
+    uint64_t x = 0x2545f4914f6cdd1dull;
+    for (long i = 0; i < ops; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blocks[i] = x % nblocks;
+    }
+    return blocks;
+}
+
 #endif

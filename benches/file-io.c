@@ -201,14 +201,7 @@ int main(int argc, char **argv)
         }
         fsync(fds[f]);
     }
-    uint64_t *blocks = malloc((size_t)ops * sizeof(*blocks));
-    uint64_t x = 0x2545f4914f6cdd1dull;
-    for (long i = 0; i < ops; i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        blocks[i] = x % nblocks;
-    }
+    uint64_t *blocks = bench_random_blocks(ops, nblocks);
 
     if (aioctx_context_claim(aioctx_main_context()) != 0)
         bench_fail(BENCH, 1, "claim the main context");
