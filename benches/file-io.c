@@ -25,7 +25,7 @@
  *
  * For profiling, BENCH_ONLY=<substring> runs only the variants whose name
  * contains it (plus nothing else): e.g. BENCH_ONLY=read_qd32_2iot perf record ... */
-#include "bench-common.h"
+#include "bench-io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,70 +35,11 @@
 
 #define BENCH "file-io"
 
-enum { BLOCK = 4096, MAX_QD = 32 };
+enum { BLOCK = BENCH_IO_BLOCK };
 
-static uint64_t tag_of(int file, uint64_t block)
-{
-    return 0xa10c7000000000ull ^ ((uint64_t)file << 40) ^ block;
-}
-
-struct run;
-
-struct slot {
-    struct run *run;
-    unsigned char *buf;
-    long op;
-};
-
-struct run {
-    AioctxNode *node[2];
-    const uint64_t *blocks;
-    long ops;
-    int write;
-    long next, completed, errors;
-    const char *backend; /* the nodes' backend (a static string) */
-    sem_t done;
-    struct slot slots[MAX_QD];
-};
-
-static void io_done(void *opaque, int64_t ret);
-
-static void submit(struct slot *s, long op)
-{
-    struct run *r = s->run;
-    int file = (int)(op & 1);
-    uint64_t block = r->blocks[op];
-    s->op = op;
-    int rc;
-    if (r->write) {
-        memcpy(s->buf, &(uint64_t){tag_of(file, block)}, sizeof(uint64_t));
-        rc = aioctx_node_pwrite(r->node[file], s->buf, BLOCK, block * BLOCK, io_done, s);
-    } else {
-        memset(s->buf, 0, sizeof(uint64_t));
-        rc = aioctx_node_pread(r->node[file], s->buf, BLOCK, block * BLOCK, io_done, s);
-    }
-    if (rc != 0)
-        bench_fail(BENCH, 1, "submit %s", r->write ? "aioctx_node_pwrite" : "aioctx_node_pread");
-}
-
-static void io_done(void *opaque, int64_t ret)
-{
-    struct slot *s = opaque;
-    struct run *r = s->run;
-    uint64_t tag;
-    memcpy(&tag, s->buf, sizeof(tag));
-    if (ret != BLOCK || (!r->write && tag != tag_of((int)(s->op & 1), r->blocks[s->op])))
-        __atomic_add_fetch(&r->errors, 1, __ATOMIC_RELAXED);
-    long op = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED);
-    if (op < r->ops)
-        submit(s, op);
-    if (__atomic_add_fetch(&r->completed, 1, __ATOMIC_ACQ_REL) == r->ops)
-        sem_post(&r->done);
-}
-
-/* ns per operation through aioctx. */
-static double run_aioctx(struct run *r, AioctxContext *ctx0, AioctxContext *ctx1, const char *dir,
-                         int write, int qd)
+/* ns per operation through aioctx; *backend gets the nodes' backend. */
+static double run_aioctx(struct bench_io_run *r, AioctxContext *ctx0, AioctxContext *ctx1, const char *dir,
+                         int write, int qd, const char **backend)
 {
     char path[2][512];
     AioctxGraph *g = aioctx_graph_new(NULL);
@@ -111,23 +52,13 @@ static double run_aioctx(struct run *r, AioctxContext *ctx0, AioctxContext *ctx1
         if (!r->node[f])
             bench_fail(BENCH, 1, "aioctx_node_open_file");
     }
-    r->backend = aioctx_node_io_backend(r->node[0]);
-    r->write = write;
-    r->completed = r->errors = 0;
-    long first = qd < r->ops ? qd : r->ops;
-    /* Set before submitting: completions take the next op from here. */
-    r->next = first;
-    int64_t t0 = bench_now_ns();
-    for (long op = 0; op < first; op++)
-        submit(&r->slots[op], op);
-    while (sem_wait(&r->done) != 0 && errno == EINTR) {
-    }
-    int64_t t1 = bench_now_ns();
-    if (r->completed != r->ops || r->errors)
-        bench_fail(BENCH, 0, "aioctx %s qd%d: %ld of %ld completed, %ld failed or wrong", write ? "write" : "read",
-                   qd, r->completed, r->ops, r->errors);
+    r->nnodes = 2;
+    *backend = aioctx_node_io_backend(r->node[0]);
+    char what[64];
+    snprintf(what, sizeof what, "aioctx %s qd%d", write ? "write" : "read", qd);
+    double ns = bench_io_run_qd(r, write, qd, what);
     aioctx_graph_free(g);
-    return (double)(t1 - t0) / (double)r->ops;
+    return ns;
 }
 
 static double run_plain(const int *fds, const uint64_t *blocks, long ops, int write, unsigned char *buf)
@@ -135,7 +66,7 @@ static double run_plain(const int *fds, const uint64_t *blocks, long ops, int wr
     int64_t t0 = bench_now_ns();
     for (long op = 0; op < ops; op++) {
         int file = (int)(op & 1);
-        uint64_t tag = tag_of(file, blocks[op]);
+        uint64_t tag = bench_io_tag(file, blocks[op]);
         ssize_t n;
         if (write) {
             memcpy(buf, &tag, sizeof(tag));
@@ -194,7 +125,7 @@ int main(int argc, char **argv)
         if (fds[f] < 0)
             bench_fail(BENCH, 0, "%s: %s", path, strerror(errno));
         for (uint64_t b = 0; b < nblocks; b++) {
-            uint64_t tag = tag_of(f, b);
+            uint64_t tag = bench_io_tag(f, b);
             memcpy(buf, &tag, sizeof(tag));
             if (pwrite(fds[f], buf, BLOCK, (off_t)(b * BLOCK)) != BLOCK)
                 bench_fail(BENCH, 0, "fill %s: %s", path, strerror(errno));
@@ -209,14 +140,9 @@ int main(int argc, char **argv)
     if (!io[0] || !io[1])
         bench_fail(BENCH, 1, "aioctx_iothread_new");
     AioctxContext *ctx[2] = {aioctx_iothread_context(io[0]), aioctx_iothread_context(io[1])};
-    static struct run run;
-    run.blocks = blocks;
-    run.ops = ops;
-    sem_init(&run.done, 0, 0);
-    for (int i = 0; i < MAX_QD; i++) {
-        run.slots[i].run = &run;
-        run.slots[i].buf = aligned_alloc(BLOCK, BLOCK);
-    }
+    static struct bench_io_run run;
+    bench_io_init(&run, BENCH, blocks);
+    const char *backend = NULL;
 
     struct variant v[] = {
         {"plain_read", 1, 0, 1, 0, NULL},       {"plain_write", 1, 1, 1, 0, NULL},
@@ -244,7 +170,7 @@ int main(int argc, char **argv)
             if (!active[vi])
                 continue;
             double ns = w->plain ? run_plain(fds, blocks, run.ops, w->write, buf)
-                                 : run_aioctx(&run, ctx[0], ctx[w->iothreads == 2], dir, w->write, w->qd);
+                                 : run_aioctx(&run, ctx[0], ctx[w->iothreads == 2], dir, w->write, w->qd, &backend);
             if (r >= 0)
                 w->samples[r] = ns;
         }
@@ -252,7 +178,6 @@ int main(int argc, char **argv)
 
     double med[NV];
     /* The backend nodes get without a backend flag (AIOCTX_IO_BACKEND). */
-    const char *backend = run.backend;
     printf("{\"bench\": \"file-io\", \"placement\": \"%s\", \"backend\": \"%s\", \"file_mb\": %ld, "
            "\"files\": 2, \"block\": %d, \"ops\": %ld, \"reps\": %d",
            one_cpu ? "one_cpu" : "any_cpu", backend ? backend : "none", file_mb, BLOCK, ops, reps);
@@ -276,8 +201,7 @@ int main(int argc, char **argv)
     }
     if (argc <= 4)
         rmdir(dir);
-    for (int i = 0; i < MAX_QD; i++)
-        free(run.slots[i].buf);
+    bench_io_fini(&run);
     for (int i = 0; i < NV; i++)
         free(v[i].samples);
     free(blocks);

@@ -7,7 +7,7 @@
  *   io-qd FILE FILE_MB OPS REPS QDLIST
  *
  * FILE (for O_DIRECT) and FILE.buffered are created (FILE_MB MiB, every block
- * tagged with its number, synced): one file each, because a direct read of a
+ * tagged (bench-io.h), synced): one file each, because a direct read of a
  * range with dirty cached pages waits for their writeback first, and a direct
  * write drops the cached pages it covers. A buffered write variant is synced
  * after its timing, so that the next variant does not pay its writeback.
@@ -20,7 +20,7 @@
  *
  * BENCH_ONLY=<substring> runs only the variants whose name contains it
  * (names like "io_uring_direct_read_qd32"), for profiling. */
-#include "bench-common.h"
+#include "bench-io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,59 +30,7 @@
 
 #define BENCH "io-qd"
 
-enum { BLOCK = 4096, MAX_QD = 256, MAX_QDS = 16 };
-
-struct run;
-
-struct slot {
-    struct run *run;
-    unsigned char *buf;
-    long op;
-};
-
-struct run {
-    AioctxNode *node;
-    const uint64_t *blocks;
-    long ops;
-    int write;
-    long next, completed, errors;
-    sem_t done;
-    struct slot slots[MAX_QD];
-};
-
-static void io_done(void *opaque, int64_t ret);
-
-static void submit(struct slot *s, long op)
-{
-    struct run *r = s->run;
-    uint64_t block = r->blocks[op];
-    s->op = op;
-    int rc;
-    if (r->write) {
-        memcpy(s->buf, &block, sizeof(block));
-        rc = aioctx_node_pwrite(r->node, s->buf, BLOCK, block * BLOCK, io_done, s);
-    } else {
-        memset(s->buf, 0, sizeof(uint64_t));
-        rc = aioctx_node_pread(r->node, s->buf, BLOCK, block * BLOCK, io_done, s);
-    }
-    if (rc != 0)
-        bench_fail(BENCH, 1, "submit");
-}
-
-static void io_done(void *opaque, int64_t ret)
-{
-    struct slot *s = opaque;
-    struct run *r = s->run;
-    uint64_t tag;
-    memcpy(&tag, s->buf, sizeof(tag));
-    if (ret != BLOCK || (!r->write && tag != r->blocks[s->op]))
-        __atomic_add_fetch(&r->errors, 1, __ATOMIC_RELAXED);
-    long op = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED);
-    if (op < r->ops)
-        submit(s, op);
-    if (__atomic_add_fetch(&r->completed, 1, __ATOMIC_ACQ_REL) == r->ops)
-        sem_post(&r->done);
-}
+enum { BLOCK = BENCH_IO_BLOCK, MAX_QD = BENCH_IO_MAX_QD, MAX_QDS = 16 };
 
 struct variant {
     char name[64];
@@ -93,38 +41,27 @@ struct variant {
 };
 
 /* ns per operation; 0 when the backend cannot open the file (no io_uring). */
-static double run_one(struct run *r, AioctxContext *ctx, const char *direct_path, const struct variant *v)
+static double run_one(struct bench_io_run *r, AioctxContext *ctx, const char *direct_path, const struct variant *v)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s%s", direct_path, v->flags & AIOCTX_OPEN_DIRECT ? "" : ".buffered");
     AioctxGraph *g = aioctx_graph_new(NULL);
     if (!g)
         bench_fail(BENCH, 1, "aioctx_graph_new");
-    r->node = aioctx_node_open_file(g, "disk", ctx, path, v->flags);
-    if (!r->node) {
+    r->node[0] = aioctx_node_open_file(g, "disk", ctx, path, v->flags);
+    if (!r->node[0]) {
         if (aioctx_last_errno() == -ENOTSUP) {
             aioctx_graph_free(g);
             return 0;
         }
         bench_fail(BENCH, 1, "aioctx_node_open_file %s", v->name);
     }
-    r->write = v->write;
-    r->completed = r->errors = 0;
-    long first = v->qd < r->ops ? v->qd : r->ops;
-    r->next = first;
-    int64_t t0 = bench_now_ns();
-    for (long op = 0; op < first; op++)
-        submit(&r->slots[op], op);
-    while (sem_wait(&r->done) != 0 && errno == EINTR) {
-    }
-    int64_t t1 = bench_now_ns();
-    if (r->completed != r->ops || r->errors)
-        bench_fail(BENCH, 0, "%s: %ld of %ld completed, %ld failed or wrong", v->name, r->completed, r->ops,
-                   r->errors);
-    if (v->write && !(v->flags & AIOCTX_OPEN_DIRECT) && aioctx_node_flush(r->node) != 0)
+    r->nnodes = 1;
+    double ns = bench_io_run_qd(r, v->write, v->qd, v->name);
+    if (v->write && !(v->flags & AIOCTX_OPEN_DIRECT) && aioctx_node_flush(r->node[0]) != 0)
         bench_fail(BENCH, 1, "flush %s", v->name);
     aioctx_graph_free(g);
-    return (double)(t1 - t0) / (double)r->ops;
+    return ns;
 }
 
 int main(int argc, char **argv)
@@ -159,7 +96,7 @@ int main(int argc, char **argv)
         for (uint64_t b = 0; b < nblocks; b += CHUNK) {
             uint64_t n = nblocks - b < CHUNK ? nblocks - b : CHUNK;
             for (uint64_t i = 0; i < n; i++) {
-                uint64_t tag = b + i;
+                uint64_t tag = bench_io_tag(0, b + i);
                 memcpy(fill + i * BLOCK, &tag, sizeof(tag));
             }
             if (pwrite(fd, fill, n * BLOCK, (off_t)(b * BLOCK)) != (ssize_t)(n * BLOCK))
@@ -177,13 +114,8 @@ int main(int argc, char **argv)
     AioctxIoThread *io = aioctx_iothread_new("bench-qd");
     if (!io)
         bench_fail(BENCH, 1, "aioctx_iothread_new");
-    static struct run run;
-    run.blocks = blocks;
-    sem_init(&run.done, 0, 0);
-    for (int i = 0; i < MAX_QD; i++) {
-        run.slots[i].run = &run;
-        run.slots[i].buf = aligned_alloc(BLOCK, BLOCK);
-    }
+    static struct bench_io_run run;
+    bench_io_init(&run, BENCH, blocks);
 
     static const struct {
         const char *name;
@@ -240,8 +172,7 @@ int main(int argc, char **argv)
     printf("]}\n");
 
     aioctx_iothread_free(io);
-    for (int i = 0; i < MAX_QD; i++)
-        free(run.slots[i].buf);
+    bench_io_fini(&run);
     for (int j = 0; j < nv; j++)
         free(v[j].samples);
     free(v);
