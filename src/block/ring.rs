@@ -129,11 +129,15 @@ impl Ring {
         });
         // The context's handler keeps the ring for as long as the context
         // lives; the registry only finds it.
-        let handler = ring.clone();
-        ctx.set_fd_handler(
+        // Its poll callback lets an IOThread's busy-poll see completions
+        // in the queue's shared memory, instead of sleeping in epoll until
+        // the ring's descriptor wakes it (a wake-up per request at QD1).
+        let (handler, poller) = (ring.clone(), ring.clone());
+        ctx.set_fd_handler_full(
             ring.uring.fd(),
             Some(Arc::new(move || handler.complete())),
             None,
+            Some(Arc::new(move || poller.uring.has_completions())),
         )?;
         rings.push((ctx.id(), Arc::downgrade(&ring)));
         Ok(ring)
