@@ -609,6 +609,14 @@ impl Context {
         if blocking {
             self.notify_me.fetch_sub(1, SeqCst);
         }
+        // An io_uring's completions are posted by task work in the thread
+        // that submitted, which interrupts its epoll_wait (EINTR: no events)
+        // and posts them on the way out: the poll callbacks see them now,
+        // rather than a poll later, and the window counts them as arrived
+        // (an interrupted sleep otherwise reads as an idle one, closing it).
+        if spin.is_some() && !skip_epoll && ready.len() == polled && result.is_ok() {
+            self.handlers.poll(ready);
+        }
         if polled > 0 && ready.len() > polled {
             fd::merge_duplicates(ready);
         }
