@@ -215,6 +215,19 @@ impl<T> Uring<T> {
         !t.paused && !unsafe { self.ring.completion_shared() }.is_empty()
     }
 
+    /// Requests queued for the kernel and not yet handed to it.
+    pub fn unsubmitted(&self) -> usize {
+        if self.is_abandoned() {
+            return 0;
+        }
+        let t = self.table.lock();
+        if t.paused {
+            return 0;
+        }
+        // SAFETY: the submission queue is only touched under the table lock.
+        unsafe { self.ring.submission_shared() }.len()
+    }
+
     /// Requests pushed and not yet reaped.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
