@@ -222,7 +222,12 @@ impl Ring {
         let completing = COMPLETING.get() == Arc::as_ptr(self) as usize;
         let elsewhere = !completing && !ctx.is_home();
         self.uring
-            .push(op, file.as_fd(), (buf, offset, tag), completing || elsewhere)
+            .push(
+                op,
+                file.as_fd(),
+                (buf, offset, tag),
+                completing || elsewhere,
+            )
             .map_err(|(_, buf, tag)| (buf, tag))?;
         if completing && self.uring.unsubmitted() >= SUBMIT_BATCH {
             // A failure leaves them for the submission after the callbacks.
