@@ -24,17 +24,19 @@ static bool flag_unset(void *opaque)
     return atomic_load((atomic_int *)opaque) == 0;
 }
 
-/* Thread: sets the flag 5 ms after it starts, and kicks nobody. */
+/* Thread: sets the flag 5 ms (scaled) after it starts, and kicks nobody. */
 static void *set_flag_later(void *arg)
 {
-    tap_sleep_ms(5);
+    tap_sleep_ms(5 * tap_scale());
     atomic_store((atomic_int *)arg, 1);
     return NULL;
 }
 
-/* BH: sets the flag, and kicks nobody. */
+/* BH: sets the flag 5 ms (scaled) after it began (the wait has begun by then: a
+ * polling IOThread runs it at once), and kicks nobody. */
 static void set_flag_cb(void *opaque)
 {
+    tap_sleep_ms(5 * tap_scale());
     atomic_store((atomic_int *)opaque, 1);
 }
 
