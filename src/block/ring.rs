@@ -33,7 +33,7 @@ use super::sections::Completing;
 use crate::context::{self, Context, Flush};
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;
-use crate::sys::uring::{self, Completion, Op, Uring};
+use crate::sys::uring::{self, Completion, Op, Submit, Uring};
 
 /// What runs when a request completes.
 pub(super) enum Finish {
@@ -217,22 +217,39 @@ impl Ring {
         // a completion from the thread that submitted it, and interrupts
         // that thread to do so, which another caller (a vCPU thread in a
         // blocking call with a timeout) must not see. Others leave the
-        // request for a bottom half there, as completions batch theirs.
+        // request for a bottom half there, as completions batch theirs (with
+        // the queue full, it goes back to the worker pool instead).
         // Completions' requests are submitted after them (see `complete`).
         let completing = COMPLETING.get() == Arc::as_ptr(self) as usize;
-        let elsewhere = !completing && !ctx.is_home();
-        self.uring
-            .push(op, file.as_fd(), (buf, offset, tag), completing || elsewhere)
+        let submit = if completing {
+            Submit::Later
+        } else if ctx.is_home() {
+            Submit::Now
+        } else {
+            Submit::Elsewhere
+        };
+        let pending = self
+            .uring
+            .push(op, file.as_fd(), (buf, offset, tag), submit)
             .map_err(|(_, buf, tag)| (buf, tag))?;
-        if completing && self.uring.unsubmitted() >= SUBMIT_BATCH {
-            // A failure leaves them for the submission after the callbacks.
-            let _ = self.uring.submit_pending();
+        if completing {
+            if self.uring.unsubmitted() >= SUBMIT_BATCH {
+                // A failure leaves them for the submission after the callbacks.
+                let _ = self.uring.submit_pending();
+            }
+        } else if pending {
+            // Another thread's request, or the kernel refused the
+            // submission (it stays queued): the home thread submits.
+            self.schedule_submit(&ctx);
         }
-        if elsewhere && !self.submit_queued.swap(true, AcqRel) {
+        Ok(())
+    }
+
+    fn schedule_submit(self: &Arc<Self>, ctx: &Context) {
+        if !self.submit_queued.swap(true, AcqRel) {
             let ring = self.clone();
             ctx.schedule_once(move || ring.submit_deferred());
         }
-        Ok(())
     }
 
     fn submit_deferred(&self) {

@@ -29,6 +29,20 @@ const ENTRIES: u32 = 128;
 /// larger buffer continues as a short transfer, in aligned steps.
 const MAX_CHUNK: usize = 1 << 30;
 
+/// When [`Uring::push`] hands a request to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submit {
+    /// Now: the caller is the ring's home thread.
+    Now,
+    /// At the next [`Uring::submit_pending`] (a batch): the caller is the
+    /// home thread, which may still enter the ring if the queue is full.
+    Later,
+    /// At the next [`Uring::submit_pending`], which the home thread makes:
+    /// the caller is another thread and never enters the ring (a full
+    /// queue fails the push instead).
+    Elsewhere,
+}
+
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -111,10 +125,14 @@ impl<T> Uring<T> {
         self.ring.as_raw_fd()
     }
 
-    /// Starts `op` on `fd` at `offset` with `buf`. With `defer`, the kernel
-    /// sees it at the next [`submit_pending`](Self::submit_pending) (or any
-    /// later push or reap that submits); the caller must make sure one comes.
-    /// On failure, the buffer and tag come back untouched.
+    /// Starts `op` on `fd` at `offset` with `buf`, handed to the kernel as
+    /// `submit` says. `Ok(true)`: the kernel may not have it yet (deferred,
+    /// or the submission failed): the caller must make sure a
+    /// [`submit_pending`](Self::submit_pending) follows, in the home thread.
+    /// `Err` gives the buffer and tag back untouched, which happens only
+    /// before the request is on the submission queue: once there, the
+    /// kernel may read it at any later submission, so the request is never
+    /// given back, only completed.
     ///
     /// `fd` must stay open until the completion is reaped (the tag usually
     /// keeps its file alive): the kernel resolves it at submission.
@@ -123,8 +141,8 @@ impl<T> Uring<T> {
         op: Op,
         fd: BorrowedFd<'_>,
         (buf, offset, tag): (IoBuf, u64, T),
-        defer: bool,
-    ) -> Result<(), (io::Error, IoBuf, T)> {
+        submit: Submit,
+    ) -> Result<bool, (io::Error, IoBuf, T)> {
         if self.is_abandoned() {
             return Err((io::Error::from_raw_os_error(libc::EBUSY), buf, tag));
         }
@@ -149,19 +167,19 @@ impl<T> Uring<T> {
         };
         t.slots[index as usize] = Some(slot);
         t.in_flight += 1;
-        let queued = self.queue(&mut t, index);
-        let submitted = queued.and_then(|()| {
-            if defer {
-                t.unsubmitted = true;
-                Ok(())
-            } else {
-                self.submit_locked(&mut t)
-            }
-        });
-        submitted.map_err(|e| {
+        if let Err(e) = self.queue(&mut t, index, submit != Submit::Elsewhere) {
+            // Not on the queue: the kernel never sees this one.
             let slot = t.take(index).expect("a slot just filled");
-            (e, slot.buf, slot.tag)
-        })
+            return Err((e, slot.buf, slot.tag));
+        }
+        if submit == Submit::Now {
+            // A failure leaves it queued and `unsubmitted` set: the caller
+            // submits again (a request on the queue cannot be taken back).
+            let _ = self.submit_locked(&mut t);
+        } else {
+            t.unsubmitted = true;
+        }
+        Ok(t.unsubmitted)
     }
 
     /// Waits until no request is in flight (as [`wait_idle`](Self::wait_idle))
@@ -278,13 +296,13 @@ impl<T> Uring<T> {
             };
             match res {
                 e if e == -libc::EINTR || e == -libc::EAGAIN => {
-                    again |= self.queue(t, index).is_ok();
+                    again |= self.queue(t, index, true).is_ok();
                     continue;
                 }
                 n if n > 0 && slot.op != Op::Sync => {
                     slot.done += n as usize;
                     if slot.done < slot.buf.len() {
-                        again |= self.queue(t, index).is_ok();
+                        again |= self.queue(t, index, true).is_ok();
                         continue;
                     }
                 }
@@ -313,7 +331,8 @@ impl<T> Uring<T> {
 
     /// Puts the request in slot `index` (its remaining part) on the
     /// submission queue, submitting first if the queue is full.
-    fn queue(&self, t: &mut Table<T>, index: u32) -> io::Result<()> {
+    /// `may_enter`: whether the caller may enter the ring (its home thread).
+    fn queue(&self, t: &mut Table<T>, index: u32, may_enter: bool) -> io::Result<()> {
         let slot = t.slots[index as usize].as_mut().expect("a live slot");
         let fd = types::Fd(slot.fd);
         let offset = slot.offset + slot.done as u64;
@@ -339,7 +358,7 @@ impl<T> Uring<T> {
             if unsafe { self.ring.submission_shared().push(&entry) }.is_ok() {
                 return Ok(());
             }
-            if attempt == 0 {
+            if attempt == 0 && may_enter {
                 self.submit_locked(t)?;
             }
         }
@@ -347,20 +366,52 @@ impl<T> Uring<T> {
         Err(io::Error::from_raw_os_error(libc::EAGAIN))
     }
 
+    /// Hands the queued requests to the kernel; `unsubmitted` stays set
+    /// unless it took them all, so a failure is retried by the next one.
     fn submit_locked(&self, t: &mut Table<T>) -> io::Result<()> {
+        t.unsubmitted = true;
+        let entered = self.enter(0);
+        // SAFETY: the submission queue is only touched under the table lock.
+        t.unsubmitted = !unsafe { self.ring.submission_shared() }.is_empty();
+        entered
+    }
+
+    /// `io_uring_enter`: submits what is queued and waits for `want`
+    /// completions. `EBUSY`: completions must be reaped first.
+    fn enter(&self, want: usize) -> io::Result<()> {
+        #[cfg(test)]
+        if faults::take_submit_failure() {
+            // What io_uring_enter(2) returns when it cannot allocate a request.
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
         loop {
-            match self.ring.submit() {
-                Ok(_) => {
-                    t.unsubmitted = false;
-                    return Ok(());
-                }
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // Completions must be reaped before more can be submitted:
-                // the owner reaps when the ring's descriptor is readable.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Fault injection for tests: the calling thread's next submissions fail.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        static FAIL_SUBMITS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// This thread's next `n` entries to any ring fail with `EAGAIN`.
+    pub(crate) fn fail_next_submits(n: u32) {
+        FAIL_SUBMITS.set(n);
+    }
+
+    pub(super) fn take_submit_failure() -> bool {
+        let n = FAIL_SUBMITS.get();
+        FAIL_SUBMITS.set(n.saturating_sub(1));
+        n > 0
     }
 }
 
@@ -409,7 +460,10 @@ mod tests {
     use super::*;
 
     fn temp_file(data: &[u8]) -> std::fs::File {
-        let path = std::env::temp_dir().join(format!("aioctx-uring-{}", std::process::id()));
+        // One name per call: tests run in parallel.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Relaxed);
+        let path = std::env::temp_dir().join(format!("aioctx-uring-{}-{n}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -438,7 +492,7 @@ mod tests {
         let file = temp_file(b"hello, ring");
         let ring = Uring::<u32>::new().unwrap();
         let buf = IoBuf::from(vec![0u8; 5]);
-        ring.push(Op::Read, file.as_fd(), (buf, 7, 1), true)
+        ring.push(Op::Read, file.as_fd(), (buf, 7, 1), Submit::Later)
             .map_err(|(e, ..)| e)
             .unwrap();
         assert_eq!(ring.in_flight(), 1);
@@ -452,12 +506,12 @@ mod tests {
         assert_eq!(&c.buf.into_vec().unwrap()[..4], b"ring");
 
         let w = IoBuf::from(b"HELLO".to_vec());
-        ring.push(Op::Write, file.as_fd(), (w, 0, 2), false)
+        ring.push(Op::Write, file.as_fd(), (w, 0, 2), Submit::Now)
             .map_err(|(e, ..)| e)
             .unwrap();
         assert_eq!(wait_one(&ring).result.unwrap(), 5);
         let s = IoBuf::from(Vec::new());
-        ring.push(Op::Sync, file.as_fd(), (s, 0, 3), false)
+        ring.push(Op::Sync, file.as_fd(), (s, 0, 3), Submit::Now)
             .map_err(|(e, ..)| e)
             .unwrap();
         assert_eq!(wait_one(&ring).result.unwrap(), 0);
@@ -477,14 +531,57 @@ mod tests {
         // SAFETY: a number far above any open descriptor; the kernel only
         // looks it up (and finds nothing).
         let closed = unsafe { BorrowedFd::borrow_raw(999_999) };
-        ring.push(Op::Read, closed, (IoBuf::from(vec![0u8; 1]), 0, ()), false)
-            .map_err(|(e, ..)| e)
-            .unwrap();
+        ring.push(
+            Op::Read,
+            closed,
+            (IoBuf::from(vec![0u8; 1]), 0, ()),
+            Submit::Now,
+        )
+        .map_err(|(e, ..)| e)
+        .unwrap();
         let mut out = Vec::new();
         ring.wait_idle(&mut out);
         assert_eq!(
             out.pop().unwrap().result.unwrap_err().raw_os_error(),
             Some(libc::EBADF)
         );
+    }
+
+    fn page_at_0(tag: u32) -> (IoBuf, u64, u32) {
+        (IoBuf::from(vec![0u8; 4096]), 0, tag)
+    }
+
+    /// A request whose submission fails stays in flight (its entry is on
+    /// the queue, where the next submission hands it to the kernel): given
+    /// back, its buffer would be written after its owner got it back, and
+    /// its slot's next user would get its completion.
+    #[test]
+    fn a_failed_submission_keeps_the_request_in_flight() {
+        if !available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let file = temp_file(&[0xAA; 4096]);
+        let ring = Uring::<u32>::new().unwrap();
+        faults::fail_next_submits(1);
+        let pending = ring
+            .push(Op::Read, file.as_fd(), page_at_0(1), Submit::Now)
+            .map_err(|(e, ..)| e)
+            .expect("a queued request is not given back");
+        assert!(pending, "the caller is told to submit again");
+        assert_eq!((ring.in_flight(), ring.unsubmitted()), (1, 1));
+        ring.submit_pending().unwrap();
+        assert_eq!(ring.unsubmitted(), 0);
+        ring.push(Op::Read, file.as_fd(), page_at_0(2), Submit::Now)
+            .map_err(|(e, ..)| e)
+            .unwrap();
+        let mut out = Vec::new();
+        ring.wait_idle(&mut out);
+        out.sort_by_key(|c| c.tag);
+        let got: Vec<_> = out
+            .into_iter()
+            .map(|c| (c.tag, c.result.unwrap(), c.buf.into_vec().unwrap()[4095]))
+            .collect();
+        assert_eq!(got, [(1, 4096, 0xAA), (2, 4096, 0xAA)]);
     }
 }
