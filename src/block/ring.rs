@@ -252,11 +252,15 @@ impl Ring {
         }
     }
 
-    fn submit_deferred(&self) {
+    fn submit_deferred(self: &Arc<Self>) {
         self.submit_queued.store(false, Release);
-        // A failure leaves them queued for the next submission, which the
-        // next push or reap makes.
-        let _ = self.uring.submit_pending();
+        if self.uring.submit_pending().is_err() {
+            // They stay queued (a queued request cannot be taken back):
+            // try again at the loop's next round.
+            if let Some(ctx) = self.ctx.upgrade() {
+                self.schedule_submit(&ctx);
+            }
+        }
     }
 
     /// The fd handler: runs the completions the ring has, then submits what
@@ -276,13 +280,18 @@ impl Ring {
         for _ in 0..ROUNDS {
             let mut done = Vec::new();
             self.uring.reap(&mut done);
-            if done.is_empty() {
+            let reaped = !done.is_empty();
+            if reaped {
+                let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
+                context::before_poll(&self.flush, || run(done));
+                COMPLETING.set(outer);
+            }
+            // What the callbacks started, and the rest of short transfers
+            // if the reap could not submit it.
+            self.submit_deferred();
+            if !reaped {
                 break;
             }
-            let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
-            context::before_poll(&self.flush, || run(done));
-            COMPLETING.set(outer);
-            self.submit_deferred();
         }
     }
 }

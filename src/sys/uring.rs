@@ -43,6 +43,10 @@ pub enum Submit {
     Elsewhere,
 }
 
+/// How many times in a row [`Uring::wait_idle`] retries a submission the
+/// kernel refuses for want of memory (1 ms apart) before it gives up.
+const REFUSALS_MAX: u32 = 1000;
+
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -175,7 +179,7 @@ impl<T> Uring<T> {
         if submit == Submit::Now {
             // A failure leaves it queued and `unsubmitted` set: the caller
             // submits again (a request on the queue cannot be taken back).
-            let _ = self.submit_locked(&mut t);
+            let _ = self.submit_locked(&mut t, 0);
         } else {
             t.unsubmitted = true;
         }
@@ -214,7 +218,7 @@ impl<T> Uring<T> {
         if !t.unsubmitted || t.paused {
             return Ok(());
         }
-        self.submit_locked(&mut t)
+        self.submit_locked(&mut t, 0)
     }
 
     /// Whether completions wait to be reaped: two loads from the ring's
@@ -270,13 +274,18 @@ impl<T> Uring<T> {
         }
         let mut t = self.table.lock();
         self.reap_locked(&mut t, out);
+        let mut refused = 0;
         while t.in_flight > 0 && !t.paused {
-            t.unsubmitted = false;
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    // Nothing can complete what the kernel will not run.
-                    return;
+            match self.submit_locked(&mut t, 1) {
+                Ok(()) => refused = 0,
+                // Out of memory for requests (EAGAIN), or completions to
+                // reap first (EBUSY): passing, so wait a little and retry.
+                Err(e) if transient(&e) && refused < REFUSALS_MAX => {
+                    refused += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
+                // Nothing can complete what the kernel will not run.
+                Err(_) => return,
             }
             self.reap_locked(&mut t, out);
         }
@@ -294,28 +303,33 @@ impl<T> Uring<T> {
             let Some(slot) = t.slots.get_mut(index as usize).and_then(|s| s.as_mut()) else {
                 continue;
             };
-            match res {
-                e if e == -libc::EINTR || e == -libc::EAGAIN => {
-                    again |= self.queue(t, index, true).is_ok();
-                    continue;
-                }
+            let requeue = match res {
+                e if e == -libc::EINTR || e == -libc::EAGAIN => true,
                 n if n > 0 && slot.op != Op::Sync => {
                     slot.done += n as usize;
-                    if slot.done < slot.buf.len() {
-                        again |= self.queue(t, index, true).is_ok();
-                        continue;
-                    }
+                    slot.done < slot.buf.len()
                 }
-                _ => {}
-            }
-            let slot = t.take(index).expect("a slot checked above");
-            let result = if res < 0 {
+                _ => false,
+            };
+            let mut result = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))
             } else {
-                Ok(slot.done)
+                Ok(())
             };
+            if requeue {
+                match self.queue(t, index, true) {
+                    Ok(()) => {
+                        again = true;
+                        continue;
+                    }
+                    // Left in its slot without an entry on the queue, it
+                    // would never complete (a drain, a fork would hang).
+                    Err(e) => result = Err(e),
+                }
+            }
+            let slot = t.take(index).expect("a slot checked above");
             out.push(Completion {
-                result,
+                result: result.map(|()| slot.done),
                 buf: slot.buf,
                 tag: slot.tag,
             });
@@ -325,7 +339,8 @@ impl<T> Uring<T> {
         // SAFETY: as above, under the table lock.
         let overflow = unsafe { self.ring.submission_shared() }.cq_overflow();
         if again || overflow || t.unsubmitted {
-            let _ = self.submit_locked(t);
+            // A failure keeps `unsubmitted` set for the owner's next try.
+            let _ = self.submit_locked(t, 0);
         }
     }
 
@@ -359,18 +374,19 @@ impl<T> Uring<T> {
                 return Ok(());
             }
             if attempt == 0 && may_enter {
-                self.submit_locked(t)?;
+                self.submit_locked(t, 0)?;
             }
         }
         // Still full: the kernel takes no more before completions are reaped.
         Err(io::Error::from_raw_os_error(libc::EAGAIN))
     }
 
-    /// Hands the queued requests to the kernel; `unsubmitted` stays set
-    /// unless it took them all, so a failure is retried by the next one.
-    fn submit_locked(&self, t: &mut Table<T>) -> io::Result<()> {
+    /// Hands the queued requests to the kernel and waits for `want`
+    /// completions; `unsubmitted` stays set unless it took them all, so a
+    /// failure is retried by the next submission.
+    fn submit_locked(&self, t: &mut Table<T>, want: usize) -> io::Result<()> {
         t.unsubmitted = true;
-        let entered = self.enter(0);
+        let entered = self.enter(want);
         // SAFETY: the submission queue is only touched under the table lock.
         t.unsubmitted = !unsafe { self.ring.submission_shared() }.is_empty();
         entered
@@ -392,6 +408,14 @@ impl<T> Uring<T> {
             }
         }
     }
+}
+
+/// Whether the kernel may take the submission if asked again.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAGAIN | libc::EBUSY | libc::ENOMEM)
+    )
 }
 
 /// Fault injection for tests: the calling thread's next submissions fail.
@@ -583,5 +607,44 @@ mod tests {
             .map(|c| (c.tag, c.result.unwrap(), c.buf.into_vec().unwrap()[4095]))
             .collect();
         assert_eq!(got, [(1, 4096, 0xAA), (2, 4096, 0xAA)]);
+    }
+
+    /// A short transfer whose rest cannot be queued (queue full, the
+    /// submission refused) completes with the error: left in its slot with
+    /// no entry on the queue, nothing would ever complete it.
+    #[test]
+    fn a_rest_that_cannot_be_queued_completes_with_the_error() {
+        if !available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let file = temp_file(&[0xAA; 4096]);
+        let ring = Uring::<u32>::new().unwrap();
+        // Short: 4096 of 8192 bytes, then the rest is queued again.
+        let short = (IoBuf::from(vec![0u8; 8192]), 0, 0);
+        ring.push(Op::Read, file.as_fd(), short, Submit::Now)
+            .map_err(|(e, ..)| e)
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !ring.has_completions() {
+            assert!(std::time::Instant::now() < deadline, "no completion");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for tag in 1..=ENTRIES {
+            ring.push(Op::Read, file.as_fd(), page_at_0(tag), Submit::Later)
+                .map_err(|(e, ..)| e)
+                .unwrap();
+        }
+        faults::fail_next_submits(1);
+        let mut out = Vec::new();
+        ring.reap(&mut out);
+        let failed: Vec<_> = out
+            .iter()
+            .map(|c| (c.tag, c.result.as_ref().map_err(|e| e.raw_os_error())))
+            .collect();
+        assert_eq!(failed, [(0, Err(Some(libc::EAGAIN)))]);
+        ring.wait_idle(&mut out);
+        assert_eq!((out.len(), ring.in_flight()), (ENTRIES as usize + 1, 0));
+        assert!(out[1..].iter().all(|c| *c.result.as_ref().unwrap() == 4096));
     }
 }
