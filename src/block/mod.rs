@@ -274,6 +274,102 @@ mod tests {
         all
     }
 
+    /// Reads of 1 MiB in flight for `stop_io_reads`, and their results.
+    const READS: usize = 64;
+    const READ_SIZE: usize = 1 << 20;
+    type ReadResults = Arc<Mutex<Vec<(std::result::Result<usize, i32>, bool)>>>;
+
+    /// A file of `READS` 1 MiB blocks of 7s, none of it in the page cache
+    /// (the reads wait for the device).
+    fn uncached_image(dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; READS * READ_SIZE]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        crate::sys::file::drop_cached_pages(std::os::fd::AsFd::as_fd(&f)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Submits a read of each block of an `uncached_image`.
+    fn read_all_blocks(node: &Arc<Node>, results: &ReadResults) {
+        for b in 0..READS {
+            let results = results.clone();
+            let done = Box::new(move |r: Result<usize>, buf: IoBuf| {
+                let all_7 = buf.into_vec().unwrap().iter().all(|&x| x == 7);
+                results.lock().push((r.map_err(|e| e.errno()), all_7));
+            });
+            let buf = IoBuf::from(vec![0u8; READ_SIZE]);
+            node.submit(RequestKind::Read, buf, (b * READ_SIZE) as u64, done)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_in_flight_when_their_iothread_stops_complete() {
+        // The kernel fails a ring's requests still running when the thread
+        // that submitted them exits (EFAULT here in about half the runs):
+        // the IOThread waits for them first.
+        let dir = std::env::temp_dir().join(format!("aioctx-stop-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = Context::new("stop-io-main").unwrap();
+        main.claim().unwrap();
+        for backend in backends() {
+            let path = uncached_image(&dir, &format!("{backend:?}.img"));
+            let mut io = IoThread::new("stop-io").unwrap();
+            let graph = Graph::new(main.clone());
+            let flags = OpenFlags {
+                backend,
+                ..Default::default()
+            };
+            let node = graph.open_file("disk", io.context(), &path, flags).unwrap();
+            let results = ReadResults::default();
+            read_all_blocks(&node, &results);
+            io.stop().unwrap();
+            node.drain().unwrap();
+            let results = results.lock().clone();
+            assert_eq!(results, vec![(Ok(READ_SIZE), true); READS], "{backend:?}");
+            drop(graph);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_in_flight_when_their_home_thread_ends_complete() {
+        // As above, with a plain thread that submits and ends: its exit
+        // hook waits for the ring.
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("aioctx-end-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = uncached_image(&dir, "img");
+        let main = Context::new("end-io-main").unwrap();
+        main.claim().unwrap();
+        let home = Context::new("end-io-home").unwrap();
+        let graph = Graph::new(main.clone());
+        let flags = OpenFlags {
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node = graph.open_file("disk", &home, &path, flags).unwrap();
+        let results = ReadResults::default();
+        // join(), not a scope: it waits for the thread's exit hooks too.
+        let (h, n, r) = (home.clone(), node.clone(), results.clone());
+        std::thread::spawn(move || {
+            h.claim().unwrap();
+            read_all_blocks(&n, &r);
+        })
+        .join()
+        .unwrap();
+        assert!(!home.has_home());
+        node.drain().unwrap();
+        let results = results.lock().clone();
+        assert_eq!(results, vec![(Ok(READ_SIZE), true); READS]);
+        drop(graph);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn raw_file_io_on_each_backend() {
         // Writes then reads back through the node, on each backend: every

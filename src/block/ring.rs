@@ -12,6 +12,11 @@
 //! the kernel never saw. Requests from other threads are submitted by a
 //! bottom half queued with the first of them.
 //!
+//! A home thread that leaves its context (an IOThread that stops, a
+//! thread that ends) first waits for the requests of the context's ring:
+//! the kernel fails those still running when their submitter exits. Their
+//! completions run as bottom halves, in whichever thread polls next.
+//!
 //! `fork()`: before it, every ring stops taking requests (they go to the
 //! worker pool meanwhile) and waits until the kernel has finished what it
 //! runs; those completions run afterwards in the parent and in the child
@@ -159,7 +164,22 @@ impl Ring {
             Some(Arc::new(move || poller.uring.has_completions())),
         )?;
         rings.push((ctx.id(), Arc::downgrade(&ring)));
+        context::on_home_leaving(home_leaving);
         Ok(ring)
+    }
+
+    /// Waits for every request the ring runs and queues their completions
+    /// as bottom halves of its context: in the home thread, before it
+    /// leaves. The kernel runs a request's completion (task work) on the
+    /// thread that submitted it and fails what is still running when that
+    /// thread exits (`EFAULT` for a buffered read that missed the page
+    /// cache, `ECANCELED` for work handed to its workers).
+    fn finish_in_flight(&self, ctx: &Context) {
+        let mut done = Vec::new();
+        self.uring.wait_idle(&mut done);
+        if !done.is_empty() {
+            ctx.schedule_once(move || run(done));
+        }
     }
 
     /// Starts a read or write of `buf` at `offset` for `node`; `done` runs
@@ -293,6 +313,19 @@ impl Ring {
                 break;
             }
         }
+    }
+}
+
+/// Before `ctx`'s home thread leaves it (see `context::on_home_leaving`):
+/// its ring, if any, finishes what that thread submitted.
+fn home_leaving(ctx: &Arc<Context>) {
+    let ring = RINGS
+        .lock()
+        .iter()
+        .find(|(id, _)| *id == ctx.id())
+        .and_then(|(_, r)| r.upgrade());
+    if let Some(ring) = ring.filter(|r| r.state.load(Acquire) == LIVE) {
+        ring.finish_in_flight(ctx);
     }
 }
 

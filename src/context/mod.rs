@@ -115,12 +115,34 @@ static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 /// and disowns the contexts ([`thread_exited`]).
 static HOMES: Mutex<BTreeMap<u64, Vec<Weak<Context>>>> = Mutex::new(BTreeMap::new());
 
+/// What runs in a context's home thread before the thread leaves it (an
+/// IOThread that stops, a thread that ends): the block layer's io_uring
+/// finishes the requests that thread submitted, which the kernel fails
+/// once their submitter is gone (see `block::ring`).
+static HOME_LEAVING: OnceCell<fn(&Arc<Context>)> = OnceCell::new();
+
+/// Registers what runs before a home thread leaves its context (the first
+/// call counts).
+pub(crate) fn on_home_leaving(hook: fn(&Arc<Context>)) {
+    let _ = HOME_LEAVING.set(hook);
+}
+
+/// Runs the [`on_home_leaving`] hook, in `ctx`'s home thread, which leaves.
+pub(crate) fn home_leaving(ctx: &Arc<Context>) {
+    if let Some(hook) = HOME_LEAVING.get() {
+        hook(ctx);
+    }
+}
+
 /// Called in a thread that ends: it leaves its contexts without a home, so
 /// the next thread that polls one (a wait on its work, say) runs it, instead
 /// of every wait on it hanging.
 pub(crate) fn thread_exited(token: u64) {
     let homes = HOMES.lock().remove(&token).unwrap_or_default();
     for ctx in homes.iter().filter_map(Weak::upgrade) {
+        if ctx.home.load(Acquire) == token {
+            home_leaving(&ctx);
+        }
         if ctx.home.compare_exchange(token, 0, AcqRel, Relaxed).is_ok() {
             ctx.wake_waiters();
         }
