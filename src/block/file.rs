@@ -377,8 +377,11 @@ fn ring_for(backend: Backend, ctx: &Arc<Context>) -> Result<Option<Arc<Ring>>> {
         Backend::Threads => Ok(None),
         Backend::IoUring if !ring::available() => Err(Error::new(
             libc::ENOTSUP,
-            "io_uring is not available to this process (kernel, the kernel.io_uring_disabled \
-             sysctl or a seccomp policy): open without AIOCTX_OPEN_AIO_IO_URING",
+            format!(
+                "io_uring is not usable by this process ({}): open without \
+                 AIOCTX_OPEN_AIO_IO_URING",
+                ring::availability().unwrap_err()
+            ),
         )),
         Backend::IoUring => Ring::of(ctx).map(Some),
         Backend::Auto if !*DEFAULT_IS_URING => Ok(None),
@@ -396,14 +399,14 @@ static DEFAULT_IS_URING: Lazy<bool> = Lazy::new(|| {
     if wanted.as_deref() == Some("threads") {
         return false;
     }
-    let available = ring::available();
-    if !available {
+    let available = ring::availability();
+    if let Err(why) = available {
         log(
             Level::Info,
-            "io_uring is not available to this process: raw-file I/O runs on the worker pool",
+            &format!("io_uring is not usable by this process ({why}): raw-file I/O runs on the worker pool"),
         );
     }
-    available
+    available.is_ok()
 });
 
 /// Registers the `fork()` handlers of the rings and the worker pool (once,

@@ -96,9 +96,16 @@ static RINGS: Mutex<Vec<(u64, Weak<Ring>)>> = Mutex::new(Vec::new());
 
 /// Whether this process can use io_uring (probed once).
 pub(super) fn available() -> bool {
-    static AVAILABLE: Lazy<bool> =
-        Lazy::new(|| in_passing_thread(uring::available).unwrap_or(false));
-    *AVAILABLE
+    availability().is_ok()
+}
+
+/// [`available`], or what is missing.
+pub(super) fn availability() -> std::result::Result<(), &'static str> {
+    static AVAILABLE: Lazy<std::result::Result<(), String>> = Lazy::new(|| {
+        in_passing_thread(uring::available)
+            .unwrap_or_else(|| Err("cannot start a thread to probe io_uring".into()))
+    });
+    AVAILABLE.as_ref().map(|_| ()).map_err(String::as_str)
 }
 
 /// Runs `f` on a thread of its own that ends right after: rings are made

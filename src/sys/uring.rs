@@ -17,7 +17,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::*};
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::{opcode, types, IoUring, Probe};
 use parking_lot::Mutex;
 
 use super::file::IoBuf;
@@ -97,15 +97,56 @@ pub struct Uring<T> {
     abandoned: AtomicBool,
 }
 
-/// Whether this process may create an io_uring (the kernel has it and no
-/// sysctl or seccomp policy forbids it).
+/// Whether this process may use an io_uring as [`Uring`] does: the kernel
+/// has it, no sysctl or seccomp policy forbids it, and it has what `Uring`
+/// relies on (see [`missing_features`]). `Err` says what is missing.
 ///
 /// Call it (and [`Uring::new`]) from a thread that lives no longer than it
 /// must: the kernel counts a ring's creator among its users, and when the
 /// ring is closed it interrupts each user still alive (task work), which
 /// makes a blocking call with a timeout (`SO_RCVTIMEO`) fail with `EINTR`.
-pub fn available() -> bool {
-    IoUring::new(2).is_ok()
+pub fn available() -> Result<(), String> {
+    let ring = IoUring::new(2).map_err(|e| {
+        format!(
+            "cannot create an io_uring ({e}: the kernel, the kernel.io_uring_disabled sysctl \
+             or a seccomp policy)"
+        )
+    })?;
+    let mut probe = Probe::new();
+    let probed = ring.submitter().register_probe(&mut probe).is_ok();
+    let missing = missing_features(ring.params().is_feature_nodrop(), |code| {
+        probed && probe.is_supported(code)
+    });
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the kernel's io_uring lacks {}",
+            missing.join(", ")
+        ))
+    }
+}
+
+/// What `Uring` needs and the kernel lacks: the operations it submits
+/// (`supported`: from `IORING_REGISTER_PROBE`, itself Linux 5.6 like READ
+/// and WRITE; without them every request fails with `EINVAL`), and
+/// `IORING_FEAT_NODROP` (Linux 5.5; without it a full completion queue
+/// drops completions, whose requests then never end).
+fn missing_features(nodrop: bool, supported: impl Fn(u8) -> bool) -> Vec<&'static str> {
+    let ops = [
+        (opcode::Read::CODE, "IORING_OP_READ"),
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
+        (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
+    ];
+    let mut missing: Vec<_> = ops
+        .into_iter()
+        .filter(|&(code, _)| !supported(code))
+        .map(|(_, name)| name)
+        .collect();
+    if !nodrop {
+        missing.push("IORING_FEAT_NODROP");
+    }
+    missing
 }
 
 impl<T> Uring<T> {
@@ -509,7 +550,7 @@ mod tests {
 
     #[test]
     fn reads_writes_and_syncs_through_the_ring() {
-        if !available() {
+        if available().is_err() {
             eprintln!("io_uring unavailable: skipped");
             return;
         }
@@ -547,7 +588,7 @@ mod tests {
 
     #[test]
     fn a_bad_descriptor_completes_with_its_error() {
-        if !available() {
+        if available().is_err() {
             eprintln!("io_uring unavailable: skipped");
             return;
         }
@@ -581,7 +622,7 @@ mod tests {
     /// its slot's next user would get its completion.
     #[test]
     fn a_failed_submission_keeps_the_request_in_flight() {
-        if !available() {
+        if available().is_err() {
             eprintln!("io_uring unavailable: skipped");
             return;
         }
@@ -614,7 +655,7 @@ mod tests {
     /// no entry on the queue, nothing would ever complete it.
     #[test]
     fn a_rest_that_cannot_be_queued_completes_with_the_error() {
-        if !available() {
+        if available().is_err() {
             eprintln!("io_uring unavailable: skipped");
             return;
         }
@@ -646,5 +687,27 @@ mod tests {
         ring.wait_idle(&mut out);
         assert_eq!((out.len(), ring.in_flight()), (ENTRIES as usize + 1, 0));
         assert!(out[1..].iter().all(|c| *c.result.as_ref().unwrap() == 4096));
+    }
+
+    #[test]
+    fn a_kernel_without_an_operation_or_nodrop_is_named_lacking() {
+        assert!(missing_features(true, |_| true).is_empty());
+        assert_eq!(
+            missing_features(true, |code| code != opcode::Write::CODE),
+            ["IORING_OP_WRITE"]
+        );
+        // No probe (before Linux 5.6): nothing counts as supported.
+        assert_eq!(
+            missing_features(false, |_| false),
+            [
+                "IORING_OP_READ",
+                "IORING_OP_WRITE",
+                "IORING_OP_FSYNC",
+                "IORING_FEAT_NODROP"
+            ]
+        );
+        if let Err(why) = available() {
+            assert!(why.contains("io_uring"), "{why}");
+        }
     }
 }
