@@ -437,9 +437,8 @@ impl<T> Uring<T> {
     /// completions. `EBUSY`: completions must be reaped first.
     fn enter(&self, want: usize) -> io::Result<()> {
         #[cfg(test)]
-        if faults::take_submit_failure() {
-            // What io_uring_enter(2) returns when it cannot allocate a request.
-            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        if let Some(errno) = faults::take_submit_failure() {
+            return Err(io::Error::from_raw_os_error(errno));
         }
         loop {
             match self.ring.submit_and_wait(want) {
@@ -465,18 +464,24 @@ pub(crate) mod faults {
     use std::cell::Cell;
 
     thread_local! {
-        static FAIL_SUBMITS: Cell<u32> = const { Cell::new(0) };
+        static FAIL_SUBMITS: Cell<(u32, i32)> = const { Cell::new((0, 0)) };
     }
 
-    /// This thread's next `n` entries to any ring fail with `EAGAIN`.
+    /// This thread's next `n` entries to any ring fail with `EAGAIN`
+    /// (what io_uring_enter(2) returns when it cannot allocate a request).
     pub(crate) fn fail_next_submits(n: u32) {
-        FAIL_SUBMITS.set(n);
+        fail_next_submits_with(n, libc::EAGAIN);
     }
 
-    pub(super) fn take_submit_failure() -> bool {
-        let n = FAIL_SUBMITS.get();
-        FAIL_SUBMITS.set(n.saturating_sub(1));
-        n > 0
+    /// This thread's next `n` entries to any ring fail with `errno`.
+    pub(crate) fn fail_next_submits_with(n: u32, errno: i32) {
+        FAIL_SUBMITS.set((n, errno));
+    }
+
+    pub(super) fn take_submit_failure() -> Option<i32> {
+        let (n, errno) = FAIL_SUBMITS.get();
+        FAIL_SUBMITS.set((n.saturating_sub(1), errno));
+        (n > 0).then_some(errno)
     }
 }
 
@@ -512,6 +517,14 @@ impl<T> Drop for Uring<T> {
         }
         let mut rest = Vec::new();
         self.wait_idle(&mut rest);
+        if self.table.get_mut().in_flight > 0 {
+            // The kernel refused to run them to the end: it may still
+            // write into their buffers (or read their entries from the
+            // queue), so those and the ring's memory are leaked, not freed.
+            let table = std::mem::replace(&mut self.table, Mutex::new(Table::empty()));
+            std::mem::forget(table);
+            return;
+        }
         // SAFETY: dropped once, here, and never used after.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
@@ -709,5 +722,32 @@ mod tests {
         if let Err(why) = available() {
             assert!(why.contains("io_uring"), "{why}");
         }
+    }
+
+    /// A ring dropped with a request the kernel would not finish keeps its
+    /// memory (and the request's buffer) mapped: the kernel may still use
+    /// them.
+    #[test]
+    fn a_ring_with_a_request_left_is_leaked_not_unmapped() {
+        if available().is_err() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let file = temp_file(&[0xAA; 4096]);
+        let ring = Uring::<u32>::new().unwrap();
+        ring.push(Op::Read, file.as_fd(), page_at_0(1), Submit::Later)
+            .map_err(|(e, ..)| e)
+            .unwrap();
+        let fd = ring.fd();
+        // Not passing: wait_idle gives up at once (after its first reap).
+        faults::fail_next_submits_with(2, libc::EINVAL);
+        drop(ring);
+        // SAFETY: only asks whether the descriptor is open.
+        #[allow(unsafe_code)]
+        let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+        assert!(
+            open,
+            "the ring was closed (and unmapped) with a request left"
+        );
     }
 }
