@@ -370,6 +370,70 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// `O_NONBLOCK` flags of this process's open files of `path`, from
+    /// `/proc/self/fdinfo`.
+    fn nonblocking_opens_of(path: &std::path::Path) -> Vec<bool> {
+        let mut found = Vec::new();
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(fd.path()).ok().as_deref() != Some(path) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) else {
+                continue;
+            };
+            let flags = i32::from_str_radix(flags.trim(), 8).unwrap();
+            found.push(flags & libc::O_NONBLOCK != 0);
+        }
+        found
+    }
+
+    #[test]
+    fn image_files_are_blocking_after_open() {
+        // io_uring fails a request on an O_NONBLOCK file with EAGAIN where
+        // it would wait: only the open needs the flag (a FIFO).
+        let dir = std::env::temp_dir().join(format!("aioctx-block-fl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        std::fs::write(&path, vec![1u8; 4096]).unwrap();
+        let main = Context::new("blocking-main").unwrap();
+        main.claim().unwrap();
+        for backend in backends() {
+            let graph = Graph::new(main.clone());
+            let flags = OpenFlags {
+                rdwr: true,
+                backend,
+                ..Default::default()
+            };
+            let node = graph
+                .open_file("disk", &main, path.to_str().unwrap(), flags)
+                .unwrap();
+            // Past the page cache (or on the ring, its own file opens).
+            crate::sys::file::drop_cached_pages(std::os::fd::AsFd::as_fd(
+                &std::fs::File::open(&path).unwrap(),
+            ))
+            .unwrap();
+            let done = Arc::new(Mutex::new(None));
+            let d = done.clone();
+            let cb = Box::new(move |r: Result<usize>, _: IoBuf| *d.lock() = Some(r.is_ok()));
+            node.submit(RequestKind::Read, IoBuf::from(vec![0; 4096]), 0, cb)
+                .unwrap();
+            node.drain().unwrap();
+            assert_eq!(*done.lock(), Some(true));
+            let opens = nonblocking_opens_of(&path);
+            assert!(
+                !opens.is_empty() && opens.iter().all(|nb| !nb),
+                "{backend:?}: {opens:?}"
+            );
+            drop(graph);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn raw_file_io_on_each_backend() {
         // Writes then reads back through the node, on each backend: every

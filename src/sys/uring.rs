@@ -47,6 +47,12 @@ pub enum Submit {
 /// kernel refuses for want of memory (1 ms apart) before it gives up.
 const REFUSALS_MAX: u32 = 1000;
 
+/// A request the kernel answers `EAGAIN` is queued again at once, at most
+/// this many times, then completes with the error: the files are blocking
+/// (the node's driver clears `O_NONBLOCK`), so it should not happen, and
+/// it must not spin for ever if it does.
+const EAGAIN_MAX: u8 = 16;
+
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -72,6 +78,8 @@ struct Slot<T> {
     offset: u64,
     /// Bytes transferred by earlier (short) completions.
     done: usize,
+    /// `EAGAIN` results so far (see `EAGAIN_MAX`).
+    eagains: u8,
     tag: T,
 }
 
@@ -201,6 +209,7 @@ impl<T> Uring<T> {
             buf,
             offset,
             done: 0,
+            eagains: 0,
             tag,
         };
         let index = match t.free.pop() {
@@ -345,7 +354,11 @@ impl<T> Uring<T> {
                 continue;
             };
             let requeue = match res {
-                e if e == -libc::EINTR || e == -libc::EAGAIN => true,
+                e if e == -libc::EINTR => true,
+                e if e == -libc::EAGAIN => {
+                    slot.eagains += 1;
+                    slot.eagains <= EAGAIN_MAX
+                }
                 n if n > 0 && slot.op != Op::Sync => {
                     slot.done += n as usize;
                     slot.done < slot.buf.len()
