@@ -361,60 +361,107 @@ fn run(done: Vec<Completion<Tag>>) {
 /// A ring paused for a `fork()`, and the completions it collected.
 type Paused = (Arc<Ring>, Vec<Completion<Tag>>);
 
+/// The rings paused by the running `fork()`, and what they finished.
+static PAUSED_FOR_FORK: Mutex<Vec<Paused>> = Mutex::new(Vec::new());
+
+type Registry = parking_lot::MutexGuard<'static, Vec<(u64, Weak<Ring>)>>;
+
+thread_local! {
+    /// The registry, held by the forking thread from the prepare until
+    /// after the fork, in the parent and in the child: no ring is made
+    /// after the prepare paused them, and the child finds it unlocked
+    /// (another thread holding it at the fork would hold it for ever).
+    static HELD_FOR_FORK: std::cell::RefCell<Option<Registry>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// `fork()` prepare: every ring stops taking requests and finishes those
-/// the kernel runs; returns them, to run after the fork on both sides.
-fn pause_all() -> Vec<Paused> {
-    let rings: Vec<_> = RINGS
-        .lock()
+/// the kernel runs; their completions run after the fork, on both sides.
+pub(super) fn before_fork() {
+    let rings = RINGS.lock();
+    let paused = rings
         .iter()
         .filter_map(|(_, r)| r.upgrade())
-        .collect();
-    rings
-        .into_iter()
         .map(|ring| {
             ring.state.store(PAUSED, Release);
             let mut done = Vec::new();
             ring.uring.pause(&mut done);
             (ring, done)
         })
-        .collect()
-}
-
-/// The rings paused by the running `fork()`, and what they finished.
-static PAUSED_FOR_FORK: Mutex<Vec<Paused>> = Mutex::new(Vec::new());
-
-pub(super) fn before_fork() {
-    let paused = pause_all();
+        .collect();
     *PAUSED_FOR_FORK.lock() = paused;
+    // (A fork from a thread whose thread-locals are gone forks unprotected.)
+    let _ = HELD_FOR_FORK.try_with(|h| *h.borrow_mut() = Some(rings));
 }
 
 /// After a `fork()`: the rings go on in the parent (`child`: false) or
 /// are dead in the child; either way the completions the prepare collected
-/// run as bottom halves in their contexts.
+/// run as bottom halves in their contexts (in the child, from its first
+/// poll of each: the handler must not block on a BH queue's lock).
 pub(super) fn after_fork(child: bool) {
-    let paused = std::mem::take(&mut *PAUSED_FOR_FORK.lock());
-    for (ring, done) in paused {
-        if child {
+    let held = HELD_FOR_FORK
+        .try_with(|h| h.borrow_mut().take())
+        .ok()
+        .flatten();
+    if child {
+        // Every ring, also one made after the prepare if the registry could
+        // not be held (try_lock: a thread that held it at the fork does not
+        // exist in the child).
+        let rings = held.or_else(|| RINGS.try_lock());
+        for ring in rings
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter_map(|(_, r)| r.upgrade())
+        {
             ring.uring.abandon();
             ring.state.store(DEAD, Release);
-        } else {
+        }
+    } else {
+        drop(held);
+    }
+    let paused = std::mem::take(&mut *PAUSED_FOR_FORK.lock());
+    for (ring, done) in paused {
+        if !child {
             ring.uring.resume();
             ring.state.store(LIVE, Release);
         }
-        if done.is_empty() {
+        let Some(ctx) = ring.ctx.upgrade().filter(|_| !done.is_empty()) else {
             continue;
-        }
-        if let Some(ctx) = ring.ctx.upgrade() {
+        };
+        if child {
+            ctx.schedule_in_forked_child(move || run(done));
+        } else {
             ctx.schedule_once(move || run(done));
         }
     }
-    // A ring made between the prepare and the fork is dead in the child
-    // too. (try_lock: a thread that held the registry at the fork does not
-    // exist in the child, and would hold it for ever.)
-    if let Some(rings) = RINGS.try_lock().filter(|_| child) {
-        for ring in rings.iter().filter_map(|(_, r)| r.upgrade()) {
-            ring.uring.abandon();
-            ring.state.store(DEAD, Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn no_ring_is_made_between_a_forks_prepare_and_its_end() {
+        // Made after the prepare paused the others, a ring would run
+        // requests across the fork; the registry is held until its end.
+        if !available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
         }
+        let ctx = Context::new("fork-window").unwrap();
+        before_fork();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = ctx.clone();
+        let maker = std::thread::spawn(move || tx.send(Ring::of(&c).is_ok()).unwrap());
+        let during = rx.recv_timeout(Duration::from_millis(200));
+        after_fork(false);
+        let after = rx.recv_timeout(Duration::from_secs(10));
+        maker.join().unwrap();
+        assert!(
+            during.is_err(),
+            "a ring was made while rings were paused for a fork"
+        );
+        assert_eq!(after, Ok(true));
     }
 }

@@ -240,8 +240,14 @@ impl<T> Uring<T> {
     /// and then takes none, nor touches the queues, until [`resume`](Self::resume):
     /// a `fork()`'s prepare, after which neither side has a request running.
     pub fn pause(&self, out: &mut Vec<Completion<T>>) {
-        self.wait_idle(out);
-        self.table.lock().paused = true;
+        if self.is_abandoned() {
+            return;
+        }
+        // One hold of the lock: a push between the wait and the flag would
+        // leave a request running across the fork.
+        let mut t = self.table.lock();
+        self.wait_idle_locked(&mut t, out);
+        t.paused = true;
     }
 
     /// Takes requests again after [`pause`](Self::pause) (in a `fork()`'s parent).
@@ -323,10 +329,14 @@ impl<T> Uring<T> {
             return;
         }
         let mut t = self.table.lock();
-        self.reap_locked(&mut t, out);
+        self.wait_idle_locked(&mut t, out);
+    }
+
+    fn wait_idle_locked(&self, t: &mut Table<T>, out: &mut Vec<Completion<T>>) {
+        self.reap_locked(t, out);
         let mut refused = 0;
         while t.in_flight > 0 && !t.paused {
-            match self.submit_locked(&mut t, 1) {
+            match self.submit_locked(t, 1) {
                 Ok(()) => refused = 0,
                 // Out of memory for requests (EAGAIN), or completions to
                 // reap first (EBUSY): passing, so wait a little and retry.
@@ -337,7 +347,7 @@ impl<T> Uring<T> {
                 // Nothing can complete what the kernel will not run.
                 Err(_) => return,
             }
-            self.reap_locked(&mut t, out);
+            self.reap_locked(t, out);
         }
     }
 
@@ -756,7 +766,6 @@ mod tests {
         faults::fail_next_submits_with(2, libc::EINVAL);
         drop(ring);
         // SAFETY: only asks whether the descriptor is open.
-        #[allow(unsafe_code)]
         let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
         assert!(
             open,
