@@ -10,7 +10,9 @@
 //! drain, a flush) polls, and every poll of the thread meanwhile submits
 //! them first (`context::before_poll`), so no wait can sleep on requests
 //! the kernel never saw. Requests from other threads are submitted by a
-//! bottom half queued with the first of them.
+//! bottom half queued with the first of them (with the submission queue
+//! full they go to the worker pool), as are those whose submission the
+//! kernel refused (they stay queued).
 //!
 //! A home thread that leaves its context (an IOThread that stops, a
 //! thread that ends) first waits for the requests of the context's ring:

@@ -3,9 +3,11 @@
 //! reads or writes: [`Uring::push`] takes the [`IoBuf`] by value and
 //! [`Uring::reap`] gives it back with the result.
 //!
-//! Any thread may push; one lock serialises the submission queue, the
+//! Any thread may push (one that is not the ring's home never enters the
+//! ring: see [`Submit`]); one lock serialises the submission queue, the
 //! completion queue and the table of requests in flight (`user_data` is the
-//! request's slot in that table). A short read or write is resubmitted for
+//! request's slot in that table). A request on the submission queue is the
+//! kernel's from then on: it is never handed back, only completed. A short read or write is resubmitted for
 //! the rest here, as `pread_full` retries, so a completion is the whole
 //! transfer (fewer bytes only at end of file, or an error).
 //!
