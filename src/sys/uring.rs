@@ -7,9 +7,10 @@
 //! ring: see [`Submit`]); one lock serialises the submission queue, the
 //! completion queue and the table of requests in flight (`user_data` is the
 //! request's slot in that table). A request on the submission queue is the
-//! kernel's from then on: it is never handed back, only completed. A short read or write is resubmitted for
-//! the rest here, as `pread_full` retries, so a completion is the whole
-//! transfer (fewer bytes only at end of file, or an error).
+//! kernel's from then on: it is never handed back, only completed. A short
+//! read or write is resubmitted for the rest here, as `pread_full` retries,
+//! so a completion is the whole transfer (fewer bytes only at end of file,
+//! or an error).
 //!
 //! The ring's memory is not inherited by a `fork()`'s child (`MADV_DONTFORK`):
 //! a child must not touch it, and the owner of a `Uring` stops using it there.
