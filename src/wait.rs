@@ -156,7 +156,8 @@ impl Waiter {
             timeout_ns: opts.timeout_ns.unwrap_or(0),
             started,
             warn_at: diag::wait_warning_ns().map(|ns| started.saturating_add(ns)),
-            recheck_at: recheck_max_ns().map(|max| started.saturating_add(RECHECK_FIRST_NS.min(max))),
+            recheck_at: recheck_max_ns()
+                .map(|max| started.saturating_add(RECHECK_FIRST_NS.min(max))),
             recheck_ns: RECHECK_FIRST_NS,
             thread: thread::current(),
         })
