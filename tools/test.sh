@@ -15,22 +15,28 @@ source tools/ensure-meson.sh
 
 passed=0
 failed=0
+failures=()  # names of the failed tests, listed again in the summary
 stage() { printf '\n===== %s\n' "$*"; }
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
 
-# Prints "passed failed" for one meson test log (one JSON object per line).
+# Prints "passed failed" for one meson test log (one JSON object per line),
+# then the name and result of each failed test, one per line.
 meson_counts() {
     python3 - "$1" <<'EOF'
 import json, os, sys
 ok = bad = 0
+names = []
 if os.path.exists(sys.argv[1]):
     for line in open(sys.argv[1]):
-        result = json.loads(line)["result"]
-        if result in ("OK", "EXPECTEDFAIL"):
+        test = json.loads(line)
+        if test["result"] in ("OK", "EXPECTEDFAIL"):
             ok += 1
-        elif result != "SKIP":
+        elif test["result"] != "SKIP":
             bad += 1
+            names.append("%s (%s)" % (test["name"], test["result"]))
 print(ok, bad)
+for name in names:
+    print(name)
 EOF
 }
 
@@ -42,8 +48,16 @@ run_meson_tests() {
     rm -f "$log"
     local rc=0
     meson test -C "$dir" --print-errorlogs "$@" || rc=$?
-    read -r p f < <(meson_counts "$log")
-    [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+    local counts
+    counts=$(meson_counts "$log")
+    read -r p f <<<"$counts"
+    while IFS= read -r name; do
+        [ -n "$name" ] && failures+=("$dir: $name")
+    done < <(tail -n +2 <<<"$counts")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1
+        failures+=("$dir: meson test exited with $rc")
+    fi
     echo "-- meson: $p passed, $f failed"
     count "$p" "$f"
 }
@@ -63,12 +77,18 @@ cargo_rc=0
 cargo test "${locked[@]}" --all-targets --no-fail-fast 2>&1 | tee "$cargo_log" || cargo_rc=$?
 cargo test "${locked[@]}" --doc --no-fail-fast 2>&1 | tee -a "$cargo_log" || cargo_rc=$?
 read -r p f < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' "$cargo_log")
-[ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ] && f=1
+while IFS= read -r name; do
+    failures+=("cargo: $name")
+done < <(awk '/^test .* FAILED$/ { print $2 }' "$cargo_log")
+if [ "$cargo_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    f=1
+    failures+=("cargo test exited with $cargo_rc")
+fi
 echo "-- cargo: $p passed, $f failed"
 count "$p" "$f"
 
 stage "header drift: include/aioctx.h vs generated"
-if bash tools/check-header.sh; then count 1 0; else count 0 1; fi
+if bash tools/check-header.sh; then count 1 0; else count 0 1; failures+=("header drift"); fi
 
 # The embedding examples need GLib's and libuv's development files; without
 # them meson skips those examples.
@@ -95,6 +115,7 @@ if meson_build; then
 else
     echo "-- meson build failed; C tests not run"
     count 0 1
+    failures+=("meson build")
 fi
 
 # AddressSanitizer: meson's b_sanitize instruments the C tests, examples and
@@ -130,9 +151,13 @@ else
     else
         echo "-- ASan build failed; its C tests not run"
         count 0 1
+        failures+=("ASan build")
     fi
 fi
 
 stage "summary"
+for name in "${failures[@]}"; do
+    echo "FAILED: $name"
+done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
