@@ -6,7 +6,10 @@
  * offset or length is not a multiple of it fails at once with -EINVAL
  * naming the alignment, with nothing in flight; aligned writes, reads
  * (32 at once, from the IOThread), a short read at end of file, flush and
- * drain work, the data checked with plain pread(2). The backend flags:
+ * drain work, the data checked with plain pread(2); a completion that
+ * submits another read and drains the node returns with that read done
+ * (on io_uring, requests from completions are submitted after them, so
+ * the drain's poll must hand them to the kernel first). The backend flags:
  * AIOCTX_OPEN_AIO_THREADS and AIOCTX_OPEN_AIO_IO_URING pick "threads" or
  * "io_uring" (-ENOTSUP where io_uring is unavailable), both at once is
  * -EINVAL, and aioctx_node_io_backend is NULL (-ENOTSUP) on a C-driver
@@ -99,6 +102,37 @@ static void test_aligned_io(AioctxNode *n, size_t a)
     free(r);
 }
 
+/* A completion that starts a read and drains the node in its callback. */
+struct chain {
+    AioctxNode *n;
+    unsigned char *buf;
+    size_t a;
+    struct batch next;
+    int submit_rc, drain_rc, next_done_at_drain;
+    struct io_wait first;
+};
+
+static void chain_cb(void *opaque, int64_t ret)
+{
+    struct chain *c = opaque;
+    c->submit_rc = aioctx_node_pread(c->n, c->buf + c->a, c->a, 5 * c->a, batch_cb, &c->next);
+    c->drain_rc = aioctx_node_drain(c->n);
+    c->next_done_at_drain = atomic_load(&c->next.done);
+    io_wait_cb(&c->first, ret);
+}
+
+static void test_drain_from_completion(AioctxNode *n, size_t a)
+{
+    struct chain c = { .n = n, .buf = aligned_buf(a, 2 * a, 0), .a = a, .next = { .want = (int64_t)a } };
+    is_int(aioctx_node_pread(n, c.buf, a, 0, chain_cb, &c), 0, "a read whose completion reads and drains");
+    is_int(wait_io(&c.first), (long long)a, "  its completion ran (watchdog: a drain that never returns)");
+    is_int(c.submit_rc, 0, "  the read from the completion was submitted");
+    is_int(c.drain_rc, 0, "  the drain from the completion -> 0");
+    is_int(c.next_done_at_drain, 1, "  with that read done when it returned");
+    is_int(atomic_load(&c.next.bad), 0, "  a whole block");
+    free(c.buf);
+}
+
 /* QD reads at once on an IOThread node, then drained. */
 static void test_queue(AioctxGraph *g, size_t a)
 {
@@ -170,6 +204,7 @@ int main(void)
         ok(a >= 512 && (a & (a - 1)) == 0, "the alignment (%zu) is a power of two >= 512", a);
         test_misaligned(n, a);
         test_aligned_io(n, a);
+        test_drain_from_completion(n, a);
         test_queue(g, a);
     }
     aioctx_graph_free(g);

@@ -64,6 +64,39 @@ pub type Callback = Arc<dyn Fn() + Send + Sync>;
 /// thread, without the context's lock.
 pub type PollCallback = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// Work a thread holds back while it runs callbacks (an io_uring's
+/// submissions, batched for one system call after them), which must be
+/// handed on before the thread waits for anything: see [`before_poll`].
+pub(crate) type Flush = Arc<dyn Fn() + Send + Sync>;
+
+thread_local! {
+    /// What the running callbacks of this thread hold back (see [`Flush`]).
+    static BEFORE_POLL: std::cell::Cell<Option<Flush>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `body` with `flush` called at the start of every poll this thread
+/// makes meanwhile (of any context): a callback that waits polls, and must
+/// not sleep on work only this thread can start. Costs a poll nothing
+/// otherwise, where a bottom half queued per batch for it costs a poll round.
+pub(crate) fn before_poll<R>(flush: &Flush, body: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Flush>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BEFORE_POLL.set(self.0.take());
+        }
+    }
+    let _outer = Restore(BEFORE_POLL.replace(Some(flush.clone())));
+    body()
+}
+
+/// Runs the [`before_poll`] hook of this thread, if any.
+fn flush_before_poll() {
+    if let Some(flush) = BEFORE_POLL.take() {
+        flush();
+        BEFORE_POLL.set(Some(flush));
+    }
+}
+
 /// How many polls in a row whose spin found work may skip `epoll_wait`:
 /// the fds are looked at on every such poll after that many, so work found
 /// by spinning cannot starve them.
@@ -488,6 +521,7 @@ impl Context {
         self.claim()?;
         self.check_dispatch_depth()?;
         self.renew_after_fork()?;
+        flush_before_poll();
         self.stats.polls.fetch_add(1, Relaxed);
         // Taken, not locked: a callback may poll again (one level deeper).
         let mut ready = std::mem::take(&mut *self.ready.lock());
@@ -608,6 +642,14 @@ impl Context {
         };
         if blocking {
             self.notify_me.fetch_sub(1, SeqCst);
+        }
+        // An io_uring's completions are posted by task work in the thread
+        // that submitted, which interrupts its epoll_wait (EINTR: no events)
+        // and posts them on the way out: the poll callbacks see them now,
+        // rather than a poll later, and the window counts them as arrived
+        // (an interrupted sleep otherwise reads as an idle one, closing it).
+        if spin.is_some() && !skip_epoll && ready.len() == polled && result.is_ok() {
+            self.handlers.poll(ready);
         }
         if polled > 0 && ready.len() > polled {
             fd::merge_duplicates(ready);

@@ -217,6 +217,55 @@ mod tests {
         assert!(spins_with(64));
     }
 
+    /// Work an `io_poll` callback sees once `epoll_wait` returned without
+    /// events (an io_uring's completion interrupts it, posted on its way
+    /// out) is dispatched by that poll and opens the window, where an idle
+    /// sleep would close it.
+    #[test]
+    fn work_io_poll_sees_after_an_empty_epoll_wait_is_dispatched_and_counted() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        if !may_spin(sys::clock_ns()) {
+            return; // a one-CPU process never spins
+        }
+        let ctx = Context::new("poll-after-epoll").unwrap();
+        ctx.claim().unwrap();
+        ctx.set_poll_params(1_000_000_000, 0, 0).unwrap();
+        // Never readable: only io_poll can report its work.
+        let quiet = crate::sys::eventfd::EventFd::new().unwrap();
+        let (work, ran) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (w, r) = (work.clone(), ran.clone());
+        ctx.set_fd_handler_full(
+            quiet.raw(),
+            Some(Arc::new(move || r.store(true, Relaxed))),
+            None,
+            Some(Arc::new(move || w.load(Relaxed))),
+        )
+        .unwrap();
+        assert_eq!(ctx.poll_window_ns(), 0, "closed: the poll sleeps at once");
+        let setter = {
+            let work = work.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                work.store(true, Relaxed);
+            })
+        };
+        // Sleeps in epoll until the deadline, well after the work came.
+        let deadline = sys::clock_ns() + 100_000_000;
+        assert!(ctx.poll_wait(Blocking::Until(deadline)).unwrap());
+        setter.join().unwrap();
+        assert!(ran.load(Relaxed), "io_read ran in that poll");
+        assert_eq!(
+            ctx.poll_window_ns(),
+            crate::context::poll_params::INITIAL_WINDOW_NS,
+            "the work counted as arrived within max_ns: the window opened"
+        );
+        ctx.set_fd_handler(quiet.raw(), None, None).unwrap();
+    }
+
     /// Two threads on one CPU: the poller's window closes on the work the
     /// other sends, and does not open again.
     #[test]

@@ -199,6 +199,35 @@ impl<T> Uring<T> {
         self.submit_locked(&mut t)
     }
 
+    /// Whether completions wait to be reaped: two loads from the ring's
+    /// shared memory, no system call, for a busy-polling loop's check.
+    /// False when the table is busy (its holder reaps or submits: the
+    /// next check sees what it left).
+    pub fn has_completions(&self) -> bool {
+        if self.is_abandoned() {
+            return false;
+        }
+        let Some(t) = self.table.try_lock() else {
+            return false;
+        };
+        // SAFETY: the completion queue is only read under the table lock
+        // (as in `reap_locked`); reading it moves nothing.
+        !t.paused && !unsafe { self.ring.completion_shared() }.is_empty()
+    }
+
+    /// Requests queued for the kernel and not yet handed to it.
+    pub fn unsubmitted(&self) -> usize {
+        if self.is_abandoned() {
+            return 0;
+        }
+        let t = self.table.lock();
+        if t.paused {
+            return 0;
+        }
+        // SAFETY: the submission queue is only touched under the table lock.
+        unsafe { self.ring.submission_shared() }.len()
+    }
+
     /// Requests pushed and not yet reaped.
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
