@@ -13,7 +13,9 @@
  * AIOCTX_OPEN_AIO_THREADS and AIOCTX_OPEN_AIO_IO_URING pick "threads" or
  * "io_uring" (-ENOTSUP where io_uring is unavailable), both at once is
  * -EINVAL, and aioctx_node_io_backend is NULL (-ENOTSUP) on a C-driver
- * node. Runs once per backend (meson's direct@io_uring, direct@threads).
+ * node. Reads in flight when their IOThread is freed all complete with
+ * their data (the IOThread waits for its ring before it exits). Runs once
+ * per backend (meson's direct@io_uring, direct@threads).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -22,9 +24,11 @@
 #include "aioctx.h"
 #include "test-util.h"
 
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define IMG_SIZE (1024 * 1024)
 #define QD 32
@@ -179,6 +183,59 @@ static void test_backend_flags(AioctxGraph *g)
     ok(aioctx_node_io_backend(NULL) == NULL && aioctx_node_alignment(NULL) == 0, "NULL node: NULL and 0");
 }
 
+/* Reads that wait for the device (their pages dropped from the cache) are
+ * in flight when their IOThread is freed: the kernel fails a ring's requests
+ * still running when their submitter exits (-EFAULT), so the IOThread waits
+ * for them first; their completions run at the drain that follows. */
+#define STOP_READS 32
+#define STOP_SIZE (1024 * 1024)
+
+static void test_reads_in_flight_at_iothread_free(AioctxGraph *g)
+{
+    char path[160];
+    snprintf(path, sizeof path, "%s/stop.img", dir);
+    unsigned char *block = malloc(STOP_SIZE);
+    /* Zeroed: valgrind does not see the kernel write them (io_uring). */
+    unsigned char *bufs = calloc(STOP_READS, STOP_SIZE);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    bool made = block && bufs && fd >= 0;
+    for (int i = 0; made && i < STOP_READS; i++) {
+        memset(block, 'a' + i % 26, STOP_SIZE);
+        made = pwrite(fd, block, STOP_SIZE, (off_t)i * STOP_SIZE) == STOP_SIZE;
+    }
+    made = made && fsync(fd) == 0 && posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0;
+    if (!ok(made, "a 32 MiB image out of the page cache")) {
+        goto out;
+    }
+    AioctxIoThread *it = aioctx_iothread_new("stop-iot");
+    AioctxNode *n = aioctx_node_open_file(g, "stop", aioctx_iothread_context(it), path, 0);
+    if (!ok(n != NULL, "open_file on a new IOThread: %s", n ? "ok" : aioctx_last_error())) {
+        aioctx_iothread_free(it);
+        goto out;
+    }
+    struct batch b = { .want = STOP_SIZE };
+    int submitted = 0;
+    for (int i = 0; i < STOP_READS; i++)
+        submitted += aioctx_node_pread(n, bufs + (size_t)i * STOP_SIZE, STOP_SIZE, (int64_t)i * STOP_SIZE,
+                                       batch_cb, &b) == 0;
+    is_int(submitted, STOP_READS, "32 reads of 1 MiB submitted");
+    is_int(aioctx_iothread_free(it), 0, "the IOThread is freed with them in flight");
+    is_int(aioctx_node_drain(n), 0, "the node drains");
+    is_int(atomic_load(&b.done), STOP_READS, "  every completion ran");
+    is_int(atomic_load(&b.bad), 0, "  each read all of its block (no -EFAULT)");
+    int wrong = 0;
+    for (int i = 0; i < STOP_READS; i++)
+        for (size_t j = 0; j < STOP_SIZE; j += 4096)
+            wrong += bufs[(size_t)i * STOP_SIZE + j] != 'a' + i % 26;
+    is_int(wrong, 0, "  with its data");
+out:
+    if (fd >= 0)
+        close(fd);
+    unlink(path);
+    free(block);
+    free(bufs);
+}
+
 int main(void)
 {
     skip_unless_backend();
@@ -193,6 +250,7 @@ int main(void)
     AioctxGraph *g = aioctx_graph_new(NULL);
 
     test_backend_flags(g);
+    test_reads_in_flight_at_iothread_free(g);
     AioctxNode *n = aioctx_node_open_file(g, "direct", main_ctx, img, AIOCTX_OPEN_DIRECT | AIOCTX_OPEN_RDWR);
     if (n == NULL && aioctx_last_errno() == -EINVAL) {
         /* tmpfs before Linux 6.6, and a few others, have no O_DIRECT. */

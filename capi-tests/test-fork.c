@@ -13,6 +13,8 @@
  * child runs the queued ones). The parent releases the IOThread's context right after the fork,
  * so that its IOThread polls while the child runs: on an epoll and a
  * notifier the child must not share, or the parent eats the child's wake-ups.
+ * A child that removes an fd handler before its first poll leaves the
+ * parent's handler working (the child's epoll is renewed first).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -143,6 +145,48 @@ static int io_ctx_contended(void)
     return w && (!end || w < end);
 }
 
+/* A child that removes an fd handler before it polls the context must not
+ * take it away from the parent: until that poll, the child's epoll instance
+ * is still the parent's. */
+static int handler_pipe[2];
+static atomic_int handler_ran;
+
+static void pipe_readable(void *opaque)
+{
+    (void)opaque;
+    char c;
+    if (read(handler_pipe[0], &c, 1) == 1)
+        atomic_fetch_add(&handler_ran, 1);
+}
+
+static bool handler_not_run(void *opaque)
+{
+    (void)opaque;
+    return atomic_load(&handler_ran) == 0;
+}
+
+static int child_removes_handler(void)
+{
+    child_is_int(aioctx_set_fd_handler(aioctx_main_context(), handler_pipe[0], NULL, NULL, NULL), 0,
+                 "the child removes the handler before it polls");
+    return 0;
+}
+
+static void test_child_removes_a_handler(AioctxContext *main_ctx)
+{
+    if (!ok(pipe(handler_pipe) == 0, "a pipe"))
+        return;
+    is_int(aioctx_set_fd_handler(main_ctx, handler_pipe[0], pipe_readable, NULL, NULL), 0,
+           "the parent watches it");
+    run_in_child("handler child", child_removes_handler, NULL, 1, 15);
+    ok(write(handler_pipe[1], "x", 1) == 1, "the parent writes to it");
+    is_int(aioctx_poll_while(main_ctx, handler_not_run, NULL, long_timeout(), 0), 0,
+           "  and its handler still runs");
+    aioctx_set_fd_handler(main_ctx, handler_pipe[0], NULL, NULL, NULL);
+    close(handler_pipe[0]);
+    close(handler_pipe[1]);
+}
+
 int main(void)
 {
     skip_unless_backend();
@@ -199,6 +243,7 @@ int main(void)
         is_int(wait_writes(&disks[k]), 0, "complete");
         ok(read_back(&disks[k], 7), "and reads back");
     }
+    test_child_removes_a_handler(main_ctx);
     is_int(aioctx_iothread_free(it), 0, "the parent frees its IOThread");
     aioctx_graph_free(g);
     aioctx_context_unref(io_ctx);

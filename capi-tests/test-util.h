@@ -160,19 +160,31 @@ static inline void *ender_thread(void *arg)
 
 /* ---- the raw-file driver's I/O backend ------------------------------------------------ */
 
-/* Whether this process can create an io_uring (the kernel has it, and no
- * sysctl, seccomp policy or valgrind refuses it). */
+/* Whether this process can use an io_uring as the library does: it can
+ * create one (the kernel has it, and no sysctl, seccomp policy or valgrind
+ * refuses it), the kernel has IORING_FEAT_NODROP and IORING_REGISTER_PROBE
+ * lists READ, WRITE and FSYNC (Linux 5.6). Raw structs: no liburing. */
 static inline bool io_uring_usable(void)
 {
-#ifdef __NR_io_uring_setup
-    unsigned char params[120] = { 0 }; /* struct io_uring_params */
+#if defined(__NR_io_uring_setup) && defined(__NR_io_uring_register)
+    uint32_t params[30] = { 0 }; /* struct io_uring_params; features: 6th u32 */
     long fd = syscall(__NR_io_uring_setup, 2, params);
-    if (fd >= 0) {
-        close((int)fd);
-        return true;
-    }
-#endif
+    if (fd < 0)
+        return false;
+    /* struct io_uring_probe: a 16-byte header, then 8 bytes per op (op,
+     * resv, u16 flags: 1 = supported, u32 resv2), 256 ops. */
+    static unsigned char probe[16 + 256 * 8];
+    memset(probe, 0, sizeof probe);
+    bool usable = (params[5] & (1u << 1)) != 0 /* IORING_FEAT_NODROP */ &&
+                  syscall(__NR_io_uring_register, (int)fd, 8 /* REGISTER_PROBE */, probe, 256) == 0;
+    const int ops[] = { 22 /* READ */, 23 /* WRITE */, 3 /* FSYNC */ };
+    for (size_t i = 0; usable && i < sizeof ops / sizeof ops[0]; i++)
+        usable = ops[i] <= probe[0] /* last_op */ && (probe[16 + ops[i] * 8 + 2] & 1) != 0;
+    close((int)fd);
+    return usable;
+#else
     return false;
+#endif
 }
 
 /* The backend this run is for: AIOCTX_IO_BACKEND as meson's @io_uring and

@@ -702,8 +702,10 @@ struct AioctxIoThread *aioctx_iothread_new(const char *name);
 struct AioctxContext *aioctx_iothread_context(struct AioctxIoThread *it);
 
 /**
- * Runs the BHs already scheduled on the IOThread's context, stops the thread
- * and joins it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
+ * Runs the BHs already scheduled on the IOThread's context, waits for the
+ * requests the thread has in flight on the context's io_uring (their
+ * completions then run as BHs of the context), stops the thread and joins
+ * it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
  * `it` still running and valid, when called from the IOThread itself or
  * while the caller holds its context (the thread could never stop).
  * A context still referenced afterwards (by a node, a BH or a reference)

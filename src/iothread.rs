@@ -65,6 +65,9 @@ impl IoThread {
                         break;
                     }
                 }
+                // Before the thread goes: the kernel would fail the I/O it
+                // submitted and that is still running.
+                crate::context::home_leaving(&c);
                 e.store(true, Release);
                 c.wake_waiters();
             })
@@ -90,7 +93,9 @@ impl IoThread {
         &self.ctx
     }
 
-    /// Stops the thread after it has run the BHs already scheduled, and joins
+    /// Stops the thread after it has run the BHs already scheduled and
+    /// waited for the I/O it has in flight (whose completions then run as
+    /// BHs of the context, wherever it is polled next), and joins
     /// it (in a `fork()`'s child, where the thread does not exist, only
     /// forgets it). Fails with `EDEADLK`, leaving the thread running, when called from
     /// the IOThread itself or while the caller holds its context (the thread

@@ -22,7 +22,7 @@ use crate::context::Context;
 use crate::diag::{log, Level};
 use crate::error::{invalid, Error, Result};
 use crate::sys::file::{
-    direct_alignment, pread_cached, pread_full, pwrite_full, set_write_lock, IoBuf,
+    direct_alignment, pread_cached, pread_full, pwrite_full, set_blocking, set_write_lock, IoBuf,
 };
 use crate::sys::uring::Op;
 
@@ -115,6 +115,10 @@ impl FileDriver {
                 format!("image '{path}' is not a regular file or a block device"),
             ));
         }
+        // Only the open needed O_NONBLOCK: with it, io_uring fails a
+        // request that would wait (EAGAIN) instead of waiting on its workers.
+        set_blocking(file.as_fd())
+            .map_err(|e| Error::from_io(&format!("image '{path}': fcntl(F_SETFL)"), e))?;
         let align = if flags.direct {
             direct_alignment(file.as_fd())
                 .map_err(|e| Error::from_io(&format!("image '{path}': O_DIRECT alignment"), e))?
@@ -365,7 +369,14 @@ impl RingFile {
     fn file<'a>(&'a self, shared: &'a File, path: &str) -> Option<&'a File> {
         match &self.options {
             None => Some(shared),
-            Some(options) => self.own.get_or_init(|| options.open(path).ok()).as_ref(),
+            Some(options) => self
+                .own
+                .get_or_init(|| {
+                    // Blocking, as the node's file (see `FileDriver::open`).
+                    let file = options.open(path).ok()?;
+                    set_blocking(file.as_fd()).ok().map(|()| file)
+                })
+                .as_ref(),
         }
     }
 }
@@ -377,8 +388,11 @@ fn ring_for(backend: Backend, ctx: &Arc<Context>) -> Result<Option<Arc<Ring>>> {
         Backend::Threads => Ok(None),
         Backend::IoUring if !ring::available() => Err(Error::new(
             libc::ENOTSUP,
-            "io_uring is not available to this process (kernel, the kernel.io_uring_disabled \
-             sysctl or a seccomp policy): open without AIOCTX_OPEN_AIO_IO_URING",
+            format!(
+                "io_uring is not usable by this process ({}): open without \
+                 AIOCTX_OPEN_AIO_IO_URING",
+                ring::availability().unwrap_err()
+            ),
         )),
         Backend::IoUring => Ring::of(ctx).map(Some),
         Backend::Auto if !*DEFAULT_IS_URING => Ok(None),
@@ -396,14 +410,14 @@ static DEFAULT_IS_URING: Lazy<bool> = Lazy::new(|| {
     if wanted.as_deref() == Some("threads") {
         return false;
     }
-    let available = ring::available();
-    if !available {
+    let available = ring::availability();
+    if let Err(why) = available {
         log(
             Level::Info,
-            "io_uring is not available to this process: raw-file I/O runs on the worker pool",
+            &format!("io_uring is not usable by this process ({why}): raw-file I/O runs on the worker pool"),
         );
     }
-    available
+    available.is_ok()
 });
 
 /// Registers the `fork()` handlers of the rings and the worker pool (once,

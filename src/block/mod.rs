@@ -274,6 +274,166 @@ mod tests {
         all
     }
 
+    /// Reads of 1 MiB in flight for `stop_io_reads`, and their results.
+    const READS: usize = 64;
+    const READ_SIZE: usize = 1 << 20;
+    type ReadResults = Arc<Mutex<Vec<(std::result::Result<usize, i32>, bool)>>>;
+
+    /// A file of `READS` 1 MiB blocks of 7s, none of it in the page cache
+    /// (the reads wait for the device).
+    fn uncached_image(dir: &std::path::Path, name: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; READS * READ_SIZE]).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        f.sync_all().unwrap();
+        crate::sys::file::drop_cached_pages(std::os::fd::AsFd::as_fd(&f)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Submits a read of each block of an `uncached_image`.
+    fn read_all_blocks(node: &Arc<Node>, results: &ReadResults) {
+        for b in 0..READS {
+            let results = results.clone();
+            let done = Box::new(move |r: Result<usize>, buf: IoBuf| {
+                let all_7 = buf.into_vec().unwrap().iter().all(|&x| x == 7);
+                results.lock().push((r.map_err(|e| e.errno()), all_7));
+            });
+            let buf = IoBuf::from(vec![0u8; READ_SIZE]);
+            node.submit(RequestKind::Read, buf, (b * READ_SIZE) as u64, done)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn reads_in_flight_when_their_iothread_stops_complete() {
+        // The kernel fails a ring's requests still running when the thread
+        // that submitted them exits (EFAULT here in about half the runs):
+        // the IOThread waits for them first.
+        let dir = std::env::temp_dir().join(format!("aioctx-stop-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = Context::new("stop-io-main").unwrap();
+        main.claim().unwrap();
+        for backend in backends() {
+            let path = uncached_image(&dir, &format!("{backend:?}.img"));
+            let mut io = IoThread::new("stop-io").unwrap();
+            let graph = Graph::new(main.clone());
+            let flags = OpenFlags {
+                backend,
+                ..Default::default()
+            };
+            let node = graph.open_file("disk", io.context(), &path, flags).unwrap();
+            let results = ReadResults::default();
+            read_all_blocks(&node, &results);
+            io.stop().unwrap();
+            node.drain().unwrap();
+            let results = results.lock().clone();
+            assert_eq!(results, vec![(Ok(READ_SIZE), true); READS], "{backend:?}");
+            drop(graph);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_in_flight_when_their_home_thread_ends_complete() {
+        // As above, with a plain thread that submits and ends: its exit
+        // hook waits for the ring.
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("aioctx-end-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = uncached_image(&dir, "img");
+        let main = Context::new("end-io-main").unwrap();
+        main.claim().unwrap();
+        let home = Context::new("end-io-home").unwrap();
+        let graph = Graph::new(main.clone());
+        let flags = OpenFlags {
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node = graph.open_file("disk", &home, &path, flags).unwrap();
+        let results = ReadResults::default();
+        // join(), not a scope: it waits for the thread's exit hooks too.
+        let (h, n, r) = (home.clone(), node.clone(), results.clone());
+        std::thread::spawn(move || {
+            h.claim().unwrap();
+            read_all_blocks(&n, &r);
+        })
+        .join()
+        .unwrap();
+        assert!(!home.has_home());
+        node.drain().unwrap();
+        let results = results.lock().clone();
+        assert_eq!(results, vec![(Ok(READ_SIZE), true); READS]);
+        drop(graph);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `O_NONBLOCK` flags of this process's open files of `path`, from
+    /// `/proc/self/fdinfo`.
+    fn nonblocking_opens_of(path: &std::path::Path) -> Vec<bool> {
+        let mut found = Vec::new();
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            if std::fs::read_link(fd.path()).ok().as_deref() != Some(path) {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let Some(flags) = info.lines().find_map(|l| l.strip_prefix("flags:")) else {
+                continue;
+            };
+            let flags = i32::from_str_radix(flags.trim(), 8).unwrap();
+            found.push(flags & libc::O_NONBLOCK != 0);
+        }
+        found
+    }
+
+    #[test]
+    fn image_files_are_blocking_after_open() {
+        // io_uring fails a request on an O_NONBLOCK file with EAGAIN where
+        // it would wait: only the open needs the flag (a FIFO).
+        let dir = std::env::temp_dir().join(format!("aioctx-block-fl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("img");
+        std::fs::write(&path, vec![1u8; 4096]).unwrap();
+        let main = Context::new("blocking-main").unwrap();
+        main.claim().unwrap();
+        for backend in backends() {
+            let graph = Graph::new(main.clone());
+            let flags = OpenFlags {
+                rdwr: true,
+                backend,
+                ..Default::default()
+            };
+            let node = graph
+                .open_file("disk", &main, path.to_str().unwrap(), flags)
+                .unwrap();
+            // Past the page cache (or on the ring, its own file opens).
+            crate::sys::file::drop_cached_pages(std::os::fd::AsFd::as_fd(
+                &std::fs::File::open(&path).unwrap(),
+            ))
+            .unwrap();
+            let done = Arc::new(Mutex::new(None));
+            let d = done.clone();
+            let cb = Box::new(move |r: Result<usize>, _: IoBuf| *d.lock() = Some(r.is_ok()));
+            node.submit(RequestKind::Read, IoBuf::from(vec![0; 4096]), 0, cb)
+                .unwrap();
+            node.drain().unwrap();
+            assert_eq!(*done.lock(), Some(true));
+            let opens = nonblocking_opens_of(&path);
+            assert!(
+                !opens.is_empty() && opens.iter().all(|nb| !nb),
+                "{backend:?}: {opens:?}"
+            );
+            drop(graph);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn raw_file_io_on_each_backend() {
         // Writes then reads back through the node, on each backend: every

@@ -10,7 +10,14 @@
 //! drain, a flush) polls, and every poll of the thread meanwhile submits
 //! them first (`context::before_poll`), so no wait can sleep on requests
 //! the kernel never saw. Requests from other threads are submitted by a
-//! bottom half queued with the first of them.
+//! bottom half queued with the first of them (with the submission queue
+//! full they go to the worker pool), as are those whose submission the
+//! kernel refused (they stay queued).
+//!
+//! A home thread that leaves its context (an IOThread that stops, a
+//! thread that ends) first waits for the requests of the context's ring:
+//! the kernel fails those still running when their submitter exits. Their
+//! completions run as bottom halves, in whichever thread polls next.
 //!
 //! `fork()`: before it, every ring stops taking requests (they go to the
 //! worker pool meanwhile) and waits until the kernel has finished what it
@@ -33,7 +40,7 @@ use super::sections::Completing;
 use crate::context::{self, Context, Flush};
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;
-use crate::sys::uring::{self, Completion, Op, Uring};
+use crate::sys::uring::{self, Completion, Op, Submit, Uring};
 
 /// What runs when a request completes.
 pub(super) enum Finish {
@@ -91,9 +98,16 @@ static RINGS: Mutex<Vec<(u64, Weak<Ring>)>> = Mutex::new(Vec::new());
 
 /// Whether this process can use io_uring (probed once).
 pub(super) fn available() -> bool {
-    static AVAILABLE: Lazy<bool> =
-        Lazy::new(|| in_passing_thread(uring::available).unwrap_or(false));
-    *AVAILABLE
+    availability().is_ok()
+}
+
+/// [`available`], or what is missing.
+pub(super) fn availability() -> std::result::Result<(), &'static str> {
+    static AVAILABLE: Lazy<std::result::Result<(), String>> = Lazy::new(|| {
+        in_passing_thread(uring::available)
+            .unwrap_or_else(|| Err("cannot start a thread to probe io_uring".into()))
+    });
+    AVAILABLE.as_ref().map(|_| ()).map_err(String::as_str)
 }
 
 /// Runs `f` on a thread of its own that ends right after: rings are made
@@ -159,7 +173,22 @@ impl Ring {
             Some(Arc::new(move || poller.uring.has_completions())),
         )?;
         rings.push((ctx.id(), Arc::downgrade(&ring)));
+        context::on_home_leaving(home_leaving);
         Ok(ring)
+    }
+
+    /// Waits for every request the ring runs and queues their completions
+    /// as bottom halves of its context: in the home thread, before it
+    /// leaves. The kernel runs a request's completion (task work) on the
+    /// thread that submitted it and fails what is still running when that
+    /// thread exits (`EFAULT` for a buffered read that missed the page
+    /// cache, `ECANCELED` for work handed to its workers).
+    fn finish_in_flight(&self, ctx: &Context) {
+        let mut done = Vec::new();
+        self.uring.wait_idle(&mut done);
+        if !done.is_empty() {
+            ctx.schedule_once(move || run(done));
+        }
     }
 
     /// Starts a read or write of `buf` at `offset` for `node`; `done` runs
@@ -217,34 +246,50 @@ impl Ring {
         // a completion from the thread that submitted it, and interrupts
         // that thread to do so, which another caller (a vCPU thread in a
         // blocking call with a timeout) must not see. Others leave the
-        // request for a bottom half there, as completions batch theirs.
+        // request for a bottom half there, as completions batch theirs (with
+        // the queue full, it goes back to the worker pool instead).
         // Completions' requests are submitted after them (see `complete`).
         let completing = COMPLETING.get() == Arc::as_ptr(self) as usize;
-        let elsewhere = !completing && !ctx.is_home();
-        self.uring
-            .push(
-                op,
-                file.as_fd(),
-                (buf, offset, tag),
-                completing || elsewhere,
-            )
+        let submit = if completing {
+            Submit::Later
+        } else if ctx.is_home() {
+            Submit::Now
+        } else {
+            Submit::Elsewhere
+        };
+        let pending = self
+            .uring
+            .push(op, file.as_fd(), (buf, offset, tag), submit)
             .map_err(|(_, buf, tag)| (buf, tag))?;
-        if completing && self.uring.unsubmitted() >= SUBMIT_BATCH {
-            // A failure leaves them for the submission after the callbacks.
-            let _ = self.uring.submit_pending();
-        }
-        if elsewhere && !self.submit_queued.swap(true, AcqRel) {
-            let ring = self.clone();
-            ctx.schedule_once(move || ring.submit_deferred());
+        if completing {
+            if self.uring.unsubmitted() >= SUBMIT_BATCH {
+                // A failure leaves them for the submission after the callbacks.
+                let _ = self.uring.submit_pending();
+            }
+        } else if pending {
+            // Another thread's request, or the kernel refused the
+            // submission (it stays queued): the home thread submits.
+            self.schedule_submit(&ctx);
         }
         Ok(())
     }
 
-    fn submit_deferred(&self) {
+    fn schedule_submit(self: &Arc<Self>, ctx: &Context) {
+        if !self.submit_queued.swap(true, AcqRel) {
+            let ring = self.clone();
+            ctx.schedule_once(move || ring.submit_deferred());
+        }
+    }
+
+    fn submit_deferred(self: &Arc<Self>) {
         self.submit_queued.store(false, Release);
-        // A failure leaves them queued for the next submission, which the
-        // next push or reap makes.
-        let _ = self.uring.submit_pending();
+        if self.uring.submit_pending().is_err() {
+            // They stay queued (a queued request cannot be taken back):
+            // try again at the loop's next round.
+            if let Some(ctx) = self.ctx.upgrade() {
+                self.schedule_submit(&ctx);
+            }
+        }
     }
 
     /// The fd handler: runs the completions the ring has, then submits what
@@ -264,14 +309,32 @@ impl Ring {
         for _ in 0..ROUNDS {
             let mut done = Vec::new();
             self.uring.reap(&mut done);
-            if done.is_empty() {
+            let reaped = !done.is_empty();
+            if reaped {
+                let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
+                context::before_poll(&self.flush, || run(done));
+                COMPLETING.set(outer);
+            }
+            // What the callbacks started, and the rest of short transfers
+            // if the reap could not submit it.
+            self.submit_deferred();
+            if !reaped {
                 break;
             }
-            let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
-            context::before_poll(&self.flush, || run(done));
-            COMPLETING.set(outer);
-            self.submit_deferred();
         }
+    }
+}
+
+/// Before `ctx`'s home thread leaves it (see `context::on_home_leaving`):
+/// its ring, if any, finishes what that thread submitted.
+fn home_leaving(ctx: &Arc<Context>) {
+    let ring = RINGS
+        .lock()
+        .iter()
+        .find(|(id, _)| *id == ctx.id())
+        .and_then(|(_, r)| r.upgrade());
+    if let Some(ring) = ring.filter(|r| r.state.load(Acquire) == LIVE) {
+        ring.finish_in_flight(ctx);
     }
 }
 
@@ -300,60 +363,107 @@ fn run(done: Vec<Completion<Tag>>) {
 /// A ring paused for a `fork()`, and the completions it collected.
 type Paused = (Arc<Ring>, Vec<Completion<Tag>>);
 
+/// The rings paused by the running `fork()`, and what they finished.
+static PAUSED_FOR_FORK: Mutex<Vec<Paused>> = Mutex::new(Vec::new());
+
+type Registry = parking_lot::MutexGuard<'static, Vec<(u64, Weak<Ring>)>>;
+
+thread_local! {
+    /// The registry, held by the forking thread from the prepare until
+    /// after the fork, in the parent and in the child: no ring is made
+    /// after the prepare paused them, and the child finds it unlocked
+    /// (another thread holding it at the fork would hold it for ever).
+    static HELD_FOR_FORK: std::cell::RefCell<Option<Registry>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// `fork()` prepare: every ring stops taking requests and finishes those
-/// the kernel runs; returns them, to run after the fork on both sides.
-fn pause_all() -> Vec<Paused> {
-    let rings: Vec<_> = RINGS
-        .lock()
+/// the kernel runs; their completions run after the fork, on both sides.
+pub(super) fn before_fork() {
+    let rings = RINGS.lock();
+    let paused = rings
         .iter()
         .filter_map(|(_, r)| r.upgrade())
-        .collect();
-    rings
-        .into_iter()
         .map(|ring| {
             ring.state.store(PAUSED, Release);
             let mut done = Vec::new();
             ring.uring.pause(&mut done);
             (ring, done)
         })
-        .collect()
-}
-
-/// The rings paused by the running `fork()`, and what they finished.
-static PAUSED_FOR_FORK: Mutex<Vec<Paused>> = Mutex::new(Vec::new());
-
-pub(super) fn before_fork() {
-    let paused = pause_all();
+        .collect();
     *PAUSED_FOR_FORK.lock() = paused;
+    // (A fork from a thread whose thread-locals are gone forks unprotected.)
+    let _ = HELD_FOR_FORK.try_with(|h| *h.borrow_mut() = Some(rings));
 }
 
 /// After a `fork()`: the rings go on in the parent (`child`: false) or
 /// are dead in the child; either way the completions the prepare collected
-/// run as bottom halves in their contexts.
+/// run as bottom halves in their contexts (in the child, from its first
+/// poll of each: the handler must not block on a BH queue's lock).
 pub(super) fn after_fork(child: bool) {
-    let paused = std::mem::take(&mut *PAUSED_FOR_FORK.lock());
-    for (ring, done) in paused {
-        if child {
+    let held = HELD_FOR_FORK
+        .try_with(|h| h.borrow_mut().take())
+        .ok()
+        .flatten();
+    if child {
+        // Every ring, also one made after the prepare if the registry could
+        // not be held (try_lock: a thread that held it at the fork does not
+        // exist in the child).
+        let rings = held.or_else(|| RINGS.try_lock());
+        for ring in rings
+            .iter()
+            .flat_map(|r| r.iter())
+            .filter_map(|(_, r)| r.upgrade())
+        {
             ring.uring.abandon();
             ring.state.store(DEAD, Release);
-        } else {
+        }
+    } else {
+        drop(held);
+    }
+    let paused = std::mem::take(&mut *PAUSED_FOR_FORK.lock());
+    for (ring, done) in paused {
+        if !child {
             ring.uring.resume();
             ring.state.store(LIVE, Release);
         }
-        if done.is_empty() {
+        let Some(ctx) = ring.ctx.upgrade().filter(|_| !done.is_empty()) else {
             continue;
-        }
-        if let Some(ctx) = ring.ctx.upgrade() {
+        };
+        if child {
+            ctx.schedule_in_forked_child(move || run(done));
+        } else {
             ctx.schedule_once(move || run(done));
         }
     }
-    // A ring made between the prepare and the fork is dead in the child
-    // too. (try_lock: a thread that held the registry at the fork does not
-    // exist in the child, and would hold it for ever.)
-    if let Some(rings) = RINGS.try_lock().filter(|_| child) {
-        for ring in rings.iter().filter_map(|(_, r)| r.upgrade()) {
-            ring.uring.abandon();
-            ring.state.store(DEAD, Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn no_ring_is_made_between_a_forks_prepare_and_its_end() {
+        // Made after the prepare paused the others, a ring would run
+        // requests across the fork; the registry is held until its end.
+        if !available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
         }
+        let ctx = Context::new("fork-window").unwrap();
+        before_fork();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = ctx.clone();
+        let maker = std::thread::spawn(move || tx.send(Ring::of(&c).is_ok()).unwrap());
+        let during = rx.recv_timeout(Duration::from_millis(200));
+        after_fork(false);
+        let after = rx.recv_timeout(Duration::from_secs(10));
+        maker.join().unwrap();
+        assert!(
+            during.is_err(),
+            "a ring was made while rings were paused for a fork"
+        );
+        assert_eq!(after, Ok(true));
     }
 }

@@ -115,12 +115,34 @@ static MAIN: OnceCell<Arc<Context>> = OnceCell::new();
 /// and disowns the contexts ([`thread_exited`]).
 static HOMES: Mutex<BTreeMap<u64, Vec<Weak<Context>>>> = Mutex::new(BTreeMap::new());
 
+/// What runs in a context's home thread before the thread leaves it (an
+/// IOThread that stops, a thread that ends): the block layer's io_uring
+/// finishes the requests that thread submitted, which the kernel fails
+/// once their submitter is gone (see `block::ring`).
+static HOME_LEAVING: OnceCell<fn(&Arc<Context>)> = OnceCell::new();
+
+/// Registers what runs before a home thread leaves its context (the first
+/// call counts).
+pub(crate) fn on_home_leaving(hook: fn(&Arc<Context>)) {
+    let _ = HOME_LEAVING.set(hook);
+}
+
+/// Runs the [`on_home_leaving`] hook, in `ctx`'s home thread, which leaves.
+pub(crate) fn home_leaving(ctx: &Arc<Context>) {
+    if let Some(hook) = HOME_LEAVING.get() {
+        hook(ctx);
+    }
+}
+
 /// Called in a thread that ends: it leaves its contexts without a home, so
 /// the next thread that polls one (a wait on its work, say) runs it, instead
 /// of every wait on it hanging.
 pub(crate) fn thread_exited(token: u64) {
     let homes = HOMES.lock().remove(&token).unwrap_or_default();
     for ctx in homes.iter().filter_map(Weak::upgrade) {
+        if ctx.home.load(Acquire) == token {
+            home_leaving(&ctx);
+        }
         if ctx.home.compare_exchange(token, 0, AcqRel, Relaxed).is_ok() {
             ctx.wake_waiters();
         }
@@ -221,6 +243,9 @@ pub struct Context {
     waiters: Waiters,
     /// Scratch space for epoll results, reused across polls.
     ready: Mutex<Vec<Ready>>,
+    /// Callbacks a `fork()`'s child handler left for the child's first poll
+    /// (see [`schedule_in_forked_child`](Context::schedule_in_forked_child)).
+    after_fork: Mutex<Vec<bh::OneShot>>,
     /// Dispatches started: one that sees it move on ran a nested poll.
     dispatches: AtomicU64,
     stats: Stats,
@@ -289,6 +314,7 @@ impl Context {
             embedded: AtomicBool::new(false),
             waiters: Waiters::default(),
             ready: Mutex::new(Vec::new()),
+            after_fork: Mutex::new(Vec::new()),
             dispatches: AtomicU64::new(0),
             stats: Stats::default(),
             fork_gen: AtomicU64::new(thread::fork_generation()),
@@ -604,7 +630,19 @@ impl Context {
         if self.embedded.load(Relaxed) {
             self.notify();
         }
+        for f in std::mem::take(&mut *self.after_fork.lock()) {
+            self.schedule_once(f);
+        }
         Ok(())
+    }
+
+    /// In a `fork()`'s child handler: `f` runs as a BH from the child's
+    /// first poll of this context. Not a BH now: the queue's lock may be
+    /// held by a thread the child does not have, and the handler must not
+    /// block (a child that only execs would hang in `fork()`). Only the
+    /// forking thread touches the list before that poll.
+    pub(crate) fn schedule_in_forked_child(&self, f: impl FnOnce() + Send + 'static) {
+        self.after_fork.lock().push(Box::new(f));
     }
 
     fn wait_for_events(
@@ -782,6 +820,9 @@ impl Context {
         write: Option<Callback>,
         poll: Option<PollCallback>,
     ) -> Result<()> {
+        // In a fork()'s child before its first poll, the epoll instance is
+        // still the parent's: changing it would change the parent's.
+        self.renew_after_fork()?;
         let cbs = Callbacks { read, write, poll };
         self.handlers.set(&self.epoll, &self.name, fd, cbs)
     }

@@ -132,6 +132,36 @@ pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> Option<
     (n >= 0 && n as usize == buf.len()).then_some(n as usize)
 }
 
+/// Clears `O_NONBLOCK` on `fd`'s open file: io_uring fails a request on
+/// such a file with `EAGAIN` where it would otherwise wait (on its workers).
+pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor the borrow keeps open.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Drops `fd`'s cached pages (clean ones), so that the next reads go to
+/// the device: tests of requests that wait for it.
+#[cfg(test)]
+pub(crate) fn drop_cached_pages(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: only advice about a descriptor the borrow keeps open.
+    let r = unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match r {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 /// Writes all of `buf` at `offset`, retrying short writes. Returns the bytes written.
 pub fn pwrite_full(fd: BorrowedFd<'_>, buf: &mut IoBuf, offset: u64) -> io::Result<usize> {
     transfer(buf, offset, |iov, off| {
