@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use super::node::Node;
 use super::request::{io_error, IoDone};
 use super::sections::Completing;
-use crate::context::{self, Context, Flush};
+use crate::context::{self, Context};
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;
 use crate::sys::uring::{self, Completion, Op, Submit, Uring};
@@ -83,9 +83,6 @@ pub(super) struct Ring {
     state: AtomicU8,
     /// A bottom half that submits deferred requests is queued.
     submit_queued: AtomicBool,
-    /// Submits deferred requests: what a poll from a completion callback
-    /// runs first (holds the ring weakly: the ring holds it).
-    flush: Flush,
 }
 
 thread_local! {
@@ -145,21 +142,13 @@ impl Ring {
                     e,
                 )
             })?;
-        let ring = Arc::new_cyclic(|me: &Weak<Ring>| {
-            let me = me.clone();
-            Ring {
-                uring,
-                ctx: Arc::downgrade(ctx),
-                state: AtomicU8::new(LIVE),
-                submit_queued: AtomicBool::new(false),
-                flush: Arc::new(move || {
-                    if let Some(ring) = me.upgrade() {
-                        // A failure leaves them for the next submission.
-                        let _ = ring.uring.submit_pending();
-                    }
-                }),
-            }
+        let ring = Arc::new(Ring {
+            uring,
+            ctx: Arc::downgrade(ctx),
+            state: AtomicU8::new(LIVE),
+            submit_queued: AtomicBool::new(false),
         });
+        context::set_flush_held_back(submit_for_completions);
         // The context's handler keeps the ring for as long as the context
         // lives; the registry only finds it.
         // Its poll callback lets an IOThread's busy-poll see completions
@@ -312,7 +301,7 @@ impl Ring {
             let reaped = !done.is_empty();
             if reaped {
                 let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
-                context::before_poll(&self.flush, || run(done));
+                context::before_poll(|| run(done));
                 COMPLETING.set(outer);
             }
             // What the callbacks started, and the rest of short transfers
@@ -322,6 +311,21 @@ impl Ring {
                 break;
             }
         }
+    }
+}
+
+/// What a poll from a completion callback runs first: the requests the
+/// running completions started (see `context::before_poll`).
+fn submit_for_completions() {
+    let completing = COMPLETING.get();
+    let ring = RINGS
+        .lock()
+        .iter()
+        .find(|(_, ring)| ring.as_ptr() as usize == completing)
+        .and_then(|(_, ring)| ring.upgrade());
+    if let Some(ring) = ring {
+        // A failure leaves them for the submission after the callbacks.
+        let _ = ring.uring.submit_pending();
     }
 }
 

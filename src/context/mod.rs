@@ -34,6 +34,7 @@ pub use timer::Timer;
 pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
 pub use waiters::{kick_all, Registration};
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
@@ -41,7 +42,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{
     fence, AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*,
 };
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
@@ -64,36 +65,48 @@ pub type Callback = Arc<dyn Fn() + Send + Sync>;
 /// thread, without the context's lock.
 pub type PollCallback = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Work a thread holds back while it runs callbacks (an io_uring's
-/// submissions, batched for one system call after them), which must be
-/// handed on before the thread waits for anything: see [`before_poll`].
-pub(crate) type Flush = Arc<dyn Fn() + Send + Sync>;
+/// Hands on the work a thread holds back while it runs callbacks (an
+/// io_uring's submissions, batched for one system call after them), which
+/// must happen before the thread waits for anything: see [`before_poll`].
+/// Set once by the layer that holds work back (it sits above this one).
+static FLUSH_HELD_BACK: OnceLock<fn()> = OnceLock::new();
 
 thread_local! {
-    /// What the running callbacks of this thread hold back (see [`Flush`]).
-    static BEFORE_POLL: std::cell::Cell<Option<Flush>> = const { std::cell::Cell::new(None) };
+    /// How many [`before_poll`] bodies this thread is in. Plain data, no
+    /// destructor: a thread-local with one, first touched by a poll in a
+    /// thread's exit (a pthread-key destructor), would leak its
+    /// registration.
+    static HOLDING_BACK: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Runs `body` with `flush` called at the start of every poll this thread
-/// makes meanwhile (of any context): a callback that waits polls, and must
-/// not sleep on work only this thread can start. Costs a poll nothing
-/// otherwise, where a bottom half queued per batch for it costs a poll round.
-pub(crate) fn before_poll<R>(flush: &Flush, body: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Flush>);
-    impl Drop for Restore {
+/// Registers what [`before_poll`] runs (the first registration stays).
+pub(crate) fn set_flush_held_back(flush: fn()) {
+    let _ = FLUSH_HELD_BACK.set(flush);
+}
+
+/// Runs `body` with the registered flush called at the start of every poll
+/// this thread makes meanwhile (of any context): a callback that waits
+/// polls, and must not sleep on work only this thread can start. Costs a
+/// poll nothing otherwise, where a bottom half queued per batch for it
+/// costs a poll round.
+pub(crate) fn before_poll<R>(body: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
         fn drop(&mut self) {
-            BEFORE_POLL.set(self.0.take());
+            HOLDING_BACK.set(HOLDING_BACK.get() - 1);
         }
     }
-    let _outer = Restore(BEFORE_POLL.replace(Some(flush.clone())));
+    HOLDING_BACK.set(HOLDING_BACK.get() + 1);
+    let _leave = Leave;
     body()
 }
 
-/// Runs the [`before_poll`] hook of this thread, if any.
+/// Runs the registered flush if this thread is in a [`before_poll`] body.
 fn flush_before_poll() {
-    if let Some(flush) = BEFORE_POLL.take() {
-        flush();
-        BEFORE_POLL.set(Some(flush));
+    if HOLDING_BACK.get() > 0 {
+        if let Some(flush) = FLUSH_HELD_BACK.get() {
+            flush();
+        }
     }
 }
 
@@ -943,7 +956,6 @@ pub fn describe_all() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
     use std::sync::atomic::AtomicUsize;
 
     thread_local! {
