@@ -36,6 +36,7 @@ mod tests {
     use crate::iothread::IoThread;
     use crate::sys::file::IoBuf;
     use parking_lot::Mutex;
+    use std::panic::AssertUnwindSafe;
     use std::sync::Arc;
 
     /// Records "op:node" for every callback, and fails `fail_on` if set.
@@ -367,6 +368,60 @@ mod tests {
         let results = results.lock().clone();
         assert_eq!(results, vec![(Ok(READ_SIZE), true); READS]);
         drop(graph);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_completion_that_panics_holds_back_no_later_request() {
+        // Requests started by completion callbacks wait for one submission
+        // after them; a callback that unwinds must not leave its thread
+        // marked as completing, or its later requests would wait for good.
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("aioctx-panic-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = uncached_image(&dir, "img");
+        let home = Context::new("panic-io").unwrap();
+        home.claim().unwrap();
+        let graph = Graph::new(home.clone());
+        let flags = OpenFlags {
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node = graph.open_file("disk", &home, &path, flags).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let panics = Box::new(|_: Result<usize>, _: IoBuf| panic!("a completion callback panics"));
+        node.submit(RequestKind::Read, IoBuf::from(vec![0u8; 4096]), 0, panics)
+            .unwrap();
+        while std::panic::catch_unwind(AssertUnwindSafe(|| home.poll(false))).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the completion never ran"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let result = Arc::new(Mutex::new(None));
+        let r = result.clone();
+        let done =
+            Box::new(move |n: Result<usize>, _: IoBuf| *r.lock() = Some(n.map_err(|e| e.errno())));
+        node.submit(
+            RequestKind::Read,
+            IoBuf::from(vec![0u8; 4096]),
+            READ_SIZE as u64,
+            done,
+        )
+        .unwrap();
+        while result.lock().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a request after the panic never completed"
+            );
+            home.poll(false).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(*result.lock(), Some(Ok(4096)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

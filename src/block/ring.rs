@@ -281,6 +281,21 @@ impl Ring {
         }
     }
 
+    /// Runs `body` (completion callbacks) as this ring's completing thread:
+    /// the requests they start are held back for one submission after them,
+    /// and a poll they make submits them first. Restored on unwind too: a
+    /// stale mark would hold back this thread's later requests for good.
+    fn completing<R>(self: &Arc<Self>, body: impl FnOnce() -> R) -> R {
+        struct Restore(usize);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                COMPLETING.set(self.0);
+            }
+        }
+        let _outer = Restore(COMPLETING.replace(Arc::as_ptr(self) as usize));
+        context::before_poll(body)
+    }
+
     /// The fd handler: runs the completions the ring has, then submits what
     /// they started.
     fn complete(self: &Arc<Self>) {
@@ -300,9 +315,7 @@ impl Ring {
             self.uring.reap(&mut done);
             let reaped = !done.is_empty();
             if reaped {
-                let outer = COMPLETING.replace(Arc::as_ptr(self) as usize);
-                context::before_poll(|| run(done));
-                COMPLETING.set(outer);
+                self.completing(|| run(done));
             }
             // What the callbacks started, and the rest of short transfers
             // if the reap could not submit it.
