@@ -340,12 +340,12 @@ impl Node {
     ) -> Result<()> {
         let node = self.clone();
         // The request ends after the caller's completion has run, so a drain
-        // that returns has seen every completion.
+        // that returns has seen every completion; also when it unwinds (a
+        // Rust caller's panic), or the node would count it for ever.
         let done: IoDone = Box::new(move |result, buf| {
-            let completing = Completing::by_key(node.completion_key());
+            let _ends = EndsRequest(&node);
+            let _completing = Completing::by_key(node.completion_key());
             done(result, buf);
-            drop(completing);
-            node.end_request_unchecked();
         });
         self.driver
             .submit(self, kind, buf, offset, done)
@@ -450,6 +450,17 @@ pub(super) fn register(node: &Arc<Node>) {
 }
 
 /// Whether the registry still lists the node with `serial`.
+
+/// Ends a request in flight when dropped, after its completion ran or
+/// unwound (declared before the completion's mark, so dropped after it).
+struct EndsRequest<'a>(&'a Node);
+
+impl Drop for EndsRequest<'_> {
+    fn drop(&mut self) {
+        self.0.end_request_unchecked();
+    }
+}
+
 #[cfg(test)]
 pub(super) fn registered(serial: u64) -> bool {
     NODES.lock().contains_key(&serial)

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use super::node::Node;
 use super::request::{io_error, IoDone};
-use super::sections::Completing;
+use super::sections;
 use crate::context::{self, Context};
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;
@@ -172,11 +172,12 @@ impl Ring {
     /// thread that submitted it and fails what is still running when that
     /// thread exits (`EFAULT` for a buffered read that missed the page
     /// cache, `ECANCELED` for work handed to its workers).
-    fn finish_in_flight(&self, ctx: &Context) {
+    fn finish_in_flight(&self, ctx: &Arc<Context>) {
         let mut done = Vec::new();
         self.uring.wait_idle(&mut done);
         if !done.is_empty() {
-            ctx.schedule_once(move || run(done));
+            let c = ctx.clone();
+            ctx.schedule_once(move || run(&c, done));
         }
     }
 
@@ -306,6 +307,10 @@ impl Ring {
             }
             return;
         }
+        // The handler runs in a poll of the context, which keeps it alive.
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
         // Requests the kernel completes while they are submitted (page-cache
         // hits) are there as soon as the submission returns: take them in
         // the same call, a few rounds at most so the context's other
@@ -315,7 +320,7 @@ impl Ring {
             self.uring.reap(&mut done);
             let reaped = !done.is_empty();
             if reaped {
-                self.completing(|| run(done));
+                self.completing(|| run(&ctx, done));
             }
             // What the callbacks started, and the rest of short transfers
             // if the reap could not submit it.
@@ -355,25 +360,20 @@ fn home_leaving(ctx: &Arc<Context>) {
     }
 }
 
-/// Runs completions in order. Those not yet run count as completing on this
-/// stack: a drain from inside an earlier one would otherwise wait for them,
-/// and they cannot run before it returns.
-fn run(done: Vec<Completion<Tag>>) {
-    let behind: Vec<_> = done
-        .iter()
-        .map(|c| Completing::by_key(c.tag.node.completion_key()))
-        .collect();
-    for (c, mark) in done.into_iter().zip(behind) {
-        drop(mark);
-        let Tag { node, finish } = c.tag;
-        // The node (and so its image) is let go of before the completion
-        // runs, as the worker pool does: a caller that frees the graph from
-        // its last completion finds the image closed.
-        drop(node);
-        match finish {
-            Finish::Io(done, path) => done(c.result.map_err(|e| io_error(&path, e)), c.buf),
-            Finish::Sync(done) => done(c.result.map(drop)),
-        }
+/// Runs completions in order (see `sections::run_completions`).
+fn run(ctx: &Arc<Context>, done: Vec<Completion<Tag>>) {
+    sections::run_completions(ctx, done, |c| c.tag.node.completion_key(), finish);
+}
+
+fn finish(c: Completion<Tag>) {
+    let Tag { node, finish } = c.tag;
+    // The node (and so its image) is let go of before the completion runs,
+    // as the worker pool does: a caller that frees the graph from its last
+    // completion finds the image closed.
+    drop(node);
+    match finish {
+        Finish::Io(done, path) => done(c.result.map_err(|e| io_error(&path, e)), c.buf),
+        Finish::Sync(done) => done(c.result.map(drop)),
     }
 }
 
@@ -448,9 +448,11 @@ pub(super) fn after_fork(child: bool) {
             continue;
         };
         if child {
-            ctx.schedule_in_forked_child(move || run(done));
+            let c = ctx.clone();
+            ctx.schedule_in_forked_child(move || run(&c, done));
         } else {
-            ctx.schedule_once(move || run(done));
+            let c = ctx.clone();
+            ctx.schedule_once(move || run(&c, done));
         }
     }
 }

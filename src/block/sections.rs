@@ -5,8 +5,10 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::request::{IoDone, RequestKind};
+use crate::context::Context;
 use crate::sys::file::IoBuf;
 
 /// A request submitted during a drained section, started after it.
@@ -112,4 +114,48 @@ pub(super) fn completing_here(key: usize) -> i64 {
         let c = c.borrow();
         c.keys[..c.len].iter().filter(|&&k| k == key).count() as i64
     })
+}
+
+/// Runs a batch of completions in order (`key`: the node key of each, see
+/// [`Completing`]). Those not yet run count as completing on this stack: a
+/// drain from inside an earlier one would otherwise wait for them, and they
+/// cannot run before it returns. If one unwinds (a Rust caller's panic),
+/// the rest go to `ctx` as a bottom half: nothing would report them again,
+/// and a drain would wait for them for ever.
+pub(super) fn run_completions<T: Send + 'static>(
+    ctx: &Arc<Context>,
+    batch: Vec<T>,
+    key: fn(&T) -> usize,
+    run: fn(T),
+) {
+    let marks: Vec<_> = batch.iter().map(|c| Completing::by_key(key(c))).collect();
+    let mut left = Left {
+        ctx,
+        batch: batch.into_iter().zip(marks),
+        key,
+        run,
+    };
+    while let Some((completion, mark)) = left.batch.next() {
+        drop(mark);
+        run(completion);
+    }
+}
+
+/// What [`run_completions`] has not run yet.
+struct Left<'a, T: Send + 'static> {
+    ctx: &'a Arc<Context>,
+    batch: std::iter::Zip<std::vec::IntoIter<T>, std::vec::IntoIter<Completing>>,
+    key: fn(&T) -> usize,
+    run: fn(T),
+}
+
+impl<T: Send + 'static> Drop for Left<'_, T> {
+    fn drop(&mut self) {
+        let rest: Vec<T> = self.batch.by_ref().map(|(c, _)| c).collect();
+        if !rest.is_empty() {
+            let (ctx, key, run) = (self.ctx.clone(), self.key, self.run);
+            self.ctx
+                .schedule_once(move || run_completions(&ctx, rest, key, run));
+        }
+    }
 }

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use super::node::Node;
 use super::pool;
 use super::request::{io_error, IoDone};
-use super::sections::Completing;
+use super::sections;
 use crate::context::Context;
 use crate::error::Result;
 use crate::sys::file::{pwrite_full, IoBuf};
@@ -87,17 +87,17 @@ impl WriteQueue {
     /// more is pending, rather than a loop that would keep its worker from
     /// other images' writes and from reads for as long as writes come in.
     fn write_batch(self: Arc<Self>, file: Arc<File>, node: Arc<Node>, path: Arc<str>) {
+        let key = node.completion_key();
         let results: Vec<_> = self
             .take_batch()
             .into_iter()
             .map(|mut w| {
                 let r =
                     pwrite_full(file.as_fd(), &mut w.buf, w.offset).map_err(|e| io_error(&path, e));
-                (r, w.buf, w.done)
+                (key, r, w.buf, w.done)
             })
             .collect();
         let ctx = node.context().clone();
-        let key = node.completion_key();
         // Decide before completing: a completion may submit more writes.
         if self.finished() {
             // Let go of the file and node first, as `FileDriver::offload`
@@ -108,19 +108,19 @@ impl WriteQueue {
         } else {
             pool::submit(move || self.write_batch(file, node, path));
         }
-        complete(&ctx, key, results);
+        complete(&ctx, results);
     }
 }
 
-/// Runs a batch's completions in one bottom half. Those not yet run count
-/// as completing on this stack: a drain from inside an earlier one would
-/// otherwise wait for them, and they cannot run before it returns.
-fn complete(ctx: &Context, node: usize, results: Vec<(Result<usize>, IoBuf, IoDone)>) {
+/// A write's completion: its node's key (see `sections::Completing`), the
+/// outcome, the buffer back and the caller's callback.
+type Written = (usize, Result<usize>, IoBuf, IoDone);
+
+/// Runs a batch's completions in one bottom half (see
+/// `sections::run_completions`).
+fn complete(ctx: &Arc<Context>, batch: Vec<Written>) {
+    let c = ctx.clone();
     ctx.schedule_once(move || {
-        let behind: Vec<_> = results.iter().map(|_| Completing::by_key(node)).collect();
-        for ((r, buf, done), mark) in results.into_iter().zip(behind) {
-            drop(mark);
-            done(r, buf)
-        }
+        sections::run_completions(&c, batch, |w| w.0, |(_, r, buf, done)| done(r, buf))
     });
 }
