@@ -430,6 +430,37 @@ mod tests {
             );
         }
 
+        // A completion that starts a request (held back for the submission
+        // after the round's callbacks) and then panics: the request still
+        // goes to the kernel.
+        let started = Arc::new(Mutex::new(None));
+        let (st, n) = (started.clone(), node.clone());
+        let starts_then_panics = Box::new(move |_: Result<usize>, _: IoBuf| {
+            let done = Box::new(move |r: Result<usize>, _: IoBuf| *st.lock() = Some(r.is_ok()));
+            let buf = IoBuf::from(vec![0u8; 4096]);
+            n.submit(
+                RequestKind::Read,
+                buf,
+                (2 * READ_SIZE + READ_SIZE / 4) as u64,
+                done,
+            )
+            .unwrap();
+            panic!("a completion callback panics after starting a request");
+        });
+        let buf = IoBuf::from(vec![0u8; 4096]);
+        node.submit(
+            RequestKind::Read,
+            buf,
+            (READ_SIZE + READ_SIZE / 4) as u64,
+            starts_then_panics,
+        )
+        .unwrap();
+        poll_until(
+            "a request started by a completion that then panicked never completed",
+            &|| started.lock().is_some(),
+        );
+        assert_eq!(*started.lock(), Some(true));
+
         let result = Arc::new(Mutex::new(None));
         let r = result.clone();
         let done =
@@ -445,6 +476,90 @@ mod tests {
             result.lock().is_some()
         });
         assert_eq!(*result.lock(), Some(Ok(4096)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ring_completing_inside_another_rings_completion_holds_back_nothing() {
+        // Requests started while ring A's completions run wait for one
+        // submission after them, and a poll from such a callback submits
+        // them first. Here A's callback polls context B, whose dispatch
+        // runs a BH that submits on A (held back), then ring B's
+        // completion, whose callback waits for that request: ring B must
+        // not take over the thread's mark with A's request still held.
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("aioctx-nest-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path_a, path_b) = (uncached_image(&dir, "a"), uncached_image(&dir, "b"));
+        let (a, b) = (
+            Context::new("nest-a").unwrap(),
+            Context::new("nest-b").unwrap(),
+        );
+        a.claim().unwrap();
+        b.claim().unwrap();
+        let graph = Graph::new(a.clone());
+        let flags = OpenFlags {
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node_a = graph.open_file("a", &a, &path_a, flags).unwrap();
+        let node_b = graph.open_file("b", &b, &path_b, flags).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let waiting = move |done: &dyn Fn() -> bool, ctx: &Arc<Context>| {
+            while !done() && std::time::Instant::now() < deadline {
+                ctx.poll(false).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        type Flag = Arc<Mutex<Option<bool>>>;
+        let (x_done, b_waited, a_ran): (Flag, Flag, Flag) = Default::default();
+
+        // B's completion waits (polling A) for request X on A.
+        let (xd, bw, ctx_a) = (x_done.clone(), b_waited.clone(), a.clone());
+        let wait_for_x = Box::new(move |_: Result<usize>, _: IoBuf| {
+            waiting(&|| xd.lock().is_some(), &ctx_a);
+            *bw.lock() = Some(xd.lock().is_some());
+        });
+        // A's completion has B submit X on A, then polls B until B's
+        // completion ran.
+        let (xd, bw, ar, ctx_b, na) = (
+            x_done.clone(),
+            b_waited.clone(),
+            a_ran.clone(),
+            b.clone(),
+            node_a.clone(),
+        );
+        let via_b = Box::new(move |_: Result<usize>, _: IoBuf| {
+            ctx_b.schedule_once(move || {
+                let done = Box::new(move |r: Result<usize>, _: IoBuf| *xd.lock() = Some(r.is_ok()));
+                let buf = IoBuf::from(vec![0u8; 4096]);
+                na.submit(RequestKind::Read, buf, (READ_SIZE / 2) as u64, done)
+                    .unwrap();
+            });
+            waiting(&|| bw.lock().is_some(), &ctx_b);
+            *ar.lock() = Some(true);
+        });
+        let buf = IoBuf::from(vec![0u8; 4096]);
+        node_b
+            .submit(RequestKind::Read, buf, 0, wait_for_x)
+            .unwrap();
+        let buf = IoBuf::from(vec![0u8; 4096]);
+        node_a.submit(RequestKind::Read, buf, 0, via_b).unwrap();
+        // Both completed in their rings (posted at this thread's next
+        // return from the kernel): B's dispatch will run the BH and then
+        // B's completion in one go.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        waiting(&|| a_ran.lock().is_some(), &a);
+        assert_eq!(*a_ran.lock(), Some(true), "A's completion never ran");
+        assert_eq!(
+            *b_waited.lock(),
+            Some(true),
+            "the request A's completion started through B was never submitted"
+        );
+        assert_eq!(*x_done.lock(), Some(true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -287,13 +287,27 @@ impl Ring {
     /// and a poll they make submits them first. Restored on unwind too: a
     /// stale mark would hold back this thread's later requests for good.
     fn completing<R>(self: &Arc<Self>, body: impl FnOnce() -> R) -> R {
-        struct Restore(usize);
-        impl Drop for Restore {
+        struct Restore<'a>(usize, &'a Arc<Ring>);
+        impl Drop for Restore<'_> {
             fn drop(&mut self) {
                 COMPLETING.set(self.0);
+                if std::thread::panicking() {
+                    // The submission after the callbacks will not come.
+                    if let Some(ctx) = self.1.ctx.upgrade() {
+                        self.1.schedule_submit(&ctx);
+                    }
+                }
             }
         }
-        let _outer = Restore(COMPLETING.replace(Arc::as_ptr(self) as usize));
+        let me = Arc::as_ptr(self) as usize;
+        let outer = COMPLETING.get();
+        if outer != 0 && outer != me {
+            // Completions of this ring run from another ring's callback
+            // (which polled this context): a poll flushes only the innermost
+            // ring's held-back requests, so the outer ring's go now.
+            submit_for_completions();
+        }
+        let _outer = Restore(COMPLETING.replace(me), self);
         context::before_poll(body)
     }
 
