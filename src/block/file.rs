@@ -80,6 +80,9 @@ impl FileDriver {
     /// Opens `path` for a node of `ctx`; with `rdwr` and not `inactive`,
     /// takes the write lock (`EAGAIN` if another process holds it).
     pub fn open(path: &str, flags: OpenFlags, ctx: &Arc<Context>) -> Result<FileDriver> {
+        // Before any ring exists: a fork() must find its hooks for every
+        // ring (a child that kept one would read its unmapped queues).
+        watch_fork();
         let ring = ring_for(flags.backend, ctx)?;
         // O_NONBLOCK: opening a FIFO must not wait for a writer. It does not
         // change I/O on regular files or block devices, the only kinds accepted.
@@ -130,7 +133,6 @@ impl FileDriver {
             options: flags.rdwr.then_some(options),
             own: OnceCell::new(),
         });
-        watch_fork();
         let driver = FileDriver {
             file: Arc::new(file),
             path: path.into(),
