@@ -54,6 +54,9 @@ impl IoThread {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                // Also when a callback unwinds (a Rust caller's panic), or
+                // stop() would wait for the thread for ever.
+                let _leaving = Leaving(c.clone(), e);
                 // Claimed before new() returns, so no other thread can poll it.
                 let claimed = c.claim().map(|()| crate::thread::unique());
                 let ok = claimed.is_ok();
@@ -65,11 +68,6 @@ impl IoThread {
                         break;
                     }
                 }
-                // Before the thread goes: the kernel would fail the I/O it
-                // submitted and that is still running.
-                crate::context::home_leaving(&c);
-                e.store(true, Release);
-                c.wake_waiters();
             })
             .map_err(|e| Error::from_io(&format!("IOThread '{name}': cannot start thread"), e))?;
         let mut outcome = started.outcome.lock();
@@ -163,6 +161,19 @@ impl Drop for IoThread {
     }
 }
 
+/// What an IOThread does last, dropped as its thread ends: finish the I/O
+/// it submitted that is still running (the kernel would fail it once the
+/// thread is gone), then say it exited.
+struct Leaving(Arc<Context>, Arc<AtomicBool>);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        crate::context::home_leaving(&self.0);
+        self.1.store(true, Release);
+        self.0.wake_waiters();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +193,23 @@ mod tests {
         }
         it.stop().unwrap();
         assert_eq!(ran.load(SeqCst), 100);
+    }
+
+    #[test]
+    fn stop_returns_after_a_callback_panicked_in_the_thread() {
+        // The thread ends with the panic; a stop from a thread that runs a
+        // loop waits for it to say so.
+        let mut it = IoThread::new("io-panic").unwrap();
+        it.context()
+            .schedule_once(|| panic!("a callback panics in an IOThread"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let main = Context::new("stopper").unwrap();
+            main.claim().unwrap();
+            tx.send(it.stop().is_ok()).unwrap();
+        });
+        let stopped = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(stopped, Ok(true), "stop() never returned");
     }
 
     #[test]
