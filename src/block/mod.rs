@@ -563,6 +563,65 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_submission_the_kernel_refuses_is_tried_again_after_a_wait() {
+        // io_uring_enter fails with ENOMEM (or EAGAIN) when the kernel is
+        // short of memory: the request stays queued and is submitted later,
+        // after a wait that grows, not at every round of a loop that then
+        // never sleeps.
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return;
+        }
+        use crate::sys::uring::faults;
+        let dir = std::env::temp_dir().join(format!("aioctx-retry-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = uncached_image(&dir, "img");
+        let home = Context::new("retry-io").unwrap();
+        home.claim().unwrap();
+        let graph = Graph::new(home.clone());
+        let flags = OpenFlags {
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node = graph.open_file("disk", &home, &path, flags).unwrap();
+        const REFUSALS: u32 = 1000;
+        faults::fail_next_submits_with(REFUSALS, libc::ENOMEM);
+        let result = Arc::new(Mutex::new(None));
+        let r = result.clone();
+        let done =
+            Box::new(move |n: Result<usize>, _: IoBuf| *r.lock() = Some(n.map_err(|e| e.errno())));
+        let buf = IoBuf::from(vec![0u8; 4096]);
+        node.submit(RequestKind::Read, buf, (READ_SIZE / 4) as u64, done)
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut polls = 0;
+        while start.elapsed() < std::time::Duration::from_millis(20) {
+            home.poll(false).unwrap();
+            polls += 1;
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        let tries = REFUSALS - faults::submit_failures_left();
+        // Waits of 0.1, 0.2, 0.4 ... ms: about 8 tries in 20 ms.
+        assert!(
+            tries <= 15,
+            "{tries} submissions in 20 ms ({polls} polls): no wait between tries"
+        );
+        assert!(result.lock().is_none());
+        faults::fail_next_submits(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while result.lock().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the request was never submitted"
+            );
+            home.poll(false).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(*result.lock(), Some(Ok(4096)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// `O_NONBLOCK` flags of this process's open files of `path`, from
     /// `/proc/self/fdinfo`.
     fn nonblocking_opens_of(path: &std::path::Path) -> Vec<bool> {

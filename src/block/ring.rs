@@ -28,16 +28,16 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::*};
 use std::sync::{Arc, Weak};
 
-use once_cell::sync::Lazy;
+use once_cell::sync::{Lazy, OnceCell};
 use parking_lot::Mutex;
 
 use super::node::Node;
 use super::request::{io_error, IoDone};
 use super::sections;
-use crate::context::{self, Context};
+use crate::context::{self, Context, Timer};
 use crate::error::{Error, Result};
 use crate::sys::file::IoBuf;
 use crate::sys::uring::{self, Completion, Op, Submit, Uring};
@@ -76,6 +76,12 @@ const SUBMIT_BATCH: usize = 4;
 /// At most this many reap-run-submit rounds per readiness of the ring.
 const ROUNDS: usize = 4;
 
+/// How long a submission the kernel refused for want of memory waits before
+/// it is tried again, at first; doubled after each refusal, up to the most.
+/// (Tried again at once, it kept the loop from ever sleeping.)
+const RETRY_FIRST_NS: i64 = 100_000;
+const RETRY_MAX_NS: i64 = 10_000_000;
+
 /// A context's ring.
 pub(super) struct Ring {
     uring: Uring<Tag>,
@@ -83,6 +89,11 @@ pub(super) struct Ring {
     state: AtomicU8,
     /// A bottom half that submits deferred requests is queued.
     submit_queued: AtomicBool,
+    /// Submits again after a refusal (see `RETRY_FIRST_NS`); made at the
+    /// first refusal.
+    retry: OnceCell<Arc<Timer>>,
+    /// The wait before the next retry; 0 after a submission went through.
+    retry_ns: AtomicI64,
 }
 
 thread_local! {
@@ -147,6 +158,8 @@ impl Ring {
             ctx: Arc::downgrade(ctx),
             state: AtomicU8::new(LIVE),
             submit_queued: AtomicBool::new(false),
+            retry: OnceCell::new(),
+            retry_ns: AtomicI64::new(0),
         });
         context::set_flush_held_back(submit_for_completions);
         // The context's handler keeps the ring for as long as the context
@@ -273,13 +286,44 @@ impl Ring {
 
     fn submit_deferred(self: &Arc<Self>) {
         self.submit_queued.store(false, Release);
-        if self.uring.submit_pending().is_err() {
-            // They stay queued (a queued request cannot be taken back):
-            // try again at the loop's next round.
-            if let Some(ctx) = self.ctx.upgrade() {
-                self.schedule_submit(&ctx);
+        let refused = match self.uring.submit_pending() {
+            Ok(()) => {
+                self.retry_ns.store(0, Relaxed);
+                return;
             }
+            Err(e) => e,
+        };
+        // They stay queued (a queued request cannot be taken back).
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        if refused.raw_os_error() == Some(libc::EBUSY) {
+            // Completions must be reaped first: the ring's handler does,
+            // in this round of the loop, and submits after them.
+            self.schedule_submit(&ctx);
+        } else {
+            self.retry_later(&ctx);
         }
+    }
+
+    /// Submits again after a wait that doubles with each refusal.
+    fn retry_later(self: &Arc<Self>, ctx: &Arc<Context>) {
+        let wait = (self.retry_ns.load(Relaxed) * 2).clamp(RETRY_FIRST_NS, RETRY_MAX_NS);
+        self.retry_ns.store(wait, Relaxed);
+        let timer = self.retry.get_or_init(|| {
+            // Weakly: the context's timer list holds an armed timer.
+            let ring = Arc::downgrade(self);
+            Timer::new(
+                ctx,
+                Arc::new(move || {
+                    if let Some(ring) = ring.upgrade() {
+                        ring.submit_deferred();
+                    }
+                }),
+            )
+        });
+        // Cannot fail: the deadline is positive and the context alive.
+        let _ = timer.modify(crate::sys::clock_ns() + wait);
     }
 
     /// Runs `body` (completion callbacks) as this ring's completing thread:

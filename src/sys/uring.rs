@@ -504,6 +504,11 @@ pub(crate) mod faults {
         FAIL_SUBMITS.set((n, errno));
     }
 
+    /// How many of them have not failed yet.
+    pub(crate) fn submit_failures_left() -> u32 {
+        FAIL_SUBMITS.get().0
+    }
+
     pub(super) fn take_submit_failure() -> Option<i32> {
         let (n, errno) = FAIL_SUBMITS.get();
         FAIL_SUBMITS.set((n.saturating_sub(1), errno));
