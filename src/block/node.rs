@@ -150,6 +150,16 @@ pub(super) struct NodeSpec<'a> {
     pub inactive: bool,
 }
 
+/// Ends a request in flight when dropped, after its completion ran or
+/// unwound (declared before the completion's mark, so dropped after it).
+struct EndsRequest<'a>(&'a Node);
+
+impl Drop for EndsRequest<'_> {
+    fn drop(&mut self) {
+        self.0.end_request_unchecked();
+    }
+}
+
 impl Node {
     /// The node `spec` describes, the `index`th of `graph`.
     pub(super) fn new(spec: NodeSpec<'_>, graph: Arc<GraphShared>, index: usize) -> Result<Node> {
@@ -450,17 +460,6 @@ pub(super) fn register(node: &Arc<Node>) {
 }
 
 /// Whether the registry still lists the node with `serial`.
-
-/// Ends a request in flight when dropped, after its completion ran or
-/// unwound (declared before the completion's mark, so dropped after it).
-struct EndsRequest<'a>(&'a Node);
-
-impl Drop for EndsRequest<'_> {
-    fn drop(&mut self) {
-        self.0.end_request_unchecked();
-    }
-}
-
 #[cfg(test)]
 pub(super) fn registered(serial: u64) -> bool {
     NODES.lock().contains_key(&serial)
