@@ -450,6 +450,16 @@ static void take_sample(AioctxContext *io, struct cpu_sample *s)
     is_int(aioctx_poll_while(io, sample_pending, s, long_timeout(), 0), 0, "sampled its CPU time");
 }
 
+/* BH: busy-waits 20 us, then counts (inc_cb): the thread that scheduled it
+ * is then surely waiting, its poll begun, when the count moves. */
+static void inc_after_20us(void *opaque)
+{
+    int64_t at = aioctx_clock_ns() + 20 * 1000;
+    while (aioctx_clock_ns() < at) {
+    }
+    inc_cb(opaque);
+}
+
 static void test_iothread_default(AioctxIoThread *it, bool spins)
 {
     AioctxContext *io = aioctx_iothread_context(it);
@@ -462,7 +472,10 @@ static void test_iothread_default(AioctxIoThread *it, bool spins)
        "QEMU's grow and shrink", (long long)max);
     /* Work that comes ~20 us after the IOThread began to poll, which a
      * window would catch: its window opens. (A late round closes it again,
-     * as it should: look for it open after any round.) */
+     * as it should: look for it open after any round.) The BH itself takes
+     * 20 us, so the main thread's wait has begun to poll when the count
+     * moves (with an instant BH the IOThread could win every race, and the
+     * wait never polled). */
     atomic_int n = 0;
     int64_t widest = 0, widest_main = 0;
     AioctxContext *m = aioctx_main_context();
@@ -470,7 +483,7 @@ static void test_iothread_default(AioctxIoThread *it, bool spins)
         int64_t at = aioctx_clock_ns() + 20 * 1000;
         while (aioctx_clock_ns() < at) {
         }
-        aioctx_bh_schedule_oneshot(io, inc_cb, &n);
+        aioctx_bh_schedule_oneshot(io, inc_after_20us, &n);
         struct count_wait w = {&n, i + 1};
         aioctx_poll_while(io, below_target, &w, long_timeout(), 0);
         int64_t window = aioctx_context_poll_window_ns(io);
