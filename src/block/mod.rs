@@ -371,6 +371,70 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A node on io_uring over an `uncached_image` in a fresh directory
+    /// (removed with it), homed in a context this thread claims, which is
+    /// also its graph's main context. None where io_uring is unavailable.
+    struct RingNode {
+        home: Arc<Context>,
+        node: Arc<Node>,
+        _graph: Graph,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for RingNode {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn ring_node(tag: &str, rdwr: bool) -> Option<RingNode> {
+        if !ring::available() {
+            eprintln!("io_uring unavailable: skipped");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!("aioctx-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = uncached_image(&dir, "img");
+        let home = Context::new(tag).unwrap();
+        home.claim().unwrap();
+        let graph = Graph::new(home.clone());
+        let flags = OpenFlags {
+            rdwr,
+            backend: Backend::IoUring,
+            ..Default::default()
+        };
+        let node = graph.open_file("disk", &home, &path, flags).unwrap();
+        Some(RingNode {
+            home,
+            node,
+            _graph: graph,
+            dir,
+        })
+    }
+
+    /// A completion that records its outcome, and where to read it.
+    type Outcome = Arc<Mutex<Option<std::result::Result<usize, i32>>>>;
+    fn recorded() -> (Outcome, IoDone) {
+        let outcome = Outcome::default();
+        let o = outcome.clone();
+        let done =
+            Box::new(move |n: Result<usize>, _: IoBuf| *o.lock() = Some(n.map_err(|e| e.errno())));
+        (outcome, done)
+    }
+
+    /// Polls `ctx` (without blocking) until `done`; fails with `what` after
+    /// 20 s. A completion callback's panic out of the poll is caught.
+    fn poll_until(ctx: &Arc<Context>, what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            if let Ok(polled) = std::panic::catch_unwind(AssertUnwindSafe(|| ctx.poll(false))) {
+                polled.unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn completions_that_panic_lose_nothing() {
         // A Rust completion callback that panics unwinds out of the poll.
@@ -379,29 +443,8 @@ mod tests {
         // requests started by completions wait for one submission after
         // them, and a stale mark would hold back the thread's later ones
         // for good.
-        if !ring::available() {
-            eprintln!("io_uring unavailable: skipped");
+        let Some(RingNode { home, node, .. }) = &ring_node("panic-io", true) else {
             return;
-        }
-        let dir = std::env::temp_dir().join(format!("aioctx-panic-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = uncached_image(&dir, "img");
-        let home = Context::new("panic-io").unwrap();
-        home.claim().unwrap();
-        let graph = Graph::new(home.clone());
-        let flags = OpenFlags {
-            rdwr: true,
-            backend: Backend::IoUring,
-            ..Default::default()
-        };
-        let node = graph.open_file("disk", &home, &path, flags).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let poll_until = |what: &str, done: &dyn Fn() -> bool| {
-            while !done() {
-                assert!(std::time::Instant::now() < deadline, "{what}");
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(|| home.poll(false)));
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
         };
         // Many in flight at once, so that some complete together: reads
         // reaped from the ring in one batch, buffered writes done by the
@@ -420,8 +463,9 @@ mod tests {
                     .unwrap();
             }
             poll_until(
+                home,
                 "a completion batched with a panicking one never ran",
-                &|| *ran.lock() == READS,
+                || *ran.lock() == READS,
             );
             assert_eq!(
                 node.in_flight(),
@@ -456,15 +500,13 @@ mod tests {
         )
         .unwrap();
         poll_until(
+            home,
             "a request started by a completion that then panicked never completed",
-            &|| started.lock().is_some(),
+            || started.lock().is_some(),
         );
         assert_eq!(*started.lock(), Some(true));
 
-        let result = Arc::new(Mutex::new(None));
-        let r = result.clone();
-        let done =
-            Box::new(move |n: Result<usize>, _: IoBuf| *r.lock() = Some(n.map_err(|e| e.errno())));
+        let (result, done) = recorded();
         node.submit(
             RequestKind::Read,
             IoBuf::from(vec![0u8; 4096]),
@@ -472,11 +514,10 @@ mod tests {
             done,
         )
         .unwrap();
-        poll_until("a request after the panics never completed", &|| {
+        poll_until(home, "a request after the panics never completed", || {
             result.lock().is_some()
         });
         assert_eq!(*result.lock(), Some(Ok(4096)));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -487,26 +528,12 @@ mod tests {
         // runs a BH that submits on A (held back), then ring B's
         // completion, whose callback waits for that request: ring B must
         // not take over the thread's mark with A's request still held.
-        if !ring::available() {
-            eprintln!("io_uring unavailable: skipped");
+        let (Some(ring_a), Some(ring_b)) = (ring_node("nest-a", false), ring_node("nest-b", false))
+        else {
             return;
-        }
-        let dir = std::env::temp_dir().join(format!("aioctx-nest-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (path_a, path_b) = (uncached_image(&dir, "a"), uncached_image(&dir, "b"));
-        let (a, b) = (
-            Context::new("nest-a").unwrap(),
-            Context::new("nest-b").unwrap(),
-        );
-        a.claim().unwrap();
-        b.claim().unwrap();
-        let graph = Graph::new(a.clone());
-        let flags = OpenFlags {
-            backend: Backend::IoUring,
-            ..Default::default()
         };
-        let node_a = graph.open_file("a", &a, &path_a, flags).unwrap();
-        let node_b = graph.open_file("b", &b, &path_b, flags).unwrap();
+        let (a, node_a) = (&ring_a.home, &ring_a.node);
+        let (b, node_b) = (&ring_b.home, &ring_b.node);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let waiting = move |done: &dyn Fn() -> bool, ctx: &Arc<Context>| {
             while !done() && std::time::Instant::now() < deadline {
@@ -552,7 +579,7 @@ mod tests {
         // return from the kernel): B's dispatch will run the BH and then
         // B's completion in one go.
         std::thread::sleep(std::time::Duration::from_millis(200));
-        waiting(&|| a_ran.lock().is_some(), &a);
+        waiting(&|| a_ran.lock().is_some(), a);
         assert_eq!(*a_ran.lock(), Some(true), "A's completion never ran");
         assert_eq!(
             *b_waited.lock(),
@@ -560,7 +587,6 @@ mod tests {
             "the request A's completion started through B was never submitted"
         );
         assert_eq!(*x_done.lock(), Some(true));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -569,28 +595,13 @@ mod tests {
         // short of memory: the request stays queued and is submitted later,
         // after a wait that grows, not at every round of a loop that then
         // never sleeps.
-        if !ring::available() {
-            eprintln!("io_uring unavailable: skipped");
-            return;
-        }
         use crate::sys::uring::faults;
-        let dir = std::env::temp_dir().join(format!("aioctx-retry-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = uncached_image(&dir, "img");
-        let home = Context::new("retry-io").unwrap();
-        home.claim().unwrap();
-        let graph = Graph::new(home.clone());
-        let flags = OpenFlags {
-            backend: Backend::IoUring,
-            ..Default::default()
+        let Some(RingNode { home, node, .. }) = &ring_node("retry-io", false) else {
+            return;
         };
-        let node = graph.open_file("disk", &home, &path, flags).unwrap();
         const REFUSALS: u32 = 1000;
         faults::fail_next_submits_with(REFUSALS, libc::ENOMEM);
-        let result = Arc::new(Mutex::new(None));
-        let r = result.clone();
-        let done =
-            Box::new(move |n: Result<usize>, _: IoBuf| *r.lock() = Some(n.map_err(|e| e.errno())));
+        let (result, done) = recorded();
         let buf = IoBuf::from(vec![0u8; 4096]);
         node.submit(RequestKind::Read, buf, (READ_SIZE / 4) as u64, done)
             .unwrap();
@@ -609,17 +620,10 @@ mod tests {
         );
         assert!(result.lock().is_none());
         faults::fail_next_submits(0);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while result.lock().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the request was never submitted"
-            );
-            home.poll(false).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        poll_until(home, "the request was never submitted", || {
+            result.lock().is_some()
+        });
         assert_eq!(*result.lock(), Some(Ok(4096)));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// `O_NONBLOCK` flags of this process's open files of `path`, from
