@@ -602,6 +602,55 @@ static void test_free_in_flight(void)
     aioctx_graph_free(g2);
 }
 
+/* A node opened by a relative path reads and writes that file even after the
+ * process changed directory, on either backend (the io_uring backend opens
+ * a second file for its ring on first use: from the node's open file, not by
+ * the path again, which now names another image). */
+static void test_relative_path_after_chdir(void)
+{
+    char other[96], cwd[PATH_MAX];
+    snprintf(other, sizeof other, "%s/elsewhere", dir);
+    static unsigned char w[BLK], r[BLK], theirs[BLK];
+    fill(w, BLK, 41);
+    fill(theirs, BLK, 42);
+    int fd = -1;
+    if (!ok(getcwd(cwd, sizeof cwd) && mkdir(other, 0755) == 0 && chdir(dir) == 0, "chdir into the image's directory"))
+        return;
+    AioctxGraph *g = aioctx_graph_new(NULL);
+    AioctxNode *n = aioctx_node_open_file(g, "relative", main_ctx, "disk.img", AIOCTX_OPEN_RDWR);
+    ok(n != NULL, "open_file(\"disk.img\", RDWR): %s", n ? "ok" : aioctx_last_error());
+    /* Another image of that name, where the process goes next. */
+    if (n && chdir(other) == 0 && (fd = open("disk.img", O_RDWR | O_CREAT | O_TRUNC, 0644)) >= 0 &&
+        pwrite(fd, theirs, BLK, 5 * BLK) == BLK) {
+        struct io io;
+        io_init(&io, n);
+        is_int(aioctx_node_pwrite(n, w, BLK, 5 * BLK, io_cb, &io), 0, "after chdir: pwrite -> 0");
+        is_int(io_wait(&io) == 0 ? io.ret : -1, BLK, "  completes with 4096");
+        ok(file_has(img, 5 * BLK, w, BLK), "  the data is in the node's image");
+        ok(file_has("disk.img", 5 * BLK, theirs, BLK), "  and not in the file the path names now");
+        /* Out of the page cache (where the file system allows): the read
+         * then goes to the backend, not to the inline page-cache path. */
+        is_int(aioctx_node_flush(n), 0, "flush -> 0");
+        int own = open(img, O_RDONLY);
+        ok(own >= 0 && fsync(own) == 0 && posix_fadvise(own, 0, 0, POSIX_FADV_DONTNEED) == 0,
+           "image dropped from the page cache");
+        if (own >= 0)
+            close(own);
+        io_init(&io, n);
+        is_int(aioctx_node_pread(n, r, BLK, 5 * BLK, io_cb, &io), 0, "pread -> 0");
+        is_int(io_wait(&io) == 0 ? io.ret : -1, BLK, "  completes with 4096");
+        ok(memcmp(r, w, BLK) == 0, "  and reads the node's image");
+    } else {
+        ok(0, "set up a second disk.img in another directory");
+    }
+    aioctx_graph_free(g);
+    if (fd >= 0) {
+        close(fd);
+        unlink("disk.img");
+    }
+    ok(chdir(cwd) == 0 && rmdir(other) == 0, "back to the first directory");
+}
+
 int main(void)
 {
     skip_unless_backend();
@@ -634,6 +683,7 @@ int main(void)
     test_lock_in_process();
     test_free_in_flight();
     test_reopen_after_free();
+    test_relative_path_after_chdir();
 
     is_int(aioctx_iothread_free(iot), 0, "iothread_free");
     unlink(img);

@@ -4,8 +4,8 @@
 //! shared with other processes.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -269,7 +269,7 @@ impl Driver for FileDriver {
         let on_ring = self
             .ring
             .as_ref()
-            .and_then(|r| Some((&r.ring, r.file(&self.file, &self.path)?)));
+            .and_then(|r| Some((&r.ring, r.file(&self.file)?)));
         let finish = match on_ring {
             Some((ring, file)) => match ring.sync(file, node, finish) {
                 Ok(()) => return,
@@ -329,7 +329,7 @@ impl Driver for FileDriver {
         }
         let on_ring = kind == RequestKind::Read || direct || BUFFERED_WRITES_ON_RING;
         let ring = self.ring.as_ref().filter(|_| on_ring);
-        let ring = ring.and_then(|r| Some((&r.ring, r.file(&self.file, &self.path)?)));
+        let ring = ring.and_then(|r| Some((&r.ring, r.file(&self.file)?)));
         let (buf, done) = match ring {
             Some((ring, file)) => {
                 let op = match kind {
@@ -355,7 +355,7 @@ impl Driver for FileDriver {
 /// some time after the process is reaped, and the lock must be gone by then
 /// (the destination of a migration takes it right away). Opened at the
 /// first request on the ring, not at open: a node never used costs one
-/// descriptor.
+/// descriptor. Opened from the node's own open file, never by path again.
 struct RingFile {
     ring: Arc<Ring>,
     /// How to open the ring's own file; `None`: the node never locks, the
@@ -368,19 +368,32 @@ struct RingFile {
 
 impl RingFile {
     /// The file the ring reads and writes for this node, if any.
-    fn file<'a>(&'a self, shared: &'a File, path: &str) -> Option<&'a File> {
+    fn file<'a>(&'a self, shared: &'a File) -> Option<&'a File> {
         match &self.options {
             None => Some(shared),
             Some(options) => self
                 .own
                 .get_or_init(|| {
+                    let file = reopen(shared, options)?;
                     // Blocking, as the node's file (see `FileDriver::open`).
-                    let file = options.open(path).ok()?;
                     set_blocking(file.as_fd()).ok().map(|()| file)
                 })
                 .as_ref(),
         }
     }
+}
+
+/// A new open file description of the file `shared` is open on (its own
+/// locks), through `/proc/self/fd`: that names the open file, where the
+/// path it was opened by may since name another file (renamed, or relative
+/// to a directory the process has left). `None` without `/proc`, or if what
+/// opened is not the same file.
+fn reopen(shared: &File, options: &OpenOptions) -> Option<File> {
+    let file = options
+        .open(format!("/proc/self/fd/{}", shared.as_raw_fd()))
+        .ok()?;
+    let (was, is) = (shared.metadata().ok()?, file.metadata().ok()?);
+    (was.dev() == is.dev() && was.ino() == is.ino()).then_some(file)
 }
 
 /// The ring requests of a node of `ctx` run on, opened with `backend`
