@@ -19,6 +19,7 @@
 #include "aioctx.h"
 #include "test-util.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -333,19 +334,26 @@ static void test_driver_callbacks(void)
     ri.flush_rc = -ENOSPC;
     is_int(aioctx_node_flush(ni), -ENOSPC, "node_flush on the IOThread node returns its error (-ENOSPC)");
     ri.flush_rc = 0;
+    /* INT_MIN cannot be negated into an errno: -EIO, on either context. */
+    rm.flush_rc = ri.flush_rc = INT_MIN;
+    is_int(aioctx_node_flush(nm), -EIO, "a driver flush returning INT_MIN (no errno): node_flush -> -EIO");
+    like(aioctx_last_error(), "not a negative errno", "  the message says why: '%s'", aioctx_last_error());
+    is_int(aioctx_node_flush(ni), -EIO, "  the same on the IOThread node, which goes on running");
+    rm.flush_rc = ri.flush_rc = 0;
+    is_int(aioctx_node_flush(ni), 0, "  its next flush -> 0");
 
     /* Held once by the caller: the wait releases it so the IOThread can run flush. */
     is_int(aioctx_acquire(iot_ctx), 0, "main acquires the IOThread's context once");
     is_int(aioctx_node_flush(ni), 0, "node_flush with the node's context held once completes");
     is_int(aioctx_lock_depth(iot_ctx), 1, "  depth still 1");
     aioctx_release(iot_ctx);
-    is_int(atomic_load(&ri.flush), 3, "  the IOThread node's flush ran 3 times in all");
+    is_int(atomic_load(&ri.flush), 5, "  the IOThread node's flush ran 5 times in all");
 
     is_int(aioctx_graph_inactivate_all(g), 0, "inactivate_all");
     is_int(atomic_load(&rm.inactivate), 1, "main-context node: inactivate ran once");
     is_int(atomic_load(&ri.inactivate), 1, "IOThread node: inactivate ran once");
-    is_int(atomic_load(&rm.flush), 3, "  main-context node flushed by inactivate_all");
-    is_int(atomic_load(&ri.flush), 4, "  IOThread node flushed by inactivate_all");
+    is_int(atomic_load(&rm.flush), 4, "  main-context node flushed by inactivate_all");
+    is_int(atomic_load(&ri.flush), 6, "  IOThread node flushed by inactivate_all");
     is_int(aioctx_graph_activate_all(g), 0, "activate_all");
     is_int(atomic_load(&rm.activate), 1, "main-context node: activate ran once");
     is_int(atomic_load(&ri.activate), 1, "IOThread node: activate ran once");

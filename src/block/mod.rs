@@ -827,4 +827,34 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Drops the `done` of every flush without calling it.
+    struct LosesDone;
+
+    impl Driver for LosesDone {
+        fn flush(&self, _node: &Arc<Node>, done: OpDone) {
+            drop(done);
+        }
+    }
+
+    /// A flush whose driver lost `done` fails with `EIO`, on the node's own
+    /// thread and from another one (it waited for ever).
+    #[test]
+    fn a_flush_whose_driver_drops_done_fails_instead_of_hanging() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let main = Context::new("lost-done-main").unwrap();
+            main.claim().unwrap();
+            let io = IoThread::new("lost-done-io").unwrap();
+            let graph = Graph::new(main.clone());
+            let here = graph.add_node("here", &main, Box::new(LosesDone)).unwrap();
+            let there = graph
+                .add_node("there", io.context(), Box::new(LosesDone))
+                .unwrap();
+            let errno = |r: Result<()>| r.map_err(|e| e.errno()).err();
+            let _ = tx.send((errno(here.flush()), errno(there.flush())));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(got, Ok((Some(libc::EIO), Some(libc::EIO))));
+    }
 }

@@ -160,6 +160,32 @@ impl Drop for EndsRequest<'_> {
     }
 }
 
+/// Hands a driver operation's outcome to the `run_in_home` waiting for it.
+/// Dropped without one (a driver that lost its `done`, or the bottom half
+/// running the operation unwound or was never run), it reports `EIO`: the
+/// wait ends either way.
+struct Report {
+    slot: Arc<Mutex<Option<Result<()>>>>,
+    ctx: Arc<Context>,
+}
+
+impl Report {
+    fn with(self, result: Result<()>) {
+        *self.slot.lock() = Some(result);
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.slot.lock().get_or_insert_with(|| Err(lost_result()));
+        self.ctx.wake_waiters();
+    }
+}
+
+fn lost_result() -> Error {
+    Error::new(libc::EIO, "driver operation lost its result")
+}
+
 impl Node {
     /// The node `spec` describes, the `index`th of `graph`.
     pub(super) fn new(spec: NodeSpec<'_>, graph: Arc<GraphShared>, index: usize) -> Result<Node> {
@@ -409,11 +435,11 @@ impl Node {
     ) -> Result<()> {
         let waiter = self.waiter(held)?;
         let outcome: Arc<Mutex<Option<Result<()>>>> = Arc::default();
-        let (slot, ctx) = (outcome.clone(), self.ctx.clone());
-        let done: OpDone = Box::new(move |result| {
-            *slot.lock() = Some(result);
-            ctx.wake_waiters();
-        });
+        let report = Report {
+            slot: outcome.clone(),
+            ctx: self.ctx.clone(),
+        };
+        let done: OpDone = Box::new(move |result| report.with(result));
         if self.ctx.is_home() {
             let _held = self.ctx.lock().guard();
             op(self, done);
@@ -423,7 +449,7 @@ impl Node {
         }
         waiter.wait_while(&mut || outcome.lock().is_none())?;
         let result = outcome.lock().take();
-        result.unwrap_or_else(|| Err(Error::new(libc::EIO, "driver operation lost its result")))
+        result.unwrap_or_else(|| Err(lost_result()))
     }
 
     /// Stops new requests (`EBUSY`) until `unquiesce`.

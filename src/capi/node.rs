@@ -84,14 +84,24 @@ impl CDriver {
         // SAFETY: the C caller registered `f` for `opaque`; the node pointer is
         // the one C knows the node by (`Arc::as_ptr`).
         let rc = unsafe { f(node_ptr(node), self.opaque) };
-        if rc < 0 {
-            let err = std::io::Error::from_raw_os_error(-rc);
-            return Err(Error::new(
-                -rc,
-                format!("driver {what} callback returned {rc} ({err})"),
-            ));
+        if rc >= 0 {
+            return Ok(());
         }
-        Ok(())
+        Err(match rc.checked_neg() {
+            Some(errno) => Error::new(
+                errno,
+                format!(
+                    "driver {what} callback returned {rc} ({})",
+                    std::io::Error::from_raw_os_error(errno)
+                ),
+            ),
+            None => Error::new(
+                libc::EIO,
+                format!(
+                    "driver {what} callback returned {rc}, not a negative errno: reported as EIO"
+                ),
+            ),
+        })
     }
 }
 
