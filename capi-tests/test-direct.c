@@ -81,6 +81,11 @@ static void test_misaligned(AioctxNode *n, size_t a)
     like(aioctx_last_error(), "aioctx_node_alignment", "  and where to find it");
     is_int(aioctx_node_pread(n, buf, a + 1, 0, io_wait_cb, &w), -EINVAL, "a misaligned length -> -EINVAL");
     is_int(aioctx_node_in_flight(n), 0, "  nothing in flight");
+    /* In a drained section, where valid requests wait in a queue. */
+    is_int(aioctx_node_drained_begin(n), 0, "drained_begin");
+    is_int(aioctx_node_pwrite(n, buf, a, a / 2, io_wait_cb, &w), -EINVAL,
+           "  a misaligned request in the section -> -EINVAL at once, not queued");
+    is_int(aioctx_node_drained_end(n), 0, "drained_end");
     ok(!atomic_load(&w.done), "  no callback ran");
     free(buf);
 }

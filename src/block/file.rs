@@ -153,21 +153,6 @@ impl FileDriver {
         &self.path
     }
 
-    /// Refuses a request `O_DIRECT` cannot do (`EINVAL`, naming the alignment).
-    fn check_aligned(&self, buf: &IoBuf, offset: u64) -> Result<()> {
-        let a = self.align;
-        if buf.addr() % a == 0 && buf.len() % a == 0 && offset % a as u64 == 0 {
-            return Ok(());
-        }
-        Err(invalid(format!(
-            "image '{}' is open with O_DIRECT: buffer address ({:#x}), offset ({offset}) and \
-             length ({}) must be multiples of {a} bytes (aioctx_node_alignment)",
-            self.path,
-            buf.addr(),
-            buf.len()
-        )))
-    }
-
     /// The worker pool's way to run a read or write.
     fn submit_threads(
         &self,
@@ -296,6 +281,21 @@ impl Driver for FileDriver {
         true
     }
 
+    /// Refuses a request `O_DIRECT` cannot do (`EINVAL`, naming the alignment).
+    fn check(&self, buf: &IoBuf, offset: u64) -> Result<()> {
+        let a = self.align;
+        if buf.addr() % a == 0 && buf.len() % a == 0 && offset % a as u64 == 0 {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "image '{}' is open with O_DIRECT: buffer address ({:#x}), offset ({offset}) and \
+             length ({}) must be multiples of {a} bytes (aioctx_node_alignment)",
+            self.path,
+            buf.addr(),
+            buf.len()
+        )))
+    }
+
     fn set_write_permission(&self, _node: &Arc<Node>, write: bool) -> Result<()> {
         self.set_lock(write)
     }
@@ -309,9 +309,6 @@ impl Driver for FileDriver {
         done: IoDone,
     ) -> Result<()> {
         let direct = self.align > 1;
-        if direct {
-            self.check_aligned(&buf, offset)?;
-        }
         // Page-cache hits need neither a worker nor the ring: read now, in
         // the submitting thread, and complete as a BH (the completion
         // contract is unchanged). A submitter in another thread than the

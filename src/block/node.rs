@@ -68,6 +68,13 @@ pub trait Driver: Send + Sync {
         false
     }
 
+    /// Refuses a request [`submit`](Self::submit) could never start (such as
+    /// misaligned `O_DIRECT`). Asked before the request is queued by a
+    /// drained section, so the caller hears of it at once there too.
+    fn check(&self, _buf: &IoBuf, _offset: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// The alignment requests need (buffer address, offset, length), in
     /// bytes: 1 for none.
     fn alignment(&self) -> usize {
@@ -345,9 +352,13 @@ impl Node {
         done: IoDone,
     ) -> Result<()> {
         self.count(kind)?;
-        if !self.driver.does_io() {
+        let refused = match self.driver.does_io() {
+            false => Err(no_io(self)),
+            true => self.driver.check(&buf, offset),
+        };
+        if let Err(e) = refused {
             self.end_request_unchecked();
-            return Err(no_io(self));
+            return Err(e);
         }
         if self.held.load(SeqCst) {
             let mut sections = self.sections.lock();
