@@ -587,6 +587,34 @@ static void test_context_lifetime(void)
            "callbacks with opaque, node, context held");
 }
 
+/* A close callback that adds a node to the graph being freed: refused
+ * (-ENODEV), since no close would ever run for it. */
+struct adder {
+    AioctxGraph *g;
+    AioctxNode *added;
+    int err, closes;
+};
+
+static void adding_close(AioctxNode *node, void *opaque)
+{
+    (void)node;
+    struct adder *a = opaque;
+    a->closes++;
+    a->added = aioctx_node_new(a->g, "added-in-close", main_ctx, NULL, NULL);
+    a->err = aioctx_last_errno();
+}
+
+static void test_add_from_close(void)
+{
+    struct adder a = { aioctx_graph_new(NULL), NULL, 0, 0 };
+    AioctxDriver drv = { NULL, NULL, NULL, adding_close };
+    ok(aioctx_node_new(a.g, "adder", main_ctx, &drv, &a) != NULL, "a node whose close adds a node");
+    aioctx_graph_free(a.g);
+    is_int(a.closes, 1, "graph_free closed it once");
+    ok(a.added == NULL, "  node_new from its close -> NULL");
+    is_int(a.err, -ENODEV, "  with -ENODEV (the graph is being freed)");
+}
+
 int main(void)
 {
     tap_watchdog(30);
@@ -603,6 +631,7 @@ int main(void)
     test_edges();
     test_driver_callbacks();
     test_free_closes_once();
+    test_add_from_close();
     test_requests();
     test_home_thread();
     test_context_lifetime();

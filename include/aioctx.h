@@ -730,7 +730,8 @@ struct AioctxNode *aioctx_graph_find(struct AioctxGraph *g, const char *name);
  * The node starts active and writable (and drained while an
  * `aioctx_graph_drain_all_begin` section is open). Any thread. Returns the
  * node (borrowed, owned by the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`,
- * empty name), EEXIST (name taken).
+ * empty name), EEXIST (name taken), ENODEV (the graph is being freed: called
+ * from a `close` callback).
  */
 struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const struct AioctxDriver *drv, void *opaque);
 
@@ -748,7 +749,7 @@ struct AioctxNode *aioctx_node_new(struct AioctxGraph *g, const char *name, stru
  * no io_uring). Completions run in `ctx`'s home thread either way.
  * Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
  * EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL
- * (unknown flags, or both backend flags).
+ * (unknown flags, or both backend flags), ENODEV (the graph is being freed).
  */
 struct AioctxNode *aioctx_node_open_file(struct AioctxGraph *g, const char *name, struct AioctxContext *ctx, const char *path, unsigned int flags);
 

@@ -18,6 +18,9 @@ struct Nodes {
     all: Vec<Arc<Node>>,
     /// Open `drain_all` sections: a node added meanwhile starts drained too.
     drain_all: u32,
+    /// `close_all` has begun: a node added now (from a `close` callback)
+    /// would never be closed, so none is.
+    closing: bool,
 }
 
 /// A block graph whose graph-wide calls run from `main`'s home thread.
@@ -99,6 +102,12 @@ impl Graph {
             return Err(invalid("node name is empty: name every node uniquely"));
         }
         let mut nodes = self.nodes.lock();
+        if nodes.closing {
+            return Err(Error::new(
+                libc::ENODEV,
+                format!("cannot add node '{name}': its graph is being freed"),
+            ));
+        }
         if nodes.by_name.contains_key(name) {
             return Err(Error::new(
                 libc::EEXIST,
@@ -232,7 +241,13 @@ impl Graph {
     /// Closes every node once (driver `close`, in the caller's thread with the
     /// node's context held) and empties the graph.
     pub fn close_all(&self) {
-        let all = std::mem::take(&mut *self.nodes.lock());
+        let all = std::mem::replace(
+            &mut *self.nodes.lock(),
+            Nodes {
+                closing: true,
+                ..Nodes::default()
+            },
+        );
         for node in all.all.iter() {
             let _held = node.context().lock().guard();
             node.cancel_queued();

@@ -151,7 +151,8 @@ pub extern "C" fn aioctx_graph_find(g: *mut AioctxGraph, name: *const c_char) ->
 /// The node starts active and writable (and drained while an
 /// `aioctx_graph_drain_all_begin` section is open). Any thread. Returns the
 /// node (borrowed, owned by the graph), or NULL: EINVAL (NULL `g`/`name`/`ctx`,
-/// empty name), EEXIST (name taken).
+/// empty name), EEXIST (name taken), ENODEV (the graph is being freed: called
+/// from a `close` callback).
 #[no_mangle]
 pub extern "C" fn aioctx_node_new(
     g: *mut AioctxGraph,
@@ -186,7 +187,7 @@ pub extern "C" fn aioctx_node_new(
 /// no io_uring). Completions run in `ctx`'s home thread either way.
 /// Any thread (the open runs in the caller's thread). Returns the node, or NULL: ENOENT/EACCES/EISDIR/... naming the path,
 /// EAGAIN ("locked by another process"), EEXIST (name taken), EINVAL
-/// (unknown flags, or both backend flags).
+/// (unknown flags, or both backend flags), ENODEV (the graph is being freed).
 #[no_mangle]
 pub extern "C" fn aioctx_node_open_file(
     g: *mut AioctxGraph,
