@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static AioctxContext *ctx;
 static pthread_t main_thread;
@@ -256,6 +257,56 @@ static void test_remove_other_in_callback(void)
     close(b[1]);
 }
 
+/* Removing or replacing a handler from another thread while its callback
+ * runs in the context's IOThread returns only after that callback did, so
+ * the caller may free its opaque then (as with aioctx_bh_delete). */
+struct slow {
+    atomic_int entered, left;
+};
+
+static void slow_read(void *opaque)
+{
+    struct slow *s = opaque;
+    atomic_store(&s->entered, 1);
+    usleep(50 * 1000);
+    atomic_store(&s->left, 1);
+}
+
+static void nop_read(void *opaque)
+{
+    (void)opaque;
+}
+
+static void test_removal_waits_for_running_callback(void)
+{
+    AioctxIoThread *iot = aioctx_iothread_new("fd-iot");
+    if (!ok(iot != NULL, "iothread_new"))
+        return;
+    AioctxContext *ictx = aioctx_iothread_context(iot);
+    for (int replace = 0; replace < 2; replace++) {
+        int p[2];
+        struct slow s = { 0 };
+        if (pipe2(p, O_NONBLOCK) != 0) {
+            ok(0, "pipe2");
+            break;
+        }
+        aioctx_set_fd_handler(ictx, p[0], slow_read, NULL, &s);
+        ok(write(p[1], "x", 1) == 1, "make the pipe readable");
+        while (!atomic_load(&s.entered))
+            usleep(100);
+        int rc = replace ? aioctx_set_fd_handler(ictx, p[0], nop_read, NULL, NULL)
+                         : aioctx_set_fd_handler(ictx, p[0], NULL, NULL, NULL);
+        int left = atomic_load(&s.left);
+        is_int(rc, 0, "%s the handler while its io_read runs in the IOThread -> 0",
+               replace ? "replacing" : "removing");
+        ok(left, "  it returned after io_read did (its opaque may be freed now)");
+        aioctx_set_fd_handler(ictx, p[0], NULL, NULL, NULL);
+        close(p[0]);
+        close(p[1]);
+    }
+    is_int(aioctx_iothread_free(iot), 0, "iothread_free");
+}
+
 struct hup {
     int fd;
     int calls;
@@ -345,6 +396,7 @@ int main(void)
     test_blocking_wakeup();
     test_write_and_self_removal();
     test_remove_other_in_callback();
+    test_removal_waits_for_running_callback();
     test_hangup();
     test_invalid_fds();
 

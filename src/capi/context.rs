@@ -319,7 +319,10 @@ pub extern "C" fn aioctx_clock_ns() -> i64 {
 /// `io_write(opaque)` when it is writable, in the home thread of `ctx` with
 /// `ctx` held. Calling it again for the same fd replaces the callbacks; both
 /// NULL removes the fd (do that before closing it). A callback may remove its
-/// own or another fd. Any thread.
+/// own or another fd. Any thread. Removing or replacing from another thread
+/// waits while an old `io_read`/`io_write` runs in the home thread, so
+/// `opaque` may be freed when it returns; not when the caller holds `ctx`
+/// (a callback running then is parked in a wait that released `ctx`).
 /// Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
 /// (a regular file or directory: epoll cannot watch those); other epoll errors.
 #[no_mangle]

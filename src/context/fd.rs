@@ -4,6 +4,13 @@
 //! event for a handler removed (or replaced) by an earlier callback in the
 //! same dispatch is recognised and dropped.
 //!
+//! Removing or replacing a handler waits while its read or write callback
+//! runs in another thread (as cancelling a BH does), so once the call
+//! returns the callbacks' `opaque` may be freed; not from that callback's
+//! own thread, nor holding the context (callbacks run with it held: one
+//! running elsewhere is parked in a wait that released it, and needs it
+//! back to return).
+//!
 //! A handler may also have a poll callback (QEMU's `io_poll`), which a
 //! busy-polling loop calls instead of waiting for the fd: when it reports
 //! work, the handler's read callback runs as if the fd were readable.
@@ -14,11 +21,12 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::{Callback, PollCallback};
 use crate::error::{invalid, Error, Result};
 use crate::sys::epoll::{Epoll, Interest, Ready};
+use crate::thread;
 
 /// Key 0 is the context's own notifier; handlers start at 1.
 pub(crate) const NOTIFIER_KEY: u64 = 0;
@@ -34,13 +42,41 @@ struct Table {
     next_key: u64,
     key_of_fd: HashMap<RawFd, u64>,
     handlers: HashMap<u64, Arc<Handler>>,
+    /// (key, thread) of each read or write callback running now.
+    running: Vec<(u64, u64)>,
+}
+
+impl Table {
+    fn runs_elsewhere(&self, key: u64, me: u64) -> bool {
+        self.running.iter().any(|&(k, t)| k == key && t != me)
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct FdHandlers {
     table: Mutex<Table>,
+    /// Signalled when a callback returns: `set` may wait for it.
+    finished: Condvar,
     /// Handlers with a poll callback: a spin skips the table's lock when 0.
     pollers: AtomicUsize,
+}
+
+/// A read or write callback marked running; unmarked (waking a waiting
+/// `set`) when dropped, also if the callback unwinds.
+struct Running<'a> {
+    handlers: &'a FdHandlers,
+    key: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut t = self.handlers.table.lock();
+        let me = thread::current();
+        if let Some(i) = t.running.iter().rposition(|&r| r == (self.key, me)) {
+            t.running.swap_remove(i);
+        }
+        self.handlers.finished.notify_all();
+    }
 }
 
 /// [`IN_POLL_CALLBACK`] for as long as it lives, also if a callback panics.
@@ -96,12 +132,15 @@ impl FdHandlers {
     /// Installs, replaces or (both callbacks `None`) removes the handler of `fd`.
     /// A poll callback needs a read callback (what it triggers); `poll`
     /// with both `read` and `write` `None` is refused.
+    /// `holding_ctx`: the caller holds the context, so it does not wait for
+    /// a callback of the old handler (see the module's comment).
     pub(crate) fn set(
         &self,
         epoll: &Epoll,
         ctx_name: &str,
         fd: RawFd,
         cbs: Callbacks,
+        holding_ctx: bool,
     ) -> Result<()> {
         let Callbacks { read, write, poll } = cbs;
         if fd < 0 {
@@ -132,6 +171,7 @@ impl FdHandlers {
                 let _ = epoll.delete(fd);
                 t.key_of_fd.remove(&fd);
                 self.forget(&mut t, key);
+                self.wait_until_returned(t, key, holding_ctx);
             }
             return Ok(());
         }
@@ -156,21 +196,36 @@ impl FdHandlers {
                 e,
             )
         })?;
-        if let Some(old_key) = old {
-            self.forget(&mut t, old_key);
-        }
         if poll.is_some() {
             self.pollers.fetch_add(1, Relaxed);
         }
         t.key_of_fd.insert(fd, key);
         t.handlers
             .insert(key, Arc::new(Handler { read, write, poll }));
+        if let Some(old_key) = old {
+            self.forget(&mut t, old_key);
+            self.wait_until_returned(t, old_key, holding_ctx);
+        }
         Ok(())
     }
 
     fn forget(&self, t: &mut Table, key: u64) {
         if t.handlers.remove(&key).is_some_and(|h| h.poll.is_some()) {
             self.pollers.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Waits while a callback of the removed handler `key` runs in another
+    /// thread, unless the caller holds the context.
+    fn wait_until_returned(
+        &self,
+        mut t: parking_lot::MutexGuard<'_, Table>,
+        key: u64,
+        holding_ctx: bool,
+    ) {
+        let me = thread::current();
+        while !holding_ctx && t.runs_elsewhere(key, me) {
+            self.finished.wait(&mut t);
         }
     }
 
@@ -228,24 +283,33 @@ impl FdHandlers {
             if !current() {
                 break;
             }
-            if ev.read {
-                if let Some(cb) = self.callback(ev.key, |h| h.read.clone()) {
-                    cb();
-                    ran += 1;
-                }
+            if ev.read && self.run(ev.key, |h| h.read.clone()) {
+                ran += 1;
             }
             // Looked up again: the read callback may have removed the handler.
-            if ev.write && current() {
-                if let Some(cb) = self.callback(ev.key, |h| h.write.clone()) {
-                    cb();
-                    ran += 1;
-                }
+            if ev.write && current() && self.run(ev.key, |h| h.write.clone()) {
+                ran += 1;
             }
         }
         ran
     }
 
-    fn callback(&self, key: u64, pick: impl Fn(&Handler) -> Option<Callback>) -> Option<Callback> {
-        self.table.lock().handlers.get(&key).and_then(|h| pick(h))
+    /// Runs the callback `pick` finds in handler `key`, marked running;
+    /// whether there was one.
+    fn run(&self, key: u64, pick: impl Fn(&Handler) -> Option<Callback>) -> bool {
+        let callback = {
+            let mut t = self.table.lock();
+            let Some(cb) = t.handlers.get(&key).and_then(|h| pick(h)) else {
+                return false;
+            };
+            t.running.push((key, thread::current()));
+            cb
+        };
+        let _running = Running {
+            handlers: self,
+            key,
+        };
+        callback();
+        true
     }
 }

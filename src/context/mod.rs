@@ -837,7 +837,8 @@ impl Context {
         // still the parent's: changing it would change the parent's.
         self.renew_after_fork()?;
         let cbs = Callbacks { read, write, poll };
-        self.handlers.set(&self.epoll, &self.name, fd, cbs)
+        let holding = self.lock.owner() == crate::thread::current();
+        self.handlers.set(&self.epoll, &self.name, fd, cbs, holding)
     }
 
     /// Schedules `callback` to run once.
