@@ -39,7 +39,10 @@ pub extern "C" fn aioctx_graph_new(main_ctx: *mut AioctxContext) -> *mut AioctxG
 /// thread with the node's context held) and frees the graph; node pointers
 /// become invalid. Drain or inactivate first: a request still in flight keeps
 /// its node's resources until it completes; a request queued by a drained
-/// section completes with -ECANCELED in its node's home thread. Any thread
+/// section completes with -ECANCELED in its node's home thread (unless the
+/// graph held the last reference to that context: a freed context runs no
+/// callback, see `aioctx_context_unref`, so keep a context referenced, and
+/// run, while its nodes' requests may complete). Any thread
 /// (normally the main loop's): it acquires each node's context in turn, so it
 /// waits for a callback running there. NULL is a no-op.
 #[no_mangle]
