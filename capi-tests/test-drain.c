@@ -315,6 +315,18 @@ static void test_start_request(void)
     is_int(aioctx_node_in_flight(n), 1, "  and is counted");
     aioctx_node_end_request(n);
     aioctx_graph_free(g);
+
+    /* The graph freed while a plain thread waits in start_request. */
+    g = aioctx_graph_new(NULL);
+    n = aioctx_node_new(g, "counted-freed", iot_ctx, NULL, NULL);
+    is_int(aioctx_node_drained_begin(n), 0, "drained_begin, never ended");
+    struct starter f = { .node = n };
+    pthread_create(&th, NULL, starter_thread, &f);
+    tap_sleep_ms(50);
+    ok(!atomic_load(&f.returned), "a plain thread waits in start_request");
+    aioctx_graph_free(g);
+    pthread_join(th, NULL);
+    is_int(f.rc, -ENODEV, "graph_free ends its wait: -ENODEV");
 }
 
 /* ---- drain and flush from the node's IOThread -------------------------------------------- */

@@ -803,7 +803,7 @@ int aioctx_node_attach_child(struct AioctxNode *parent, struct AioctxNode *child
  * - a thread that runs no aioctx event loop and holds no context (a vCPU
  *   or worker thread) waits until the last section ends, then counts the
  *   request and returns 0 (as a request entering a drained node waits in
- *   QEMU). Such a thread must not have a request of `n` in flight that only
+ *   QEMU), or -ENODEV if `aioctx_graph_free` frees the graph meanwhile. Such a thread must not have a request of `n` in flight that only
  *   it will end: the drain would wait for it while it waits for the drain.
  * - any other thread (an IOThread, the main loop, a callback, a thread
  *   holding a context) gets -EBUSY at once, nothing counted, because

@@ -128,8 +128,18 @@ impl Node {
             )));
         }
         let mut s = self.sections.lock();
-        while s.open > 0 {
+        while s.open > 0 && !s.closed {
             self.resumed.wait(&mut s);
+        }
+        if s.closed {
+            return Err(Error::new(
+                libc::ENODEV,
+                format!(
+                    "node '{}': the graph was freed while this request waited for a drained \
+                     section to end",
+                    self.name()
+                ),
+            ));
         }
         Ok(())
     }
@@ -162,9 +172,15 @@ impl Node {
             .schedule_once(move || done(Err(e), IoBuf::from(Vec::new())));
     }
 
-    /// The graph is closing: queued requests complete with `ECANCELED`.
+    /// The graph is closing: queued requests complete with `ECANCELED`, and
+    /// threads waiting to start one return `ENODEV`.
     pub(super) fn cancel_queued(&self) {
-        let queued = std::mem::take(&mut self.sections.lock().queued);
+        let queued = {
+            let mut s = self.sections.lock();
+            s.closed = true;
+            self.resumed.notify_all();
+            std::mem::take(&mut s.queued)
+        };
         for q in queued {
             let e = Error::new(
                 libc::ECANCELED,

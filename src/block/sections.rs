@@ -28,6 +28,9 @@ pub(super) struct Sections {
     pub(super) queued: VecDeque<Queued>,
     /// The last end is starting `queued`: later submissions still queue behind.
     pub(super) restarting: bool,
+    /// The graph freed the node: a thread waiting for the sections to end
+    /// stops waiting (they never will).
+    pub(super) closed: bool,
 }
 
 impl Sections {

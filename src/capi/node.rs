@@ -3,7 +3,9 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
-use super::boundary::{borrow, borrow_arc, borrowed_arc_ptr, ffi, opaque, optional, str_arg, CFn};
+use super::boundary::{
+    borrow, borrow_arc, borrowed_arc_ptr, clone_arc, ffi, opaque, optional, str_arg, CFn,
+};
 use super::context::AioctxContext;
 use super::graph::AioctxGraph;
 use crate::block::{Backend, Driver, IoDone, Node, OpDone, OpenFlags, RequestKind};
@@ -305,7 +307,7 @@ pub extern "C" fn aioctx_node_attach_child(
 /// - a thread that runs no aioctx event loop and holds no context (a vCPU
 ///   or worker thread) waits until the last section ends, then counts the
 ///   request and returns 0 (as a request entering a drained node waits in
-///   QEMU). Such a thread must not have a request of `n` in flight that only
+///   QEMU), or -ENODEV if `aioctx_graph_free` frees the graph meanwhile. Such a thread must not have a request of `n` in flight that only
 ///   it will end: the drain would wait for it while it waits for the drain.
 /// - any other thread (an IOThread, the main loop, a callback, a thread
 ///   holding a context) gets -EBUSY at once, nothing counted, because
@@ -319,7 +321,9 @@ pub extern "C" fn aioctx_node_start_request(n: *mut AioctxNode, write: bool) -> 
         } else {
             RequestKind::Read
         };
-        borrow(n)?.start_request(kind)?;
+        // Owned for the call: a wait for a drained section may outlast the
+        // graph (aioctx_graph_free ends it with ENODEV).
+        clone_arc(n)?.start_request(kind)?;
         Ok(0)
     })
 }
