@@ -190,6 +190,50 @@ static void test_free_deadlock(void)
     is_int(aioctx_iothread_free(it), 0, "now iothread_free succeeds");
 }
 
+/* A thread that runs no event loop, holding another context twice, frees an
+ * IOThread whose last BH acquires that context: the free lends it until the
+ * thread has exited (it hung in the join), then gives the depth back. */
+struct loopless_free {
+    AioctxContext *held;
+    atomic_int bh_ran;
+    int rc, depth_after;
+};
+
+static void acquire_held_cb(void *opaque)
+{
+    struct loopless_free *f = opaque;
+    aioctx_acquire(f->held);
+    atomic_store(&f->bh_ran, 1);
+    aioctx_release(f->held);
+}
+
+static void *loopless_free_thread(void *arg)
+{
+    struct loopless_free *f = arg;
+    AioctxIoThread *it = aioctx_iothread_new("iot-lend");
+    aioctx_acquire(f->held);
+    aioctx_acquire(f->held);
+    aioctx_bh_schedule_oneshot(aioctx_iothread_context(it), acquire_held_cb, f);
+    tap_sleep_ms(20);
+    f->rc = aioctx_iothread_free(it);
+    f->depth_after = aioctx_lock_depth(f->held);
+    aioctx_release(f->held);
+    aioctx_release(f->held);
+    return NULL;
+}
+
+static void test_free_from_loopless_thread_holding_a_context(void)
+{
+    struct loopless_free f = { .held = aioctx_context_new("held-by-freer") };
+    pthread_t t;
+    pthread_create(&t, NULL, loopless_free_thread, &f);
+    pthread_join(t, NULL);
+    is_int(f.rc, 0, "iothread_free from a loop-less thread holding a context its BH needs -> 0");
+    ok(atomic_load(&f.bh_ran), "  the BH ran (the context was lent to it)");
+    is_int(f.depth_after, 2, "  the caller holds the context again, at depth 2");
+    aioctx_context_unref(f.held);
+}
+
 struct self_free {
     AioctxIoThread *it;
     int rc;
@@ -334,6 +378,7 @@ int main(void)
     test_free_runs_pending();
     test_free_deadlock();
     test_free_from_itself();
+    test_free_from_loopless_thread_holding_a_context();
     test_timer_and_fd_on_iothread();
     is_int(aioctx_iothread_free(NULL), 0, "iothread_free(NULL) -> 0 (no-op)");
     return done_testing();

@@ -6,7 +6,8 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::context::{Context, IOTHREAD_DEFAULT_MAX_NS};
+use crate::context::{describe_cycle, find_cycle, Context, Hop, IOTHREAD_DEFAULT_MAX_NS};
+use crate::diag::{log, Level};
 use crate::error::{invalid, Error, Result};
 use crate::wait::{WaitOptions, Waiter};
 
@@ -139,6 +140,7 @@ impl IoThread {
         let s = self.stopping.clone();
         // FIFO order: every BH scheduled before this one runs first.
         self.ctx.schedule_once(move || s.store(true, Release));
+        let mut lent = Vec::new();
         if Context::current_if_any().is_some() {
             let opts = WaitOptions {
                 release_held: true,
@@ -146,14 +148,61 @@ impl IoThread {
             };
             let exited = &self.exited;
             Waiter::new(&self.ctx, opts)?.wait_while(&mut || !exited.load(Acquire))?;
+        } else if !crate::context::held_by_caller().is_empty() {
+            lent = self.wait_lending();
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The thread is gone: what it was lent is free to take back.
+        for (ctx, depth) in lent {
+            ctx.lock().restore(depth);
+        }
         self.ctx.disown();
         Ok(())
     }
+
+    /// Waits, from a thread that runs no event loop but holds contexts, for
+    /// the thread's loop to end. Its last BHs may block acquiring one of
+    /// those (directly, or through other threads): that one is lent, released
+    /// until the thread has exited, as a loop caller's wait lends it (the
+    /// caller then restores it). Returns what was lent, and at what depth.
+    fn wait_lending(&self) -> Vec<(Arc<Context>, u32)> {
+        let me = crate::thread::current();
+        let mut lent: Vec<(Arc<Context>, u32)> = Vec::new();
+        while !self.exited.load(Acquire) {
+            let first = Hop::Waits {
+                thread: me,
+                ctx: self.ctx.clone(),
+                runner: self.token,
+            };
+            let is_lent = |c: &Arc<Context>| lent.iter().any(|(l, _)| Arc::ptr_eq(l, c));
+            if let Some(path) = find_cycle(me, first, is_lent) {
+                let needed = path.last().map(Hop::context).cloned();
+                if let Some(needed) = needed.filter(|c| c.lock().owner() == me) {
+                    log(
+                        Level::Info,
+                        &format!(
+                            "freeing IOThread '{}': {}; lending context '{}' until the thread has \
+                             exited",
+                            self.ctx.name(),
+                            describe_cycle(&path),
+                            needed.name()
+                        ),
+                    );
+                    let depth = needed.lock().release_all();
+                    lent.push((needed, depth));
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_micros(LEND_LOOK_EVERY_US));
+        }
+        lent
+    }
 }
+
+/// How often a loop-less caller of [`IoThread::stop`] that holds contexts
+/// looks whether the thread blocks on one of them.
+const LEND_LOOK_EVERY_US: u64 = 500;
 
 impl Drop for IoThread {
     fn drop(&mut self) {

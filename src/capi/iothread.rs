@@ -42,6 +42,11 @@ pub extern "C" fn aioctx_iothread_context(it: *mut AioctxIoThread) -> *mut Aioct
 /// it, then frees `it`. Returns 0 (also for NULL); -EDEADLK, with
 /// `it` still running and valid, when called from the IOThread itself or
 /// while the caller holds its context (the thread could never stop).
+/// A caller that holds other contexts lends one (gives it back until the
+/// thread has exited, then takes it back at its depth, said in the log) when
+/// a BH still to run there blocks acquiring it, directly or through other
+/// threads: from an event loop as `aioctx_poll_while` with
+/// `AIOCTX_WAIT_RELEASE_HELD` does, from any other thread the same way.
 /// A context still referenced afterwards (by a node, a BH or a reference)
 /// lives on without a home: the next thread that polls it — for instance a
 /// `aioctx_poll_while` or a graph-wide call waiting on one of its nodes —
