@@ -314,7 +314,10 @@ int aioctx_bh_cancel(struct AioctxBh *bh);
 /**
  * Cancels and frees `bh`; it never runs again, even if it was pending. Waits
  * for a callback running in another thread as `aioctx_bh_cancel` does, so
- * `aioctx_bh_delete(bh); free(opaque);` is safe. May be called from the
+ * `aioctx_bh_delete(bh); free(opaque);` is safe, except for a caller that
+ * holds the BH's context (given back by a wait the callback is parked in,
+ * or lent to the caller on a deadlock cycle): it cannot wait, so it frees
+ * `opaque` only once the callback has returned. May be called from the
  * BH's own callback (it returns at once; the callback goes on). NULL is a
  * no-op. O(1) amortised.
  */
@@ -995,7 +998,8 @@ int aioctx_timer_del(struct AioctxTimer *t);
 
 /**
  * Disarms and frees `t`, waiting as `aioctx_timer_del` does, so
- * `aioctx_timer_free(t); free(opaque);` is safe. May be called from its own
+ * `aioctx_timer_free(t); free(opaque);` is safe, except for a caller that
+ * holds the timer's context (see `aioctx_bh_delete`). May be called from its own
  * callback (it returns at once; the callback goes on). NULL is a no-op.
  */
 void aioctx_timer_free(struct AioctxTimer *t);

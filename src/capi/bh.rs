@@ -72,7 +72,10 @@ pub extern "C" fn aioctx_bh_cancel(bh: *mut AioctxBh) -> c_int {
 
 /// Cancels and frees `bh`; it never runs again, even if it was pending. Waits
 /// for a callback running in another thread as `aioctx_bh_cancel` does, so
-/// `aioctx_bh_delete(bh); free(opaque);` is safe. May be called from the
+/// `aioctx_bh_delete(bh); free(opaque);` is safe, except for a caller that
+/// holds the BH's context (given back by a wait the callback is parked in,
+/// or lent to the caller on a deadlock cycle): it cannot wait, so it frees
+/// `opaque` only once the callback has returned. May be called from the
 /// BH's own callback (it returns at once; the callback goes on). NULL is a
 /// no-op. O(1) amortised.
 #[no_mangle]

@@ -64,7 +64,8 @@ pub extern "C" fn aioctx_timer_del(t: *mut AioctxTimer) -> c_int {
 }
 
 /// Disarms and frees `t`, waiting as `aioctx_timer_del` does, so
-/// `aioctx_timer_free(t); free(opaque);` is safe. May be called from its own
+/// `aioctx_timer_free(t); free(opaque);` is safe, except for a caller that
+/// holds the timer's context (see `aioctx_bh_delete`). May be called from its own
 /// callback (it returns at once; the callback goes on). NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn aioctx_timer_free(t: *mut AioctxTimer) {
