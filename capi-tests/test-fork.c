@@ -117,7 +117,10 @@ static int child(void)
     }
     child_is_int(aioctx_node_flush(disks[0].node), 0, "flush");
     child_is_int(aioctx_graph_inactivate_all(g), 0, "inactivate_all");
-    child_is_int(aioctx_graph_activate_all(g), 0, "activate_all");
+    /* The parent still holds the images' write locks (on open files the
+     * child shares): the child's inactivate left them, and its activate
+     * finds them taken. */
+    child_is_int(aioctx_graph_activate_all(g), -EAGAIN, "activate_all: the parent holds the image locks (-EAGAIN)");
     int64_t t0 = tap_now_ns();
     child_is_int(aioctx_iothread_free(it), 0, "aioctx_iothread_free of the parent's IOThread");
     child_ok(tap_now_ns() - t0 < 2 * SEC * tap_scale(), "returns at once");
@@ -187,11 +190,41 @@ static void test_child_removes_a_handler(AioctxContext *main_ctx)
     close(handler_pipe[1]);
 }
 
+/* The image write lock is an open-file-description lock, and a child shares
+ * its parent's open files: the child's handover must not release the
+ * parent's lock, nor its activate take it as its own. */
+static char image[2][128];
+
+static int child_hands_over(void)
+{
+    child_is_int(aioctx_graph_inactivate_all(g), 0, "the child inactivates its copy of the graph");
+    AioctxGraph *g2 = aioctx_graph_new(NULL);
+    AioctxNode *n = aioctx_node_open_file(g2, "third", aioctx_main_context(), image[1], AIOCTX_OPEN_RDWR);
+    child_ok(n == NULL && aioctx_last_errno() == -EAGAIN,
+             "  a writer opening the image then still finds it locked (the parent's lock)");
+    aioctx_graph_free(g2);
+    child_is_int(aioctx_graph_activate_all(g), -EAGAIN,
+                 "  and the child's activate_all finds it locked by the parent (-EAGAIN)");
+    _exit(0); /* not exit(): see child() */
+}
+
+static void test_child_hands_over(AioctxContext *main_ctx)
+{
+    run_in_child("handover child", child_hands_over, NULL, 3, 15);
+    ok(!aioctx_node_is_inactive(disks[1].node), "the parent's node is still active");
+    AioctxGraph *g2 = aioctx_graph_new(NULL);
+    AioctxNode *n = aioctx_node_open_file(g2, "again", main_ctx, image[1], AIOCTX_OPEN_RDWR);
+    ok(n == NULL && aioctx_last_errno() == -EAGAIN, "  and still holds the image's lock: %s",
+       n ? "another writer opened it" : aioctx_last_error());
+    aioctx_graph_free(g2);
+}
+
 int main(void)
 {
     skip_unless_backend();
     tap_watchdog(40);
-    char dir[64], path[2][128];
+    char dir[64];
+    char (*path)[128] = image;
     ok(make_temp_dir(dir, sizeof dir, "fork") != NULL, "temp dir");
     for (int k = 0; k < 2; k++) {
         snprintf(path[k], sizeof path[k], "%s/disk%d.img", dir, k);
@@ -243,6 +276,7 @@ int main(void)
         is_int(wait_writes(&disks[k]), 0, "complete");
         ok(read_back(&disks[k], 7), "and reads back");
     }
+    test_child_hands_over(main_ctx);
     test_child_removes_a_handler(main_ctx);
     is_int(aioctx_iothread_free(it), 0, "the parent frees its IOThread");
     aioctx_graph_free(g);

@@ -56,8 +56,10 @@ pub struct OpenFlags {
 pub struct FileDriver {
     file: Arc<File>,
     path: Arc<str>,
-    /// Whether this open file holds the image write lock.
-    locked: Mutex<bool>,
+    /// The image write lock, as this process holds it.
+    lock: Mutex<WriteLock>,
+    /// The process that opened the file (see [`WriteLock`]).
+    opener: u32,
     /// The errno of a failed fdatasync (0: none). Sticky: the kernel reports
     /// a writeback error to fdatasync once, so a retry would "succeed" with
     /// acknowledged writes lost. Every later flush fails with it.
@@ -136,7 +138,8 @@ impl FileDriver {
         let driver = FileDriver {
             file: Arc::new(file),
             path: path.into(),
-            locked: Mutex::new(false),
+            lock: Mutex::default(),
+            opener: std::process::id(),
             flush_error: Arc::default(),
             writes: Arc::default(),
             ring,
@@ -185,12 +188,33 @@ impl FileDriver {
         );
     }
 
+    /// Takes (`exclusive`) or gives up the image write lock.
     fn set_lock(&self, exclusive: bool) -> Result<()> {
-        let mut locked = self.locked.lock();
-        if *locked == exclusive {
+        let mut lock = self.lock.lock();
+        let me = std::process::id();
+        if !exclusive {
+            if lock.holder == me {
+                let holding = lock.fresh.as_ref().unwrap_or(&self.file);
+                set_write_lock(holding.as_fd(), false).map_err(|e| {
+                    Error::from_io(&format!("image '{}': write lock", self.path), e)
+                })?;
+            }
+            // Held by the process this one was forked from: that process's
+            // lock (on an open file both share), not this one's to release.
+            *lock = WriteLock::default();
             return Ok(());
         }
-        set_write_lock(self.file.as_fd(), exclusive).map_err(|e| {
+        if lock.holder == me {
+            return Ok(());
+        }
+        // In a forked child the node's open file is the parent's too: a lock
+        // taken on it would be the parent's, so a fresh one takes it.
+        let fresh = match self.opener == me {
+            true => None,
+            false => Some(self.reopen_for_lock()?),
+        };
+        let holding = fresh.as_ref().unwrap_or(&self.file);
+        set_write_lock(holding.as_fd(), true).map_err(|e| {
             if e.raw_os_error() == Some(libc::EAGAIN) {
                 Error::new(
                     libc::EAGAIN,
@@ -204,8 +228,24 @@ impl FileDriver {
                 Error::from_io(&format!("image '{}': write lock", self.path), e)
             }
         })?;
-        *locked = exclusive;
+        *lock = WriteLock { holder: me, fresh };
         Ok(())
+    }
+
+    /// An open file of the image of this process's own, for its lock.
+    fn reopen_for_lock(&self) -> Result<File> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        reopen(&self.file, &options).ok_or_else(|| {
+            Error::new(
+                libc::EIO,
+                format!(
+                    "image '{}': cannot open it again (through /proc/self/fd) to take its write \
+                     lock in this forked process",
+                    self.path
+                ),
+            )
+        })
     }
 
     /// Runs `work` on the worker pool and `finish` with its result as a
@@ -343,6 +383,19 @@ impl Driver for FileDriver {
         self.submit_threads(node, kind, buf, offset, done);
         Ok(())
     }
+}
+
+/// The image write lock as this process holds it. An open-file-description
+/// lock belongs to the open file, and a forked child shares its parent's
+/// open files: the child must neither release the parent's lock (it would
+/// be released for the parent too) nor count it as its own.
+#[derive(Default)]
+struct WriteLock {
+    /// The process that took it; 0: not held.
+    holder: u32,
+    /// The open file holding it, when not the node's own (taken in a
+    /// process forked after the open).
+    fresh: Option<File>,
 }
 
 /// A node's ring, and the open file of the image it uses.
