@@ -18,8 +18,9 @@ struct Nodes {
     all: Vec<Arc<Node>>,
     /// Open `drain_all` sections: a node added meanwhile starts drained too.
     drain_all: u32,
-    /// `close_all` has begun: a node added now (from a `close` callback)
-    /// would never be closed, so none is.
+    /// `close_all` runs: a node added now (from a `close` callback) would
+    /// never be closed, so none is. (Once it returned, the emptied graph
+    /// takes nodes again.)
     closing: bool,
 }
 
@@ -248,6 +249,14 @@ impl Graph {
                 ..Nodes::default()
             },
         );
+        // Also if a close unwinds (a Rust driver's panic).
+        struct Closed<'a>(&'a Mutex<Nodes>);
+        impl Drop for Closed<'_> {
+            fn drop(&mut self) {
+                self.0.lock().closing = false;
+            }
+        }
+        let _closed = Closed(&self.nodes);
         for node in all.all.iter() {
             let _held = node.context().lock().guard();
             node.cancel_queued();
