@@ -219,6 +219,66 @@ static void test_child_hands_over(AioctxContext *main_ctx)
     aioctx_graph_free(g2);
 }
 
+/* Callbacks running in the parent's IOThread at the fork never return in
+ * the child: removing their fd handler or deleting their BH there must not
+ * wait for them. */
+static atomic_int slow_entered;
+static int slow_pipe[2];
+static AioctxBh *slow_bh;
+
+static void slow_callback(void *opaque)
+{
+    char c;
+    if (opaque && read(slow_pipe[0], &c, 1) != 1)
+        diag("slow io_read found nothing to read");
+    atomic_fetch_add(&slow_entered, 1);
+    tap_sleep_ms(300);
+}
+
+static int child_deletes_running_bh(void)
+{
+    int64_t t0 = tap_now_ns();
+    aioctx_bh_delete(slow_bh);
+    child_ok(tap_now_ns() - t0 < 200 * MS, "the child deletes a BH running in the parent's IOThread at once");
+    _exit(0); /* not exit(): see child() */
+}
+
+static int child_removes_running_handler(void)
+{
+    int64_t t0 = tap_now_ns();
+    child_is_int(aioctx_set_fd_handler(io_ctx, slow_pipe[0], NULL, NULL, NULL), 0,
+                 "the child removes an fd handler whose io_read runs in the parent's IOThread");
+    child_ok(tap_now_ns() - t0 < 200 * MS, "  at once");
+    _exit(0);
+}
+
+static void wait_slow_entered(void)
+{
+    while (atomic_load(&slow_entered) == 0)
+        tap_sleep_ms(1);
+}
+
+static void test_child_removes_running_callbacks(void)
+{
+    if (!ok(pipe2(slow_pipe, O_NONBLOCK) == 0, "a pipe"))
+        return;
+    slow_bh = aioctx_bh_new(io_ctx, slow_callback, NULL);
+    atomic_store(&slow_entered, 0);
+    aioctx_bh_schedule(slow_bh);
+    wait_slow_entered();
+    run_in_child("running-BH child", child_deletes_running_bh, NULL, 1, 15);
+    aioctx_bh_delete(slow_bh);
+
+    atomic_store(&slow_entered, 0);
+    aioctx_set_fd_handler(io_ctx, slow_pipe[0], slow_callback, NULL, &slow_pipe[0]);
+    ok(write(slow_pipe[1], "x", 1) == 1, "the IOThread runs a slow io_read");
+    wait_slow_entered();
+    run_in_child("running-handler child", child_removes_running_handler, NULL, 2, 15);
+    is_int(aioctx_set_fd_handler(io_ctx, slow_pipe[0], NULL, NULL, NULL), 0, "the parent removes the handler");
+    close(slow_pipe[0]);
+    close(slow_pipe[1]);
+}
+
 int main(void)
 {
     skip_unless_backend();
@@ -277,6 +337,7 @@ int main(void)
         ok(read_back(&disks[k], 7), "and reads back");
     }
     test_child_hands_over(main_ctx);
+    test_child_removes_running_callbacks();
     test_child_removes_a_handler(main_ctx);
     is_int(aioctx_iothread_free(it), 0, "the parent frees its IOThread");
     aioctx_graph_free(g);

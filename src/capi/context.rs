@@ -322,7 +322,11 @@ pub extern "C" fn aioctx_clock_ns() -> i64 {
 /// own or another fd. Any thread. Removing or replacing from another thread
 /// waits while an old `io_read`/`io_write` runs in the home thread, so
 /// `opaque` may be freed when it returns; not when the caller holds `ctx`
-/// (a callback running then is parked in a wait that released `ctx`).
+/// (a callback running then is parked in a wait that released `ctx`), nor
+/// for a callback left running by a thread of the parent of a `fork()`. As
+/// with `aioctx_bh_cancel` (and `pthread_join`), do not remove or replace
+/// a handler while holding a lock its callback takes, nor from a thread
+/// whose loop the callback waits on.
 /// Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
 /// (a regular file or directory: epoll cannot watch those); other epoll errors.
 #[no_mangle]

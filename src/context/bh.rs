@@ -219,8 +219,9 @@ impl BhQueue {
     /// Clears `bh`'s ticket in O(1) amortised, then waits while its callback
     /// runs in another thread, unless that cannot be: the caller holds `ctx`
     /// (callbacks run with it held, so one running elsewhere is parked in a
-    /// wait that released it, and would need it back to return) or the
-    /// caller is that callback's own thread.
+    /// wait that released it, and would need it back to return), the
+    /// caller is that callback's own thread, or that thread stayed in the
+    /// parent of a `fork()`.
     fn cancel(&self, bh: &Bh, ctx: &Context) -> bool {
         let mut q = self.queue.lock();
         let ticket = bh.ticket.swap(0, Relaxed);
@@ -228,7 +229,10 @@ impl BhQueue {
             q.tombstone(bh);
         }
         let me = thread::current();
-        if bh.runs.load(Relaxed) > 0 && bh.runner.load(Relaxed) != me && ctx.lock.owner() != me {
+        let runner = bh.runner.load(Relaxed);
+        // A runner that did not survive a fork() never returns here.
+        let waits = runner != me && thread::alive(runner) && ctx.lock.owner() != me;
+        if bh.runs.load(Relaxed) > 0 && waits {
             q.waiting += 1;
             while bh.runs.load(Relaxed) > 0 {
                 self.finished.wait(&mut q);

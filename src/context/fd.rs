@@ -47,8 +47,12 @@ struct Table {
 }
 
 impl Table {
+    /// Whether a callback of `key` runs in a thread other than `me` (one
+    /// that did not survive a `fork()` never returns).
     fn runs_elsewhere(&self, key: u64, me: u64) -> bool {
-        self.running.iter().any(|&(k, t)| k == key && t != me)
+        self.running
+            .iter()
+            .any(|&(k, t)| k == key && t != me && thread::alive(t))
     }
 }
 
