@@ -219,6 +219,45 @@ static void test_child_hands_over(AioctxContext *main_ctx)
     aioctx_graph_free(g2);
 }
 
+/* A parent that lets go of its image after the fork (it frees its graph, as
+ * one that daemonizes exits) leaves the lock to the child's share of its
+ * open file: the child's inactivate_all must release that share, so another
+ * writer can then take the image. */
+static char image3[128];
+static AioctxGraph *g3;
+static int let_go[2];
+
+static void parent_lets_go(void)
+{
+    aioctx_graph_free(g3);
+    ok(write(let_go[1], "x", 1) == 1, "the parent frees its graph after the fork");
+}
+
+static int child_releases_inherited_lock(void)
+{
+    child_ok(pipe_recv(let_go[0]) == 'x', "the child learns that its parent let go");
+    child_is_int(aioctx_graph_inactivate_all(g3), 0, "the child inactivates its copy of the graph");
+    AioctxGraph *g4 = aioctx_graph_new(NULL);
+    AioctxNode *n = aioctx_node_open_file(g4, "next", aioctx_main_context(), image3, AIOCTX_OPEN_RDWR);
+    child_ok(n != NULL, "  then another writer can open the image");
+    aioctx_graph_free(g4);
+    _exit(0); /* not exit(): see child() */
+}
+
+static void test_child_releases_inherited_lock(const char *dir)
+{
+    snprintf(image3, sizeof image3, "%s/disk3.img", dir);
+    g3 = aioctx_graph_new(NULL);
+    if (!ok(make_image(image3, 4 * BLK, 0644) == 0 && pipe(let_go) == 0 &&
+                aioctx_node_open_file(g3, "held", aioctx_main_context(), image3, AIOCTX_OPEN_RDWR) != NULL,
+            "a third image, open for writing"))
+        return;
+    run_in_child("inherited-lock child", child_releases_inherited_lock, parent_lets_go, 3, 15);
+    close(let_go[0]);
+    close(let_go[1]);
+    unlink(image3);
+}
+
 /* Callbacks running in the parent's IOThread at the fork never return in
  * the child: removing their fd handler or deleting their BH there must not
  * wait for them. */
@@ -337,6 +376,7 @@ int main(void)
         ok(read_back(&disks[k], 7), "and reads back");
     }
     test_child_hands_over(main_ctx);
+    test_child_releases_inherited_lock(dir);
     test_child_removes_running_callbacks();
     test_child_removes_a_handler(main_ctx);
     is_int(aioctx_iothread_free(it), 0, "the parent frees its IOThread");

@@ -58,8 +58,8 @@ pub struct FileDriver {
     path: Arc<str>,
     /// The image write lock, as this process holds it.
     lock: Mutex<WriteLock>,
-    /// The process that opened the file (see [`WriteLock`]).
-    opener: u32,
+    /// How the file was opened: to open it again in a `fork()`'s child.
+    options: OpenOptions,
     /// The errno of a failed fdatasync (0: none). Sticky: the kernel reports
     /// a writeback error to fdatasync once, so a retry would "succeed" with
     /// acknowledged writes lost. Every later flush fails with it.
@@ -132,14 +132,17 @@ impl FileDriver {
         };
         let ring = ring.map(|ring| RingFile {
             ring,
-            options: flags.rdwr.then_some(options),
+            options: flags.rdwr.then(|| options.clone()),
             own: OnceCell::new(),
         });
         let driver = FileDriver {
             file: Arc::new(file),
             path: path.into(),
-            lock: Mutex::default(),
-            opener: std::process::id(),
+            lock: Mutex::new(WriteLock {
+                held: false,
+                generation: crate::thread::fork_generation(),
+            }),
+            options,
             flush_error: Arc::default(),
             writes: Arc::default(),
             ring,
@@ -191,30 +194,22 @@ impl FileDriver {
     /// Takes (`exclusive`) or gives up the image write lock.
     fn set_lock(&self, exclusive: bool) -> Result<()> {
         let mut lock = self.lock.lock();
-        let me = std::process::id();
-        if !exclusive {
-            if lock.holder == me {
-                let holding = lock.fresh.as_ref().unwrap_or(&self.file);
-                set_write_lock(holding.as_fd(), false).map_err(|e| {
-                    Error::from_io(&format!("image '{}': write lock", self.path), e)
-                })?;
-            }
-            // Held by the process this one was forked from: that process's
-            // lock (on an open file both share), not this one's to release.
-            *lock = WriteLock::default();
+        let now = crate::thread::fork_generation();
+        if lock.generation != now {
+            // A fork()'s child: the open file is also the parent's, with
+            // the parent's lock if it took one. An open file of this
+            // process's own replaces it; the child's share of that lock goes
+            // with the old one, the parent keeps its own.
+            self.own_file()?;
+            *lock = WriteLock {
+                held: false,
+                generation: now,
+            };
+        }
+        if lock.held == exclusive {
             return Ok(());
         }
-        if lock.holder == me {
-            return Ok(());
-        }
-        // In a forked child the node's open file is the parent's too: a lock
-        // taken on it would be the parent's, so a fresh one takes it.
-        let fresh = match self.opener == me {
-            true => None,
-            false => Some(self.reopen_for_lock()?),
-        };
-        let holding = fresh.as_ref().unwrap_or(&self.file);
-        set_write_lock(holding.as_fd(), true).map_err(|e| {
+        set_write_lock(self.file.as_fd(), exclusive).map_err(|e| {
             if e.raw_os_error() == Some(libc::EAGAIN) {
                 Error::new(
                     libc::EAGAIN,
@@ -228,24 +223,29 @@ impl FileDriver {
                 Error::from_io(&format!("image '{}': write lock", self.path), e)
             }
         })?;
-        *lock = WriteLock { holder: me, fresh };
+        lock.held = exclusive;
         Ok(())
     }
 
-    /// An open file of the image of this process's own, for its lock.
-    fn reopen_for_lock(&self) -> Result<File> {
-        let mut options = OpenOptions::new();
-        options.read(true).write(true);
-        reopen(&self.file, &options).ok_or_else(|| {
+    /// Puts an open file of the image of this process's own in place of the
+    /// one it shares with the parent of a `fork()`, under the same
+    /// descriptor number, so requests in flight go on.
+    fn own_file(&self) -> Result<()> {
+        let failed = |why: String| {
             Error::new(
                 libc::EIO,
                 format!(
-                    "image '{}': cannot open it again (through /proc/self/fd) to take its write \
-                     lock in this forked process",
+                    "image '{}': cannot open it again in this forked process ({why}), \
+                     where the open file it shares with its parent holds the parent's lock",
                     self.path
                 ),
             )
-        })
+        };
+        let fresh = reopen(&self.file, &self.options)
+            .ok_or_else(|| failed("through /proc/self/fd".into()))?;
+        set_blocking(fresh.as_fd()).map_err(|e| failed(e.to_string()))?;
+        crate::sys::replace_fd(self.file.as_raw_fd(), fresh.into())
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Runs `work` on the worker pool and `finish` with its result as a
@@ -389,13 +389,12 @@ impl Driver for FileDriver {
 /// lock belongs to the open file, and a forked child shares its parent's
 /// open files: the child must neither release the parent's lock (it would
 /// be released for the parent too) nor count it as its own.
-#[derive(Default)]
 struct WriteLock {
-    /// The process that took it; 0: not held.
-    holder: u32,
-    /// The open file holding it, when not the node's own (taken in a
-    /// process forked after the open).
-    fresh: Option<File>,
+    /// Whether the node's open file holds it.
+    held: bool,
+    /// The fork generation (`thread::fork_generation`) of the process
+    /// `held` is about, whose own open file the node's is.
+    generation: u64,
 }
 
 /// A node's ring, and the open file of the image it uses.
