@@ -18,10 +18,10 @@ struct Nodes {
     all: Vec<Arc<Node>>,
     /// Open `drain_all` sections: a node added meanwhile starts drained too.
     drain_all: u32,
-    /// `close_all` runs: a node added now (from a `close` callback) would
-    /// never be closed, so none is. (Once it returned, the emptied graph
-    /// takes nodes again.)
-    closing: bool,
+    /// `close_all` calls running: a node added meanwhile (from a `close`
+    /// callback) would never be closed, so none is. (Once they returned,
+    /// the emptied graph takes nodes again.)
+    closing: u32,
 }
 
 /// A block graph whose graph-wide calls run from `main`'s home thread.
@@ -103,7 +103,7 @@ impl Graph {
             return Err(invalid("node name is empty: name every node uniquely"));
         }
         let mut nodes = self.nodes.lock();
-        if nodes.closing {
+        if nodes.closing > 0 {
             return Err(Error::new(
                 libc::ENODEV,
                 format!("cannot add node '{name}': its graph is being freed"),
@@ -242,18 +242,22 @@ impl Graph {
     /// Closes every node once (driver `close`, in the caller's thread with the
     /// node's context held) and empties the graph.
     pub fn close_all(&self) {
-        let all = std::mem::replace(
-            &mut *self.nodes.lock(),
-            Nodes {
-                closing: true,
-                ..Nodes::default()
-            },
-        );
+        let all = {
+            let mut nodes = self.nodes.lock();
+            let closing = nodes.closing + 1;
+            std::mem::replace(
+                &mut *nodes,
+                Nodes {
+                    closing,
+                    ..Nodes::default()
+                },
+            )
+        };
         // Also if a close unwinds (a Rust driver's panic).
         struct Closed<'a>(&'a Mutex<Nodes>);
         impl Drop for Closed<'_> {
             fn drop(&mut self) {
-                self.0.lock().closing = false;
+                self.0.lock().closing -= 1;
             }
         }
         let _closed = Closed(&self.nodes);

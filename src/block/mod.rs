@@ -857,4 +857,42 @@ mod tests {
         let got = rx.recv_timeout(std::time::Duration::from_secs(20));
         assert_eq!(got, Ok((Some(libc::EIO), Some(libc::EIO))));
     }
+
+    /// In its `close`, frees the graph again (nested), then adds a node.
+    struct ClosesAgain {
+        graph: std::sync::OnceLock<std::sync::Weak<Graph>>,
+        added: Arc<Mutex<Option<i32>>>,
+    }
+
+    impl Driver for ClosesAgain {
+        fn close(&self, node: &Arc<Node>) {
+            let graph = self.graph.get().and_then(std::sync::Weak::upgrade).unwrap();
+            graph.close_all();
+            let added = graph.add_node("late", node.context(), Box::new(NullDriver));
+            *self.added.lock() = Some(added.map(|_| 0).unwrap_or_else(|e| e.errno()));
+        }
+    }
+
+    /// A node added while a close_all runs is refused, also after a nested
+    /// close_all returned inside it; once the outer one returned, the
+    /// emptied graph takes nodes again.
+    #[test]
+    fn nodes_added_while_the_graph_closes_are_refused() {
+        let main = Context::new("closes-again").unwrap();
+        main.claim().unwrap();
+        let graph = Arc::new(Graph::new(main.clone()));
+        let added = Arc::new(Mutex::new(None));
+        let driver = ClosesAgain {
+            graph: std::sync::OnceLock::new(),
+            added: added.clone(),
+        };
+        driver.graph.set(Arc::downgrade(&graph)).unwrap();
+        graph.add_node("first", &main, Box::new(driver)).unwrap();
+        graph.close_all();
+        assert_eq!(*added.lock(), Some(libc::ENODEV));
+        assert!(graph.find("late").is_none());
+        graph
+            .add_node("after", &main, Box::new(NullDriver))
+            .unwrap();
+    }
 }
