@@ -234,6 +234,67 @@ static void test_free_from_loopless_thread_holding_a_context(void)
     aioctx_context_unref(f.held);
 }
 
+/* The same, and while the context is lent another thread takes it and then
+ * waits for a second context the freeing thread holds: taking the lent one
+ * back must lend the second in turn, not wait for ever. */
+struct lend_cycle {
+    AioctxContext *x, *y;
+    atomic_int bh_let_go, taker_done;
+    int rc, depth_x, depth_y;
+};
+
+static void take_x_briefly_cb(void *opaque)
+{
+    struct lend_cycle *c = opaque;
+    aioctx_acquire(c->x);
+    aioctx_release(c->x);
+    atomic_store(&c->bh_let_go, 1);
+    tap_sleep_ms(100); /* the taker takes X meanwhile */
+}
+
+static void *taker_thread(void *arg)
+{
+    struct lend_cycle *c = arg;
+    while (!atomic_load(&c->bh_let_go))
+        tap_sleep_ms(1);
+    aioctx_acquire(c->x);
+    aioctx_acquire(c->y);
+    aioctx_release(c->y);
+    aioctx_release(c->x);
+    atomic_store(&c->taker_done, 1);
+    return NULL;
+}
+
+static void *cycle_free_thread(void *arg)
+{
+    struct lend_cycle *c = arg;
+    AioctxIoThread *it = aioctx_iothread_new("iot-lend2");
+    aioctx_acquire(c->x);
+    aioctx_acquire(c->y);
+    aioctx_bh_schedule_oneshot(aioctx_iothread_context(it), take_x_briefly_cb, c);
+    c->rc = aioctx_iothread_free(it);
+    c->depth_x = aioctx_lock_depth(c->x);
+    c->depth_y = aioctx_lock_depth(c->y);
+    aioctx_release(c->y);
+    aioctx_release(c->x);
+    return NULL;
+}
+
+static void test_free_lending_through_a_cycle(void)
+{
+    struct lend_cycle c = { .x = aioctx_context_new("lend-x"), .y = aioctx_context_new("lend-y") };
+    pthread_t taker, freer;
+    pthread_create(&taker, NULL, taker_thread, &c);
+    pthread_create(&freer, NULL, cycle_free_thread, &c);
+    pthread_join(freer, NULL);
+    pthread_join(taker, NULL);
+    is_int(c.rc, 0, "iothread_free whose lent context another thread took, waiting for one the caller holds -> 0");
+    ok(atomic_load(&c.taker_done), "  that thread got both and finished");
+    ok(c.depth_x == 1 && c.depth_y == 1, "  and the caller holds both contexts again");
+    aioctx_context_unref(c.x);
+    aioctx_context_unref(c.y);
+}
+
 struct self_free {
     AioctxIoThread *it;
     int rc;
@@ -379,6 +440,7 @@ int main(void)
     test_free_deadlock();
     test_free_from_itself();
     test_free_from_loopless_thread_holding_a_context();
+    test_free_lending_through_a_cycle();
     test_timer_and_fd_on_iothread();
     is_int(aioctx_iothread_free(NULL), 0, "iothread_free(NULL) -> 0 (no-op)");
     return done_testing();

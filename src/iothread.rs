@@ -154,12 +154,10 @@ impl IoThread {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The thread is gone: what it was lent is free to take back.
-        for (ctx, depth) in lent {
-            ctx.lock().restore(depth);
-        }
         self.ctx.disown();
-        Ok(())
+        // The thread is gone, and what it was lent with it; a thread that
+        // took a lent context meanwhile may wait for another the caller holds.
+        Waiter::take_back_lent(&self.ctx, lent)
     }
 
     /// Waits, from a thread that runs no event loop but holds contexts, for

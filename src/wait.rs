@@ -163,6 +163,38 @@ impl Waiter {
         })
     }
 
+    /// Takes back, for a thread without an event loop, the contexts it lent
+    /// (with their depths) while it waited for work of `ctx` otherwise (see
+    /// `IoThread::stop`), as a wait takes back what it lent: blocked on one,
+    /// it lends what a deadlock cycle through it needs (logged), and takes
+    /// that back last.
+    pub(crate) fn take_back_lent(ctx: &Arc<Context>, lent: Vec<(Arc<Context>, u32)>) -> Result<()> {
+        if lent.is_empty() {
+            return Ok(());
+        }
+        let (contexts, depths): (Vec<_>, Vec<_>) = lent.into_iter().unzip();
+        let mut waiter = Waiter {
+            ctx: ctx.clone(),
+            registered: Registration::new(ctx, ctx),
+            poll_ctx: ctx.clone(),
+            release: false,
+            set: Vec::new(),
+            lent: contexts,
+            release_all: false,
+            release_held: true,
+            suspected: None,
+            deadlock: None,
+            deadline: None,
+            timeout_ns: 0,
+            started: sys::clock_ns(),
+            warn_at: None,
+            recheck_at: None,
+            recheck_ns: RECHECK_FIRST_NS,
+            thread: thread::current(),
+        };
+        waiter.take_back(0, &depths)
+    }
+
     /// A waiter for a caller that holds the set `held` (which includes
     /// `ctx`): see [`releasing`](Self::releasing).
     pub fn with_set(ctx: &Arc<Context>, opts: WaitOptions, held: &ContextSet) -> Result<Waiter> {
