@@ -8,8 +8,10 @@
 #include "tap.h"
 #include "aioctx.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 static AioctxContext *ctx;
 static pthread_t main_thread;
@@ -428,6 +430,69 @@ static void test_poll_while_holding(void)
     aioctx_bh_delete(bh);
 }
 
+/* Cancelling a BH, disarming a timer or removing an fd handler whose
+ * callback runs in an IOThread and is blocked acquiring a context the
+ * caller holds: the call cannot wait for it (it never returns while the
+ * caller holds that context), so it returns at once, as QEMU's do. */
+struct blocked_cb {
+    AioctxContext *held;
+    atomic_int started, finished;
+    int pipe[2];
+};
+
+static void blocking_cb(void *opaque)
+{
+    struct blocked_cb *b = opaque;
+    char c;
+    if (read(b->pipe[0], &c, 1) < 0) {
+        /* a BH or a timer: nothing to read */
+    }
+    atomic_store(&b->started, 1);
+    aioctx_acquire(b->held);
+    aioctx_release(b->held);
+    atomic_store(&b->finished, 1);
+}
+
+static void test_cancel_of_a_callback_blocked_on_the_caller(void)
+{
+    static const char *what[] = { "aioctx_bh_cancel", "aioctx_timer_del", "fd handler removal" };
+    AioctxIoThread *it = aioctx_iothread_new("bh-blocked");
+    AioctxContext *io = aioctx_iothread_context(it);
+    for (int kind = 0; kind < 3; kind++) {
+        struct blocked_cb b = { .held = ctx };
+        if (!ok(pipe2(b.pipe, O_NONBLOCK) == 0, "a pipe"))
+            break;
+        AioctxBh *bh = aioctx_bh_new(io, blocking_cb, &b);
+        AioctxTimer *t = aioctx_timer_new(io, blocking_cb, &b);
+        aioctx_acquire(ctx);
+        if (kind == 0)
+            aioctx_bh_schedule(bh);
+        else if (kind == 1)
+            aioctx_timer_mod(t, aioctx_clock_ns());
+        else if (aioctx_set_fd_handler(io, b.pipe[0], blocking_cb, NULL, &b) != 0 || write(b.pipe[1], "x", 1) != 1)
+            ok(0, "watch the pipe");
+        while (!atomic_load(&b.started))
+            tap_sleep_ms(1);
+        tap_sleep_ms(10); /* from started to blocked on the context */
+        int64_t t0 = tap_now_ns();
+        int rc = kind == 0 ? aioctx_bh_cancel(bh)
+                 : kind == 1 ? aioctx_timer_del(t)
+                             : aioctx_set_fd_handler(io, b.pipe[0], NULL, NULL, NULL);
+        int64_t took = tap_now_ns() - t0;
+        is_int(rc, 0, "%s while its callback is blocked acquiring the caller's context -> 0", what[kind]);
+        ok(took < 500 * 1000000LL * tap_scale() && !atomic_load(&b.finished),
+           "  at once (%lld us), not waiting for the callback", (long long)(took / 1000));
+        aioctx_release(ctx);
+        while (!atomic_load(&b.finished))
+            tap_sleep_ms(1);
+        aioctx_bh_delete(bh);
+        aioctx_timer_free(t);
+        close(b.pipe[0]);
+        close(b.pipe[1]);
+    }
+    is_int(aioctx_iothread_free(it), 0, "iothread_free");
+}
+
 int main(void)
 {
     tap_watchdog(15);
@@ -446,6 +511,7 @@ int main(void)
     test_oneshot();
     test_cross_thread();
     test_poll_while_holding();
+    test_cancel_of_a_callback_blocked_on_the_caller();
 
     aioctx_context_unref(ctx);
     return done_testing();

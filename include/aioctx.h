@@ -306,9 +306,13 @@ int aioctx_bh_schedule(struct AioctxBh *bh);
  * nested poll) the call returns at once. It does not wait either when the
  * caller holds the BH's context: a callback runs elsewhere then only while
  * it waits with the context released (`aioctx_poll_while`,
- * `aioctx_wait_poll`), and it needs the context back to return. As with
- * `pthread_join`, do not call it holding a lock the callback takes, nor
- * from a thread whose loop the callback waits on.
+ * `aioctx_wait_poll`), and it needs the context back to return. Nor when
+ * the callback is blocked acquiring a context the caller holds (directly,
+ * or through threads each blocked on a context the next holds; looked at
+ * every millisecond): it returns at once then, as QEMU's cancel always
+ * does, and logs it; free what the callback uses only once it returned.
+ * As with `pthread_join`, do not call it holding a lock of your own the
+ * callback takes, nor from a thread whose loop the callback waits on.
  * Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
  * O(1) amortised.
  */
@@ -532,10 +536,11 @@ int64_t aioctx_clock_ns(void);
  * waits while an old `io_read`/`io_write` runs in the home thread, so
  * `opaque` may be freed when it returns; not when the caller holds `ctx`
  * (a callback running then is parked in a wait that released `ctx`), nor
- * for a callback left running by a thread of the parent of a `fork()`. As
- * with `aioctx_bh_cancel` (and `pthread_join`), do not remove or replace
- * a handler while holding a lock its callback takes, nor from a thread
- * whose loop the callback waits on.
+ * for a callback blocked acquiring a context the caller holds (as
+ * `aioctx_bh_cancel`), nor for one left running by a thread of the parent
+ * of a `fork()`. As with `aioctx_bh_cancel` (and `pthread_join`), do not
+ * remove or replace a handler while holding a lock of your own its
+ * callback takes, nor from a thread whose loop the callback waits on.
  * Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
  * (a regular file or directory: epoll cannot watch those); other epoll errors.
  */
@@ -997,8 +1002,9 @@ int aioctx_timer_mod(struct AioctxTimer *t, int64_t expire_ns);
  * Disarms `t`; it does not run until armed again, even if it was due in a
  * dispatch under way. Any thread. Waits for a callback running in another
  * thread as `aioctx_bh_cancel` does (not from the callback itself, nor when
- * the caller holds the timer's context): once it returns, the callback
- * neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
+ * the caller holds the timer's context, nor when the callback is blocked
+ * acquiring a context the caller holds): once it returns after waiting,
+ * the callback neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
  * `t` is NULL.
  */
 int aioctx_timer_del(struct AioctxTimer *t);

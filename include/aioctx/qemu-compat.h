@@ -31,6 +31,12 @@
  *    with timer_deinit().
  *  - is_external and io_poll arguments are ignored (there is no
  *    aio_disable_external(); drained sections quiesce the block layer).
+ *  - qemu_bh_cancel(), qemu_bh_delete(), timer_del(), timer_free() and the
+ *    removal of an fd handler wait while the callback runs in another
+ *    thread, so what it uses may be freed right after; not when that wait
+ *    could not end (the caller holds the callback's context, or the
+ *    callback is blocked acquiring a context the caller holds): they then
+ *    return at once, as QEMU's always do.
  * docs/PORTING.md lists every difference with its reason.
  *
  * Globals: QEMU defines error_abort, error_fatal and the block graph in its

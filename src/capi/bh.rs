@@ -57,9 +57,13 @@ pub extern "C" fn aioctx_bh_schedule(bh: *mut AioctxBh) -> c_int {
 /// nested poll) the call returns at once. It does not wait either when the
 /// caller holds the BH's context: a callback runs elsewhere then only while
 /// it waits with the context released (`aioctx_poll_while`,
-/// `aioctx_wait_poll`), and it needs the context back to return. As with
-/// `pthread_join`, do not call it holding a lock the callback takes, nor
-/// from a thread whose loop the callback waits on.
+/// `aioctx_wait_poll`), and it needs the context back to return. Nor when
+/// the callback is blocked acquiring a context the caller holds (directly,
+/// or through threads each blocked on a context the next holds; looked at
+/// every millisecond): it returns at once then, as QEMU's cancel always
+/// does, and logs it; free what the callback uses only once it returned.
+/// As with `pthread_join`, do not call it holding a lock of your own the
+/// callback takes, nor from a thread whose loop the callback waits on.
 /// Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.
 /// O(1) amortised.
 #[no_mangle]

@@ -323,10 +323,11 @@ pub extern "C" fn aioctx_clock_ns() -> i64 {
 /// waits while an old `io_read`/`io_write` runs in the home thread, so
 /// `opaque` may be freed when it returns; not when the caller holds `ctx`
 /// (a callback running then is parked in a wait that released `ctx`), nor
-/// for a callback left running by a thread of the parent of a `fork()`. As
-/// with `aioctx_bh_cancel` (and `pthread_join`), do not remove or replace
-/// a handler while holding a lock its callback takes, nor from a thread
-/// whose loop the callback waits on.
+/// for a callback blocked acquiring a context the caller holds (as
+/// `aioctx_bh_cancel`), nor for one left running by a thread of the parent
+/// of a `fork()`. As with `aioctx_bh_cancel` (and `pthread_join`), do not
+/// remove or replace a handler while holding a lock of your own its
+/// callback takes, nor from a thread whose loop the callback waits on.
 /// Returns 0; -EINVAL (`ctx` NULL, `fd` < 0); -EBADF (not an open fd); -EPERM
 /// (a regular file or directory: epoll cannot watch those); other epoll errors.
 #[no_mangle]

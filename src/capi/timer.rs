@@ -52,8 +52,9 @@ pub extern "C" fn aioctx_timer_mod(t: *mut AioctxTimer, expire_ns: i64) -> c_int
 /// Disarms `t`; it does not run until armed again, even if it was due in a
 /// dispatch under way. Any thread. Waits for a callback running in another
 /// thread as `aioctx_bh_cancel` does (not from the callback itself, nor when
-/// the caller holds the timer's context): once it returns, the callback
-/// neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
+/// the caller holds the timer's context, nor when the callback is blocked
+/// acquiring a context the caller holds): once it returns after waiting,
+/// the callback neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
 /// `t` is NULL.
 #[no_mangle]
 pub extern "C" fn aioctx_timer_del(t: *mut AioctxTimer) -> c_int {

@@ -32,7 +32,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Callback, Context};
+use super::{wait_for_callback, Callback, Context};
 use crate::error::{invalid, Error, Result};
 use crate::thread;
 
@@ -234,9 +234,10 @@ impl BhQueue {
         let waits = runner != me && thread::alive(runner) && ctx.lock.owner() != me;
         if bh.runs.load(Relaxed) > 0 && waits {
             q.waiting += 1;
-            while bh.runs.load(Relaxed) > 0 {
-                self.finished.wait(&mut q);
-            }
+            let what = format!("cancelling a BH of context '{}'", ctx.name());
+            wait_for_callback(&self.finished, &mut q, &what, |_| {
+                (bh.runs.load(Relaxed) > 0).then_some(runner)
+            });
             q.waiting -= 1;
         }
         ticket != 0

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Callback, PollCallback};
+use super::{wait_for_callback, Callback, PollCallback};
 use crate::error::{invalid, Error, Result};
 use crate::sys::epoll::{Epoll, Interest, Ready};
 use crate::thread;
@@ -47,12 +47,13 @@ struct Table {
 }
 
 impl Table {
-    /// Whether a callback of `key` runs in a thread other than `me` (one
+    /// The thread other than `me` running a callback of `key`, if any (one
     /// that did not survive a `fork()` never returns).
-    fn runs_elsewhere(&self, key: u64, me: u64) -> bool {
+    fn runs_elsewhere(&self, key: u64, me: u64) -> Option<u64> {
         self.running
             .iter()
-            .any(|&(k, t)| k == key && t != me && thread::alive(t))
+            .find(|&&(k, t)| k == key && t != me && thread::alive(t))
+            .map(|&(_, t)| t)
     }
 }
 
@@ -175,7 +176,7 @@ impl FdHandlers {
                 let _ = epoll.delete(fd);
                 t.key_of_fd.remove(&fd);
                 self.forget(&mut t, key);
-                self.wait_until_returned(t, key, holding_ctx);
+                self.wait_until_returned(t, (key, fd), holding_ctx);
             }
             return Ok(());
         }
@@ -208,7 +209,7 @@ impl FdHandlers {
             .insert(key, Arc::new(Handler { read, write, poll }));
         if let Some(old_key) = old {
             self.forget(&mut t, old_key);
-            self.wait_until_returned(t, old_key, holding_ctx);
+            self.wait_until_returned(t, (old_key, fd), holding_ctx);
         }
         Ok(())
     }
@@ -219,18 +220,20 @@ impl FdHandlers {
         }
     }
 
-    /// Waits while a callback of the removed handler `key` runs in another
-    /// thread, unless the caller holds the context.
+    /// Waits while a callback of the removed handler `key` of `fd` runs in
+    /// another thread, unless the caller holds the context.
     fn wait_until_returned(
         &self,
         mut t: parking_lot::MutexGuard<'_, Table>,
-        key: u64,
+        (key, fd): (u64, RawFd),
         holding_ctx: bool,
     ) {
-        let me = thread::current();
-        while !holding_ctx && t.runs_elsewhere(key, me) {
-            self.finished.wait(&mut t);
+        if holding_ctx {
+            return;
         }
+        let what = format!("removing the handler of fd {fd}");
+        let me = thread::current();
+        wait_for_callback(&self.finished, &mut t, &what, |t| t.runs_elsewhere(key, me));
     }
 
     /// Calls every poll callback; each that reports work adds its handler

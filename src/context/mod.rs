@@ -31,7 +31,7 @@ mod waiters;
 pub use bh::Bh;
 pub use poll_params::{PollParams, IOTHREAD_DEFAULT_MAX_NS};
 pub use timer::Timer;
-pub(crate) use waiters::{describe_cycle, find_cycle, waiting_on, Hop};
+pub(crate) use waiters::{describe_cycle, find_cycle, wait_for_callback, waiting_on, Hop};
 pub use waiters::{kick_all, Registration};
 
 use std::cell::Cell;

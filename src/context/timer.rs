@@ -13,7 +13,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Callback, Context};
+use super::{wait_for_callback, Callback, Context};
 use crate::error::{invalid, Error, Result};
 use crate::thread;
 
@@ -156,14 +156,15 @@ impl TimerList {
             Self::unlink(&mut list.armed, timer) || timer.expire.load(Relaxed) == FIRING;
         timer.expire.store(DISARMED, Relaxed);
         let me = thread::current();
-        if timer.runs.load(Relaxed) > 0
-            && timer.runner.load(Relaxed) != me
-            && ctx.lock.owner() != me
-        {
+        let runner = timer.runner.load(Relaxed);
+        // A runner that did not survive a fork() never returns here.
+        let waits = runner != me && thread::alive(runner) && ctx.lock.owner() != me;
+        if timer.runs.load(Relaxed) > 0 && waits {
             list.waiting += 1;
-            while timer.runs.load(Relaxed) > 0 {
-                self.finished.wait(&mut list);
-            }
+            let what = format!("disarming a timer of context '{}'", ctx.name());
+            wait_for_callback(&self.finished, &mut list, &what, |_| {
+                (timer.runs.load(Relaxed) > 0).then_some(runner)
+            });
             list.waiting -= 1;
         }
         was_armed

@@ -24,9 +24,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering::*};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::{by_id, Context};
+use crate::diag::{self, Level};
 use crate::{thread, waitfor};
 
 /// Every registered waiter, for kicks of all of them and for the graph.
@@ -242,6 +245,62 @@ pub(crate) fn find_cycle(
         path.push(hop);
     }
     None
+}
+
+/// The context the caller holds that `runner` is blocked acquiring,
+/// directly or through other threads (each blocked acquiring a context the
+/// next holds), if any.
+fn blocked_on_callers(runner: u64) -> Option<Arc<Context>> {
+    let me = thread::current();
+    let mut t = runner;
+    for _ in 0..MAX_HOPS {
+        let ctx = waitfor::blocked_on(t).and_then(by_id)?;
+        let owner = ctx.lock().owner();
+        if owner == me {
+            return Some(ctx);
+        }
+        if owner == 0 || owner == runner {
+            return None;
+        }
+        t = owner;
+    }
+    None
+}
+
+/// How often a wait for a callback to return looks whether it can.
+const CALLBACK_LOOK_EVERY: Duration = Duration::from_millis(1);
+
+/// Waits on `cv` (`guard` released meanwhile) while `runner(&guard)` names
+/// the thread still running the callback waited for (`what`, for the log),
+/// unless that thread is blocked acquiring a context the caller holds,
+/// directly or through other threads: the callback could never return, so
+/// the wait ends there, logged (QEMU's cancel and delete never wait at all).
+/// Looked at again every millisecond, since the callback may block after
+/// the wait began. Returns whether the callback returned.
+pub(crate) fn wait_for_callback<T>(
+    cv: &Condvar,
+    guard: &mut MutexGuard<'_, T>,
+    what: &str,
+    runner: impl Fn(&T) -> Option<u64>,
+) -> bool {
+    while let Some(thread) = runner(guard) {
+        // Not under `guard`: the walk takes the registry of contexts.
+        if let Some(held) = MutexGuard::unlocked(guard, || blocked_on_callers(thread)) {
+            diag::log(
+                Level::Warning,
+                &format!(
+                    "{what}: not waiting for its callback, running in thread {}, which is \
+                     blocked acquiring context '{}' that this thread holds; free what the \
+                     callback uses only once it has returned",
+                    thread::describe(thread),
+                    held.name()
+                ),
+            );
+            return false;
+        }
+        cv.wait_for(guard, CALLBACK_LOOK_EVERY);
+    }
+    true
 }
 
 /// "thread A waits for work of context 'x', run by thread B, which is
