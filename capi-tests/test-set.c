@@ -368,6 +368,52 @@ static void test_add_many(void)
         aioctx_context_unref(ctxs[i]);
 }
 
+/* Holding a member of higher id before acquiring a set breaks the global
+ * order: against another thread's set holding the lower one and waiting for
+ * it, the acquire fails with -EDEADLK instead of hanging. */
+struct other_set {
+    AioctxSet *set;
+    int rc;
+};
+
+static void *acquire_other_set(void *arg)
+{
+    struct other_set *o = arg;
+    o->rc = aioctx_set_acquire(o->set);
+    if (o->rc == 0)
+        aioctx_set_release(o->set);
+    return NULL;
+}
+
+static void test_member_held_out_of_order(void)
+{
+    AioctxContext *lo = aioctx_context_new("order-lo"), *hi = aioctx_context_new("order-hi");
+    AioctxSet *mine = aioctx_set_new(), *theirs = aioctx_set_new();
+    AioctxContext *both[] = { lo, hi };
+    aioctx_set_add_many(mine, both, 2);
+    aioctx_set_add_many(theirs, both, 2);
+    is_int(aioctx_acquire(hi), 0, "hold the higher-id member outside the set");
+    struct other_set o = { theirs, 99 };
+    pthread_t t;
+    pthread_create(&t, NULL, acquire_other_set, &o);
+    while (aioctx_try_acquire(lo) == 0) { /* until the other set took it */
+        aioctx_release(lo);
+        tap_sleep_ms(1);
+    }
+    tap_sleep_ms(20); /* it now waits for the higher one */
+    is_int(aioctx_set_acquire(mine), -EDEADLK, "acquiring a set that contains it: -EDEADLK, not a hang");
+    like(aioctx_last_error(), "order-lo", "  naming the cycle: '%s'", aioctx_last_error());
+    is_int(aioctx_lock_depth(lo), 0, "  nothing taken by the set is left held");
+    is_int(aioctx_lock_depth(hi), 1, "  the caller's own hold is unchanged");
+    aioctx_release(hi);
+    pthread_join(t, NULL);
+    is_int(o.rc, 0, "the other set then gets both");
+    aioctx_set_free(mine);
+    aioctx_set_free(theirs);
+    aioctx_context_unref(lo);
+    aioctx_context_unref(hi);
+}
+
 int main(void)
 {
     tap_watchdog(30);
@@ -378,6 +424,7 @@ int main(void)
     test_order();
     test_large();
     test_stress();
+    test_member_held_out_of_order();
 
     AioctxContext *a = aioctx_context_new("set-null");
     AioctxSet *s = aioctx_set_new();

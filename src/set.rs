@@ -185,8 +185,22 @@ impl ContextSet {
             self.reindex();
             self.sorted = true;
         }
+        // A member the caller already holds ranks the members below it out
+        // of order: another set may hold one of those and wait for it.
+        let me = thread::current();
+        let held_above = self
+            .members
+            .iter()
+            .rev()
+            .find(|c| c.lock().owner() == me)
+            .map_or(0, |c| c.id());
         for (i, ctx) in self.members.iter().enumerate() {
-            if let Err(e) = ctx.acquire() {
+            let taken = if ctx.id() < held_above && ctx.lock().owner() != me {
+                ctx.acquire_or_deadlock()
+            } else {
+                ctx.acquire()
+            };
+            if let Err(e) = taken {
                 // Leave nothing held: undo the ones taken so far.
                 for taken in self.members.iter().take(i).rev() {
                     let _ = taken.lock().release();

@@ -119,8 +119,11 @@ pub extern "C" fn aioctx_set_len(set: *const AioctxSet) -> usize {
 
 /// Acquires every context of the set once, in ascending id order (one global
 /// order: threads acquiring overlapping sets cannot deadlock each other).
-/// Returns 0; -EINVAL (`set` NULL); -EBUSY (already held: release first).
-/// On failure nothing is left held.
+/// A caller that already holds a member breaks that order for the members
+/// ranked below it: blocked on one of those, the call looks for a deadlock
+/// cycle every 5 ms and fails with -EDEADLK, naming it, instead of hanging.
+/// Returns 0; -EINVAL (`set` NULL); -EBUSY (already held: release first);
+/// -EDEADLK. On failure nothing is left held (by the set).
 #[no_mangle]
 pub extern "C" fn aioctx_set_acquire(set: *mut AioctxSet) -> c_int {
     ffi("aioctx_set_acquire", || {

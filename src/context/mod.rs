@@ -184,6 +184,9 @@ pub enum Blocking {
     Until(i64),
 }
 
+/// How often an out-of-order acquire looks for a deadlock cycle.
+const CYCLE_LOOK_NS: i64 = 5_000_000;
+
 /// Counters for diagnostics; relaxed, monotonic.
 #[derive(Default)]
 struct Stats {
@@ -404,6 +407,48 @@ impl Context {
     #[inline]
     pub fn acquire(&self) -> Result<()> {
         self.lock.acquire().map_err(|e| self.named(e))?;
+        if lock_timing() {
+            self.note_acquired();
+        }
+        Ok(())
+    }
+
+    /// Like [`acquire`](Self::acquire) for a caller that takes `self` out
+    /// of the global order (it holds a context ranked above): blocks as
+    /// long, but looks for a deadlock cycle through the caller every
+    /// `CYCLE_LOOK_NS`, and fails with `EDEADLK`, naming it, once the same
+    /// cycle was seen twice in a row.
+    pub(crate) fn acquire_or_deadlock(self: &Arc<Self>) -> Result<()> {
+        let me = thread::current();
+        let mut seen: Option<String> = None;
+        loop {
+            match self.lock.acquire_until(sys::clock_ns() + CYCLE_LOOK_NS) {
+                Ok(()) => break,
+                Err(LockError::TimedOut { owner }) => {
+                    let first = Hop::Acquires {
+                        thread: me,
+                        ctx: self.clone(),
+                        owner,
+                    };
+                    let cycle = find_cycle(me, first, |_| false).map(|p| describe_cycle(&p));
+                    if let (Some(now), Some(before)) = (&cycle, &seen) {
+                        if now == before {
+                            return Err(Error::new(
+                                libc::EDEADLK,
+                                format!(
+                                    "{now}: acquiring context '{}' while holding a context \
+                                     ranked above it breaks the global order; acquire the \
+                                     set before the contexts it contains",
+                                    self.name
+                                ),
+                            ));
+                        }
+                    }
+                    seen = cycle;
+                }
+                Err(e) => return Err(self.named(e)),
+            }
+        }
         if lock_timing() {
             self.note_acquired();
         }
