@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <unistd.h>
 
 static AioctxContext *ctx;
@@ -493,6 +494,42 @@ static void test_cancel_of_a_callback_blocked_on_the_caller(void)
     is_int(aioctx_iothread_free(it), 0, "iothread_free");
 }
 
+/* Two BHs on two IOThreads, each cancelling the other while both run: each
+ * would wait for the other to return, so neither waits. */
+struct crossing {
+    AioctxBh *bh[2];
+    atomic_int started, finished;
+};
+
+static struct crossing crossing;
+
+static void cancel_the_other(void *opaque)
+{
+    int me = (int)(intptr_t)opaque;
+    atomic_fetch_add(&crossing.started, 1);
+    while (atomic_load(&crossing.started) < 2)
+        tap_sleep_ms(1);
+    aioctx_bh_cancel(crossing.bh[!me]);
+    atomic_fetch_add(&crossing.finished, 1);
+}
+
+static void test_bhs_cancelling_each_other(void)
+{
+    AioctxIoThread *it[2] = { aioctx_iothread_new("bh-cross0"), aioctx_iothread_new("bh-cross1") };
+    for (int i = 0; i < 2; i++)
+        crossing.bh[i] = aioctx_bh_new(aioctx_iothread_context(it[i]), cancel_the_other, (void *)(intptr_t)i);
+    aioctx_bh_schedule(crossing.bh[0]);
+    aioctx_bh_schedule(crossing.bh[1]);
+    int64_t end = tap_now_ns() + 5000 * 1000000LL * tap_scale();
+    while (atomic_load(&crossing.finished) < 2 && tap_now_ns() < end)
+        tap_sleep_ms(1);
+    is_int(atomic_load(&crossing.finished), 2, "two running BHs cancelling each other both return");
+    for (int i = 0; i < 2; i++) {
+        aioctx_bh_delete(crossing.bh[i]);
+        aioctx_iothread_free(it[i]);
+    }
+}
+
 int main(void)
 {
     tap_watchdog(15);
@@ -512,6 +549,7 @@ int main(void)
     test_cross_thread();
     test_poll_while_holding();
     test_cancel_of_a_callback_blocked_on_the_caller();
+    test_bhs_cancelling_each_other();
 
     aioctx_context_unref(ctx);
     return done_testing();

@@ -307,10 +307,12 @@ int aioctx_bh_schedule(struct AioctxBh *bh);
  * caller holds the BH's context: a callback runs elsewhere then only while
  * it waits with the context released (`aioctx_poll_while`,
  * `aioctx_wait_poll`), and it needs the context back to return. Nor when
- * the callback is blocked acquiring a context the caller holds (directly,
- * or through threads each blocked on a context the next holds; looked at
- * every millisecond): it returns at once then, as QEMU's cancel always
- * does, and logs it; free what the callback uses only once it returned.
+ * the callback needs something of the caller's: a context the caller holds
+ * that it is blocked acquiring, or the end of a callback the caller runs
+ * that it waits for (two callbacks cancelling each other), directly or
+ * through other threads; looked at every millisecond. It returns at once
+ * then, as QEMU's cancel always does, and logs it; free what the callback
+ * uses only once it returned.
  * As with `pthread_join`, do not call it holding a lock of your own the
  * callback takes, nor from a thread whose loop the callback waits on.
  * Returns 0 (also if it was not pending), -EINVAL if `bh` is NULL.

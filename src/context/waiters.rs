@@ -247,24 +247,60 @@ pub(crate) fn find_cycle(
     None
 }
 
-/// The context the caller holds that `runner` is blocked acquiring,
-/// directly or through other threads (each blocked acquiring a context the
-/// next holds), if any.
-fn blocked_on_callers(runner: u64) -> Option<Arc<Context>> {
+/// Threads waiting for a callback to return: (waiter, the callback's thread).
+static CALLBACK_WAITS: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// What a thread needs that only the caller can give.
+enum FromCaller {
+    /// A context the caller holds, which it is blocked acquiring.
+    Context(Arc<Context>),
+    /// The end of a callback the caller runs, which it waits for.
+    Return,
+}
+
+/// What `runner` needs from the caller, directly or through other threads
+/// (each blocked acquiring a context the next holds, or waiting for a
+/// callback the next runs), if anything.
+fn needed_from_caller(runner: u64) -> Option<FromCaller> {
     let me = thread::current();
     let mut t = runner;
     for _ in 0..MAX_HOPS {
-        let ctx = waitfor::blocked_on(t).and_then(by_id)?;
-        let owner = ctx.lock().owner();
-        if owner == me {
-            return Some(ctx);
-        }
-        if owner == 0 || owner == runner {
+        let next = match waitfor::blocked_on(t).and_then(by_id) {
+            Some(ctx) => match ctx.lock().owner() {
+                owner if owner == me => return Some(FromCaller::Context(ctx)),
+                owner => owner,
+            },
+            None => match CALLBACK_WAITS.lock().iter().find(|w| w.0 == t)?.1 {
+                running if running == me => return Some(FromCaller::Return),
+                running => running,
+            },
+        };
+        if next == 0 || next == runner {
             return None;
         }
-        t = owner;
+        t = next;
     }
     None
+}
+
+/// The caller's entry in [`CALLBACK_WAITS`] while it lives.
+struct WaitsForCallback(u64, u64);
+
+impl WaitsForCallback {
+    fn new(runner: u64) -> Self {
+        let me = thread::current();
+        CALLBACK_WAITS.lock().push((me, runner));
+        WaitsForCallback(me, runner)
+    }
+}
+
+impl Drop for WaitsForCallback {
+    fn drop(&mut self) {
+        let mut waits = CALLBACK_WAITS.lock();
+        if let Some(i) = waits.iter().position(|&w| w == (self.0, self.1)) {
+            waits.swap_remove(i);
+        }
+    }
 }
 
 /// How often a wait for a callback to return looks whether it can.
@@ -272,28 +308,39 @@ const CALLBACK_LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// Waits on `cv` (`guard` released meanwhile) while `runner(&guard)` names
 /// the thread still running the callback waited for (`what`, for the log),
-/// unless that thread is blocked acquiring a context the caller holds,
-/// directly or through other threads: the callback could never return, so
-/// the wait ends there, logged (QEMU's cancel and delete never wait at all).
-/// Looked at again every millisecond, since the callback may block after
-/// the wait began. Returns whether the callback returned.
+/// unless that thread needs something of the caller's, directly or through
+/// other threads: a context the caller holds, or the end of a callback the
+/// caller runs (two callbacks cancelling each other). The callback could
+/// then never return, so the wait ends there, logged (QEMU's cancel and
+/// delete never wait at all). Looked at again every millisecond, since the
+/// callback may block after the wait began. Returns whether it returned.
 pub(crate) fn wait_for_callback<T>(
     cv: &Condvar,
     guard: &mut MutexGuard<'_, T>,
     what: &str,
     runner: impl Fn(&T) -> Option<u64>,
 ) -> bool {
+    let mut registered: Option<WaitsForCallback> = None;
     while let Some(thread) = runner(guard) {
         // Not under `guard`: the walk takes the registry of contexts.
-        if let Some(held) = MutexGuard::unlocked(guard, || blocked_on_callers(thread)) {
+        let needed = MutexGuard::unlocked(guard, || {
+            registered.get_or_insert_with(|| WaitsForCallback::new(thread));
+            needed_from_caller(thread)
+        });
+        if let Some(needed) = needed {
+            let why = match needed {
+                FromCaller::Context(held) => format!(
+                    "blocked acquiring context '{}' that this thread holds",
+                    held.name()
+                ),
+                FromCaller::Return => "waiting for a callback this thread runs to return".into(),
+            };
             diag::log(
                 Level::Warning,
                 &format!(
                     "{what}: not waiting for its callback, running in thread {}, which is \
-                     blocked acquiring context '{}' that this thread holds; free what the \
-                     callback uses only once it has returned",
+                     {why}; free what the callback uses only once it has returned",
                     thread::describe(thread),
-                    held.name()
                 ),
             );
             return false;
