@@ -264,6 +264,44 @@ static void test_precision(void)
     aioctx_timer_free(a.t);
 }
 
+/* A timer whose callback re-arms it (a periodic timer), freed from another
+ * thread while the callback runs: once aioctx_timer_free returned the
+ * callback never runs again, so its opaque may be freed. */
+struct periodic {
+    AioctxTimer *t;
+    atomic_int runs, entered;
+    int magic;
+};
+
+static void periodic_cb(void *opaque)
+{
+    struct periodic *p = opaque;
+    if (p->magic != 0x7e57)
+        atomic_store(&p->runs, -1000000);  /* ran on a freed opaque */
+    atomic_fetch_add(&p->runs, 1);
+    atomic_store(&p->entered, 1);
+    tap_sleep_ms(50);                      /* the free waits meanwhile */
+    aioctx_timer_mod(p->t, aioctx_clock_ns() + 1000000);
+}
+
+static void test_free_of_a_self_arming_timer(void)
+{
+    AioctxIoThread *it = aioctx_iothread_new("timer-periodic");
+    struct periodic *p = calloc(1, sizeof *p);
+    p->magic = 0x7e57;
+    p->t = aioctx_timer_new(aioctx_iothread_context(it), periodic_cb, p);
+    aioctx_timer_mod(p->t, aioctx_clock_ns());
+    while (!atomic_load(&p->entered))
+        tap_sleep_ms(1);
+    aioctx_timer_free(p->t);
+    int runs = atomic_load(&p->runs);
+    p->magic = 0;                          /* as free(opaque) would */
+    tap_sleep_ms(100);
+    is_int(atomic_load(&p->runs), runs, "a self-arming timer freed while its callback runs never runs again");
+    is_int(aioctx_iothread_free(it), 0, "iothread_free");
+    free(p);
+}
+
 int main(void)
 {
     tap_watchdog(15);
@@ -278,6 +316,7 @@ int main(void)
     test_expiry();
     test_precision();
     test_remote_arm();
+    test_free_of_a_self_arming_timer();
 
     ok(aioctx_timer_new(NULL, timer_cb, NULL) == NULL, "timer_new(NULL ctx) -> NULL");
     ok(aioctx_timer_new(ctx, NULL, NULL) == NULL, "timer_new(ctx, NULL cb) -> NULL");

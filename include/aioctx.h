@@ -1009,15 +1009,18 @@ int aioctx_timer_mod(struct AioctxTimer *t, int64_t expire_ns);
  * thread as `aioctx_bh_cancel` does (not from the callback itself, nor when
  * the caller holds the timer's context, nor when the callback is blocked
  * acquiring a context the caller holds): once it returns after waiting,
- * the callback neither starts nor runs. Returns 0 (also if it was not armed), -EINVAL if
+ * the callback neither starts nor runs, unless that callback re-armed its
+ * own timer meanwhile (that arms it again; `aioctx_timer_free` stops a
+ * self-arming timer for good). Returns 0 (also if it was not armed), -EINVAL if
  * `t` is NULL.
  */
 int aioctx_timer_del(struct AioctxTimer *t);
 
 /**
  * Disarms and frees `t`, waiting as `aioctx_timer_del` does, so
- * `aioctx_timer_free(t); free(opaque);` is safe, except for a caller that
- * holds the timer's context (see `aioctx_bh_delete`). May be called from its own
+ * `aioctx_timer_free(t); free(opaque);` is safe (a callback running
+ * meanwhile that re-arms its own timer arms nothing: -ENODEV), except for
+ * a caller that holds the timer's context (see `aioctx_bh_delete`). May be called from its own
  * callback (it returns at once; the callback goes on). NULL is a no-op.
  */
 void aioctx_timer_free(struct AioctxTimer *t);

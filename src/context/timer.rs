@@ -8,7 +8,7 @@
 //! or sees it running and waits for it to end (as a BH's cancel does).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Condvar, Mutex};
@@ -34,6 +34,9 @@ pub struct Timer {
     /// (a callback may poll again); under the list lock.
     runner: AtomicU64,
     runs: AtomicU32,
+    /// Freed by its owner: never armed again (a callback running during
+    /// the free that re-arms it would otherwise run once more).
+    deleted: AtomicBool,
 }
 
 #[derive(Default)]
@@ -86,6 +89,7 @@ impl Timer {
             expire: AtomicI64::new(DISARMED),
             runner: AtomicU64::new(0),
             runs: AtomicU32::new(0),
+            deleted: AtomicBool::new(false),
         })
     }
 
@@ -98,6 +102,12 @@ impl Timer {
             )));
         }
         let ctx = self.context()?;
+        if self.deleted.load(Relaxed) {
+            return Err(Error::new(
+                libc::ENODEV,
+                "timer was freed (its callback re-armed it while it was freed): not armed",
+            ));
+        }
         // The nearest deadline moved earlier: a poll blocked in another thread
         // (or an embedding loop) must recompute its timeout. The home thread
         // itself is not blocked, and computes it at its next poll.
@@ -116,6 +126,13 @@ impl Timer {
         self.ctx
             .upgrade()
             .is_some_and(|ctx| ctx.timers.disarm(self, &ctx))
+    }
+
+    /// Disarms the timer for good, waiting as [`del`](Self::del) does: it is
+    /// never armed again, also not by its callback running meanwhile.
+    pub fn delete(&self) {
+        self.deleted.store(true, Relaxed);
+        self.del();
     }
 
     /// The armed deadline, if any.
@@ -137,6 +154,11 @@ impl TimerList {
     /// Returns whether the timer is now the earliest.
     fn arm(&self, timer: &Arc<Timer>, expire: i64) -> bool {
         let mut list = self.list.lock();
+        // Checked under the lock `disarm` takes after setting it: an arm
+        // either comes before that disarm, which undoes it, or sees it.
+        if timer.deleted.load(Relaxed) {
+            return false;
+        }
         Self::unlink(&mut list.armed, timer);
         timer.expire.store(expire, Relaxed);
         list.armed.insert((expire, timer.id), timer.clone());
