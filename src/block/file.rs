@@ -4,15 +4,14 @@
 //! shared with other processes.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use once_cell::sync::{Lazy, OnceCell};
 
+use super::image_lock::{self, reopen, ImageLock};
 use super::node::{Driver, Node};
 use super::pool;
 use super::request::{io_error, IoDone, OpDone, RequestKind};
@@ -22,7 +21,7 @@ use crate::context::Context;
 use crate::diag::{log, Level};
 use crate::error::{invalid, Error, Result};
 use crate::sys::file::{
-    direct_alignment, pread_cached, pread_full, pwrite_full, set_blocking, set_write_lock, IoBuf,
+    direct_alignment, pread_cached, pread_full, pwrite_full, set_blocking, IoBuf,
 };
 use crate::sys::uring::Op;
 
@@ -56,10 +55,8 @@ pub struct OpenFlags {
 pub struct FileDriver {
     file: Arc<File>,
     path: Arc<str>,
-    /// The image write lock, as this process holds it.
-    lock: Mutex<WriteLock>,
-    /// How the file was opened: to open it again in a `fork()`'s child.
-    options: OpenOptions,
+    /// The image write lock (`None`: a read-only node, which never locks).
+    lock: Option<Arc<ImageLock>>,
     /// The errno of a failed fdatasync (0: none). Sticky: the kernel reports
     /// a writeback error to fdatasync once, so a retry would "succeed" with
     /// acknowledged writes lost. Every later flush fails with it.
@@ -135,14 +132,14 @@ impl FileDriver {
             options: flags.rdwr.then(|| options.clone()),
             own: OnceCell::new(),
         });
+        let (file, path): (Arc<File>, Arc<str>) = (Arc::new(file), path.into());
+        let lock = flags
+            .rdwr
+            .then(|| ImageLock::new(file.clone(), options, path.clone()));
         let driver = FileDriver {
-            file: Arc::new(file),
-            path: path.into(),
-            lock: Mutex::new(WriteLock {
-                held: false,
-                generation: crate::thread::fork_generation(),
-            }),
-            options,
+            file,
+            path,
+            lock,
             flush_error: Arc::default(),
             writes: Arc::default(),
             ring,
@@ -193,59 +190,10 @@ impl FileDriver {
 
     /// Takes (`exclusive`) or gives up the image write lock.
     fn set_lock(&self, exclusive: bool) -> Result<()> {
-        let mut lock = self.lock.lock();
-        let now = crate::thread::fork_generation();
-        if lock.generation != now {
-            // A fork()'s child: the open file is also the parent's, with
-            // the parent's lock if it took one. An open file of this
-            // process's own replaces it; the child's share of that lock goes
-            // with the old one, the parent keeps its own.
-            self.own_file()?;
-            *lock = WriteLock {
-                held: false,
-                generation: now,
-            };
+        match &self.lock {
+            Some(lock) => lock.set(exclusive),
+            None => Ok(()),
         }
-        if lock.held == exclusive {
-            return Ok(());
-        }
-        set_write_lock(self.file.as_fd(), exclusive).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EAGAIN) {
-                Error::new(
-                    libc::EAGAIN,
-                    format!(
-                        "image '{}' is locked by another process that writes it; \
-                         open it with AIOCTX_OPEN_INACTIVE and activate after that process inactivates",
-                        self.path
-                    ),
-                )
-            } else {
-                Error::from_io(&format!("image '{}': write lock", self.path), e)
-            }
-        })?;
-        lock.held = exclusive;
-        Ok(())
-    }
-
-    /// Puts an open file of the image of this process's own in place of the
-    /// one it shares with the parent of a `fork()`, under the same
-    /// descriptor number, so requests in flight go on.
-    fn own_file(&self) -> Result<()> {
-        let failed = |why: String| {
-            Error::new(
-                libc::EIO,
-                format!(
-                    "image '{}': cannot open it again in this forked process ({why}), \
-                     where the open file it shares with its parent holds the parent's lock",
-                    self.path
-                ),
-            )
-        };
-        let fresh = reopen(&self.file, &self.options)
-            .ok_or_else(|| failed("through /proc/self/fd".into()))?;
-        set_blocking(fresh.as_fd()).map_err(|e| failed(e.to_string()))?;
-        crate::sys::replace_fd(self.file.as_raw_fd(), fresh.into())
-            .map_err(|e| failed(e.to_string()))
     }
 
     /// Runs `work` on the worker pool and `finish` with its result as a
@@ -385,18 +333,6 @@ impl Driver for FileDriver {
     }
 }
 
-/// The image write lock as this process holds it. An open-file-description
-/// lock belongs to the open file, and a forked child shares its parent's
-/// open files: the child must neither release the parent's lock (it would
-/// be released for the parent too) nor count it as its own.
-struct WriteLock {
-    /// Whether the node's open file holds it.
-    held: bool,
-    /// The fork generation (`thread::fork_generation`) of the process
-    /// `held` is about, whose own open file the node's is.
-    generation: u64,
-}
-
 /// A node's ring, and the open file of the image it uses.
 ///
 /// A node that may take the image lock gives the ring an open file of its
@@ -430,19 +366,6 @@ impl RingFile {
                 .as_ref(),
         }
     }
-}
-
-/// A new open file description of the file `shared` is open on (its own
-/// locks), through `/proc/self/fd`: that names the open file, where the
-/// path it was opened by may since name another file (renamed, or relative
-/// to a directory the process has left). `None` without `/proc`, or if what
-/// opened is not the same file.
-fn reopen(shared: &File, options: &OpenOptions) -> Option<File> {
-    let file = options
-        .open(format!("/proc/self/fd/{}", shared.as_raw_fd()))
-        .ok()?;
-    let (was, is) = (shared.metadata().ok()?, file.metadata().ok()?);
-    (was.dev() == is.dev() && was.ino() == is.ino()).then_some(file)
 }
 
 /// The ring requests of a node of `ctx` run on, opened with `backend`
@@ -491,16 +414,19 @@ fn watch_fork() {
     ONCE.call_once(|| {
         crate::thread::on_fork(crate::sys::thread::ForkHandlers {
             prepare: || {
+                image_lock::before_fork();
                 ring::before_fork();
                 pool::before_fork();
             },
             parent: || {
                 pool::after_fork_in_parent();
                 ring::after_fork(false);
+                image_lock::after_fork(false);
             },
             child: || {
                 pool::after_fork_in_child();
                 ring::after_fork(true);
+                image_lock::after_fork(true);
             },
         })
     });

@@ -15,6 +15,7 @@ mod drain;
 mod file;
 mod graph;
 mod handover;
+mod image_lock;
 mod node;
 mod pool;
 mod request;
