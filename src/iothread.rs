@@ -176,8 +176,8 @@ impl IoThread {
             };
             let is_lent = |c: &Arc<Context>| lent.iter().any(|(l, _)| Arc::ptr_eq(l, c));
             if let Some(path) = find_cycle(me, first, is_lent) {
-                let needed = path.last().map(Hop::context).cloned();
-                if let Some(needed) = needed.filter(|c| c.lock().owner() == me) {
+                // The cycle's last hop waits for a context the caller holds.
+                if let Some(needed) = path.last().map(Hop::context).cloned() {
                     log(
                         Level::Info,
                         &format!(

@@ -195,7 +195,7 @@ impl ContextSet {
             .find(|c| c.lock().owner() == me)
             .map_or(0, |c| c.id());
         for (i, ctx) in self.members.iter().enumerate() {
-            let taken = if ctx.id() < held_above && ctx.lock().owner() != me {
+            let taken = if ctx.id() < held_above {
                 ctx.acquire_or_deadlock()
             } else {
                 ctx.acquire()

@@ -141,26 +141,45 @@ impl Waiter {
         } else {
             (Context::current()?, check_depth(ctx, opts.release_all)? > 0)
         };
-        Ok(Waiter {
+        let mut waiter = Waiter::bare(ctx, poll_ctx, started, deadline);
+        waiter.release = release;
+        waiter.release_all = opts.release_all;
+        waiter.release_held = opts.release_held;
+        waiter.timeout_ns = opts.timeout_ns.unwrap_or(0);
+        waiter.warn_at = diag::wait_warning_ns().map(|ns| started.saturating_add(ns));
+        waiter.recheck_at =
+            recheck_max_ns().map(|max| started.saturating_add(RECHECK_FIRST_NS.min(max)));
+        Ok(waiter)
+    }
+
+    /// A waiter of the calling thread for work of `ctx`, polling `poll_ctx`,
+    /// registered for kicks, its checks left to the caller; it releases,
+    /// lends, warns and rechecks nothing until told.
+    fn bare(
+        ctx: &Arc<Context>,
+        poll_ctx: Arc<Context>,
+        started: i64,
+        deadline: Option<i64>,
+    ) -> Waiter {
+        Waiter {
             ctx: ctx.clone(),
             registered: Registration::new(ctx, &poll_ctx),
             poll_ctx,
-            release,
+            release: false,
             set: Vec::new(),
             lent: Vec::new(),
-            release_all: opts.release_all,
-            release_held: opts.release_held,
+            release_all: false,
+            release_held: false,
             suspected: None,
             deadlock: None,
             deadline,
-            timeout_ns: opts.timeout_ns.unwrap_or(0),
+            timeout_ns: 0,
             started,
-            warn_at: diag::wait_warning_ns().map(|ns| started.saturating_add(ns)),
-            recheck_at: recheck_max_ns()
-                .map(|max| started.saturating_add(RECHECK_FIRST_NS.min(max))),
+            warn_at: None,
+            recheck_at: None,
             recheck_ns: RECHECK_FIRST_NS,
             thread: thread::current(),
-        })
+        }
     }
 
     /// Takes back, for a thread without an event loop, the contexts it lent
@@ -173,25 +192,9 @@ impl Waiter {
             return Ok(());
         }
         let (contexts, depths): (Vec<_>, Vec<_>) = lent.into_iter().unzip();
-        let mut waiter = Waiter {
-            ctx: ctx.clone(),
-            registered: Registration::new(ctx, ctx),
-            poll_ctx: ctx.clone(),
-            release: false,
-            set: Vec::new(),
-            lent: contexts,
-            release_all: false,
-            release_held: true,
-            suspected: None,
-            deadlock: None,
-            deadline: None,
-            timeout_ns: 0,
-            started: sys::clock_ns(),
-            warn_at: None,
-            recheck_at: None,
-            recheck_ns: RECHECK_FIRST_NS,
-            thread: thread::current(),
-        };
+        let mut waiter = Waiter::bare(ctx, ctx.clone(), sys::clock_ns(), None);
+        waiter.lent = contexts;
+        waiter.release_held = true;
         waiter.take_back(0, &depths)
     }
 

@@ -228,11 +228,8 @@ impl BhQueue {
         if ticket > q.taken_upto {
             q.tombstone(bh);
         }
-        let me = thread::current();
         let runner = bh.runner.load(Relaxed);
-        // A runner that did not survive a fork() never returns here.
-        let waits = runner != me && thread::alive(runner) && ctx.lock.owner() != me;
-        if bh.runs.load(Relaxed) > 0 && waits {
+        if bh.runs.load(Relaxed) > 0 && ctx.lock.owner() != thread::current() {
             q.waiting += 1;
             let what = format!("cancelling a BH of context '{}'", ctx.name());
             wait_for_callback(&self.finished, &mut q, &what, |_| {

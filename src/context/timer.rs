@@ -177,11 +177,8 @@ impl TimerList {
         let was_armed =
             Self::unlink(&mut list.armed, timer) || timer.expire.load(Relaxed) == FIRING;
         timer.expire.store(DISARMED, Relaxed);
-        let me = thread::current();
         let runner = timer.runner.load(Relaxed);
-        // A runner that did not survive a fork() never returns here.
-        let waits = runner != me && thread::alive(runner) && ctx.lock.owner() != me;
-        if timer.runs.load(Relaxed) > 0 && waits {
+        if timer.runs.load(Relaxed) > 0 && ctx.lock.owner() != thread::current() {
             list.waiting += 1;
             let what = format!("disarming a timer of context '{}'", ctx.name());
             wait_for_callback(&self.finished, &mut list, &what, |_| {

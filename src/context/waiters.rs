@@ -308,7 +308,8 @@ const CALLBACK_LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// Waits on `cv` (`guard` released meanwhile) while `runner(&guard)` names
 /// the thread still running the callback waited for (`what`, for the log),
-/// unless that thread needs something of the caller's, directly or through
+/// unless that thread is the caller's own or did not survive a `fork()`
+/// (it never returns here), or it needs something of the caller's, directly or through
 /// other threads: a context the caller holds, or the end of a callback the
 /// caller runs (two callbacks cancelling each other). The callback could
 /// then never return, so the wait ends there, logged (QEMU's cancel and
@@ -320,8 +321,9 @@ pub(crate) fn wait_for_callback<T>(
     what: &str,
     runner: impl Fn(&T) -> Option<u64>,
 ) -> bool {
+    let me = thread::current();
     let mut registered: Option<WaitsForCallback> = None;
-    while let Some(thread) = runner(guard) {
+    while let Some(thread) = runner(guard).filter(|&t| t != me && thread::alive(t)) {
         // Not under `guard`: the walk takes the registry of contexts.
         let needed = MutexGuard::unlocked(guard, || {
             registered.get_or_insert_with(|| WaitsForCallback::new(thread));
