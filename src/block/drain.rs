@@ -332,6 +332,10 @@ mod tests {
         let at_drain = done.load(SeqCst);
         wait_for(&main, || done.load(SeqCst) > at_drain + 1000);
         stop.store(true, SeqCst);
+        // A completion that read `stop` just before it was set resubmits
+        // into this drain's section, and the drain's end starts it: one
+        // more drain waits for it, and its completion sees `stop`.
+        node.drain().unwrap();
         node.drain().unwrap();
         assert_eq!(node.in_flight(), 0);
     }
